@@ -1,0 +1,5 @@
+import sys
+
+from sbulb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * balancer.c - sbulb's XDP entry point: parse -> classify -> NAT -> forward.
+ *
+ * Ingress (to VIP:port): the client's association names a real server (one is
+ * picked round robin and stored when there is none), the destination becomes
+ * that server. Egress (from a real server's balanced port): the source
+ * becomes the VIP; the association is created if missing (server-initiated),
+ * and a server that is not the associated one is dropped. Balanced packets
+ * leave the way they came (MAC swap, XDP_TX), with checksums updated
+ * incrementally and the TTL / hop limit decremented. Everything else goes to
+ * the kernel untouched (XDP_PASS). Each packet is counted in exactly one
+ * verdict slot of sbulb_stats.
+ *
+ * This file also defines the map accessors declared in maps.h: bcc rewrites
+ * map operations only in the main source file.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parsing.h"
+#include "csum.h"
+#include "nat.h"
+
+/* ---- map accessors (declared in maps.h) ---- */
+
+static __always_inline struct sbulb_cfg *cfg_get(void)
+{
+	__u32 zero = 0;
+
+	return sbulb_cfg.lookup(&zero);
+}
+
+static __always_inline int port_is_balanced(__be16 port)
+{
+	return sbulb_ports.lookup(&port) != NULL;
+}
+
+static __always_inline int addr_is_real_server(struct sbulb_addr *addr)
+{
+	return sbulb_rs_index.lookup(addr) != NULL;
+}
+
+static __always_inline __u32 *ring_get(__u32 idx)
+{
+	return sbulb_ring.lookup(&idx);
+}
+
+static __always_inline struct sbulb_addr *rs_get(__u32 slot)
+{
+	return sbulb_rs.lookup(&slot);
+}
+
+static __always_inline struct sbulb_rr *rr_get(void)
+{
+	__u32 zero = 0;
+
+	return sbulb_rr.lookup(&zero);
+}
+
+static __always_inline struct sbulb_assoc *
+assoc_lookup(struct sbulb_assoc_key *key)
+{
+	return sbulb_assoc.lookup(key);
+}
+
+static __always_inline int assoc_insert(struct sbulb_assoc_key *key,
+					struct sbulb_assoc *val)
+{
+	return sbulb_assoc.insert(key, val);
+}
+
+static __always_inline int assoc_update(struct sbulb_assoc_key *key,
+					struct sbulb_assoc *val)
+{
+	return sbulb_assoc.update(key, val);
+}
+
+/* Per-CPU array, softirq context: a plain increment needs no atomic. */
+static __always_inline void count(__u32 stat)
+{
+	__u64 *c = sbulb_stats.lookup(&stat);
+
+	if (c)
+		*c += 1;
+}
+
+#if SBULB_EVENTS
+static __always_inline void emit_event(__u32 type,
+				       const struct sbulb_addr *client,
+				       __be16 client_port, __be16 port,
+				       const struct sbulb_addr *server,
+				       const struct sbulb_addr *other)
+{
+	struct sbulb_event *ev;
+
+	ev = sbulb_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev)
+		return; /* ring full: the reader is behind, lose the event */
+	ev->type = type;
+	ev->client_port = client_port;
+	ev->port = port;
+	__builtin_memcpy(ev->client, client, sizeof(ev->client));
+	__builtin_memcpy(ev->server, server, sizeof(ev->server));
+	if (other)
+		__builtin_memcpy(ev->other, other, sizeof(ev->other));
+	else
+		__builtin_memset(ev->other, 0, sizeof(ev->other));
+	sbulb_events.ringbuf_submit(ev, 0);
+}
+#endif
+
+#include "lb.h"
+
+/* ---- the packet walk ---- */
+
+/* The XDP action for a verdict slot. */
+static __always_inline int stat_action(__u32 stat)
+{
+	switch (stat) {
+	case SBULB_STAT_TX_INGRESS:
+	case SBULB_STAT_TX_EGRESS:
+		return XDP_TX;
+	case SBULB_STAT_DROP_NO_REAL_SERVER:
+	case SBULB_STAT_DROP_NOT_ASSOCIATED:
+	case SBULB_STAT_DROP_ASSOC_FAILED:
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}
+
+static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
+{
+	struct sbulb_addr to;
+	struct sbulb_cfg *cfg;
+	struct udphdr *udp;
+	struct iphdr *iph;
+	struct flow f;
+	__u32 stat;
+	int proto;
+
+	proto = parse_iphdr(nh, data_end, &iph);
+	if (proto < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (proto != IPPROTO_UDP)
+		return SBULB_STAT_PASS_NOT_UDP;
+	if (ipv4_is_fragment(iph))
+		return SBULB_STAT_PASS_FRAGMENT;
+	if (parse_udphdr(nh, data_end, &udp) < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	/* the IP total length is the headers plus the UDP length, and lies in
+	 * the frame (which Ethernet may pad) */
+	if (bpf_ntohs(iph->tot_len) != iph->ihl * 4 + bpf_ntohs(udp->len) ||
+	    (void *)iph + bpf_ntohs(iph->tot_len) > data_end)
+		return SBULB_STAT_PASS_MALFORMED;
+
+	cfg = cfg_get();
+	if (!cfg)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	addr_from_v4(&f.src, iph->saddr);
+	addr_from_v4(&f.dst, iph->daddr);
+	f.sport = udp->source;
+	f.dport = udp->dest;
+
+	switch (classify(&f, cfg)) {
+	case DIR_INGRESS:
+		if (iph->ttl < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		stat = ingress(&f, cfg, &to);
+		if (stat == SBULB_STAT_TX_INGRESS)
+			nat_v4(iph, udp, &iph->daddr, to.a[3]);
+		return stat;
+	case DIR_EGRESS:
+		if (iph->ttl < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		stat = egress(&f, cfg, &to);
+		if (stat == SBULB_STAT_TX_EGRESS)
+			nat_v4(iph, udp, &iph->saddr, to.a[3]);
+		return stat;
+	default:
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	}
+}
+
+static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
+{
+	struct sbulb_addr to;
+	struct sbulb_cfg *cfg;
+	struct ipv6hdr *ip6h;
+	struct udphdr *udp;
+	struct flow f;
+	__u32 stat;
+	int proto;
+
+	proto = parse_ip6hdr(nh, data_end, &ip6h);
+	if (proto < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (ipv6_is_ext_header(proto))
+		return SBULB_STAT_PASS_IPV6_EXT;
+	if (proto != IPPROTO_UDP)
+		return SBULB_STAT_PASS_NOT_UDP;
+	if (parse_udphdr(nh, data_end, &udp) < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	/* the payload is exactly the UDP datagram, which lies in the frame;
+	 * a zero UDP checksum is invalid on IPv6 (RFC 8200 8.1) */
+	if (ip6h->payload_len != udp->len ||
+	    (void *)(ip6h + 1) + bpf_ntohs(udp->len) > data_end ||
+	    udp->check == 0)
+		return SBULB_STAT_PASS_MALFORMED;
+
+	cfg = cfg_get();
+	if (!cfg)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	__builtin_memcpy(&f.src, &ip6h->saddr, sizeof(f.src));
+	__builtin_memcpy(&f.dst, &ip6h->daddr, sizeof(f.dst));
+	f.sport = udp->source;
+	f.dport = udp->dest;
+
+	switch (classify(&f, cfg)) {
+	case DIR_INGRESS:
+		if (ip6h->hop_limit < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		stat = ingress(&f, cfg, &to);
+		if (stat == SBULB_STAT_TX_INGRESS)
+			nat_v6(ip6h, udp, &ip6h->daddr, &to);
+		return stat;
+	case DIR_EGRESS:
+		if (ip6h->hop_limit < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		stat = egress(&f, cfg, &to);
+		if (stat == SBULB_STAT_TX_EGRESS)
+			nat_v6(ip6h, udp, &ip6h->saddr, &to);
+		return stat;
+	default:
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	}
+}
+
+int sbulb_xdp(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	struct hdr_cursor nh = { .pos = data };
+	struct ethhdr *eth;
+	__u32 stat;
+	int proto, action;
+
+	proto = parse_ethhdr(&nh, data_end, &eth);
+	if (proto < 0)
+		stat = SBULB_STAT_PASS_MALFORMED;
+	else if (proto == bpf_htons(ETH_P_IP))
+		stat = process_v4(&nh, data_end);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		stat = process_v6(&nh, data_end);
+	else
+		stat = SBULB_STAT_PASS_NOT_IP;
+
+	action = stat_action(stat);
+	if (action == XDP_TX)
+		swap_macs(eth);
+	count(stat);
+	return action;
+}

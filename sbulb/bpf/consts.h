@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * consts.h - sizes, protocol constants, counter slots and event types.
+ *
+ * Sizes can be overridden at load time with -D (the Python side passes
+ * -mp/-mrs/-ma that way). Counter slots and event types are a contract with
+ * Python (sbulb/consts.py): numbers are written out, never renumbered and
+ * never reused; tests/test_contract.py checks that both sides agree.
+ */
+#ifndef SBULB_CONSTS_H
+#define SBULB_CONSTS_H
+
+/* Maximum number of balanced UDP ports (-mp). */
+#ifndef SBULB_MAX_PORTS
+#define SBULB_MAX_PORTS 16
+#endif
+
+/* Maximum number of real servers (-mrs). */
+#ifndef SBULB_MAX_REAL_SERVERS
+#define SBULB_MAX_REAL_SERVERS 32
+#endif
+
+/* Size of the client ip:port -> real server LRU map (-ma). */
+#ifndef SBULB_MAX_ASSOCIATIONS
+#define SBULB_MAX_ASSOCIATIONS 1048576
+#endif
+
+/*
+ * Data-path events sent to the log through a ring buffer:
+ *   0  none: the event code is not compiled at all (the default),
+ *   1  association changes and drops (log level DEBUG),
+ *   2  also every packet that reuses an association (log level TRACE).
+ */
+#ifndef SBULB_EVENTS
+#define SBULB_EVENTS 0
+#endif
+
+/* Pages of the event ring buffer (a power of two). */
+#ifndef SBULB_EVENT_PAGES
+#define SBULB_EVENT_PAGES 64
+#endif
+
+/* IPv4 frag_off bits (host order; compare with bpf_htons()). uapi
+ * linux/ip.h does not define them. */
+#define IP_MF 0x2000     /* more fragments follow */
+#define IP_OFFSET 0x1FFF /* fragment offset, in 8-byte units */
+
+/* Lowest TTL / hop limit we forward: at 1 the kernel must answer. */
+#define SBULB_MIN_TTL 2
+
+/*
+ * Counter slots of the sbulb_stats per-CPU array. Every packet lands in
+ * exactly one of the TX / PASS / DROP slots; the ASSOC slots count
+ * association changes on top of that.
+ */
+enum sbulb_stat {
+	SBULB_STAT_TX_INGRESS = 0,          /* client -> real server, NATed */
+	SBULB_STAT_TX_EGRESS = 1,           /* real server -> client, NATed */
+	SBULB_STAT_PASS_NOT_IP = 2,         /* not IPv4/IPv6 (ARP, VLAN, ...) */
+	SBULB_STAT_PASS_NOT_UDP = 3,        /* IP, but not UDP */
+	SBULB_STAT_PASS_NOT_BALANCED = 4,   /* UDP, not VIP:port nor real server:port */
+	SBULB_STAT_PASS_FRAGMENT = 5,       /* IPv4 fragment */
+	SBULB_STAT_PASS_TTL = 6,            /* balanced, TTL/hop limit <= 1 */
+	SBULB_STAT_PASS_MALFORMED = 7,      /* truncated or inconsistent headers */
+	SBULB_STAT_PASS_IPV6_EXT = 8,       /* IPv6 extension header before UDP */
+	SBULB_STAT_DROP_NO_REAL_SERVER = 9, /* for the VIP, no real server set */
+	SBULB_STAT_DROP_NOT_ASSOCIATED = 10,/* real server not associated with client */
+	SBULB_STAT_DROP_ASSOC_FAILED = 11, /* association could not be stored */
+	SBULB_STAT_ASSOC_CLIENT = 12,       /* association created by a client */
+	SBULB_STAT_ASSOC_SERVER = 13,       /* association created by a real server */
+	SBULB_STAT_ASSOC_REPICK = 14,       /* association moved: its server was removed */
+	SBULB_STAT_MAX = 15,
+};
+
+/* Types of struct sbulb_event. */
+enum sbulb_event_type {
+	SBULB_EV_ASSOC_CLIENT = 1,      /* new association, client-initiated */
+	SBULB_EV_ASSOC_SERVER = 2,      /* new association, server-initiated */
+	SBULB_EV_ASSOC_REPICK = 3,      /* association moved from a removed server */
+	SBULB_EV_DROP_NOT_ASSOCIATED = 4, /* server spoke for another's client */
+	SBULB_EV_DROP_NO_REAL_SERVER = 5, /* no real server to pick */
+	SBULB_EV_REUSED_INGRESS = 6,    /* client packet, existing association */
+	SBULB_EV_REUSED_EGRESS = 7,     /* server packet, existing association */
+};
+
+#endif /* SBULB_CONSTS_H */

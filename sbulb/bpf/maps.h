@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * maps.h - every map of the data path, one comment each.
+ *
+ * Runtime data (VIP, ports, real servers) lives here and changes without
+ * recompiling; sizes come from consts.h. Real server slot 0 is never used:
+ * arrays start zeroed, so 0 means "none".
+ *
+ * bcc rewrites map operations (map.lookup(), &map) only in the main source
+ * file: in a header they compile to a null map pointer (bcc 0.26, 2026-11).
+ * So the maps are declared here, the accessors below are only declared here,
+ * and balancer.c defines them; the other headers use the accessors.
+ */
+#ifndef SBULB_MAPS_H
+#define SBULB_MAPS_H
+
+#include "consts.h"
+#include "structs.h"
+
+/* [0]: the virtual IP and the length of the round-robin ring. */
+BPF_ARRAY(sbulb_cfg, struct sbulb_cfg, 1);
+
+/* Balanced UDP ports (network order) -> 1. */
+BPF_HASH(sbulb_ports, __be16, __u8, SBULB_MAX_PORTS);
+
+/* Real server slot (1..max) -> address. */
+BPF_ARRAY(sbulb_rs, struct sbulb_addr, SBULB_MAX_REAL_SERVERS + 1);
+
+/* Real server address -> slot: "is this a real server?" */
+BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, SBULB_MAX_REAL_SERVERS);
+
+/* Round-robin order: ring index -> real server slot. */
+BPF_ARRAY(sbulb_ring, __u32, SBULB_MAX_REAL_SERVERS);
+
+/* [0]: the round-robin cursor and its lock. */
+BPF_ARRAY(sbulb_rr, struct sbulb_rr, 1);
+
+/* Client ip:port -> real server; lives until evicted by a newer one. */
+BPF_TABLE("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc, sbulb_assoc,
+	  SBULB_MAX_ASSOCIATIONS);
+
+/* Per-CPU packet counters by enum sbulb_stat. */
+BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
+
+#if SBULB_EVENTS
+/* Data-path events for the log; only compiled when the log asks for them. */
+BPF_RINGBUF_OUTPUT(sbulb_events, SBULB_EVENT_PAGES);
+#endif
+
+/* Accessors, defined in balancer.c (see above). */
+static __always_inline struct sbulb_cfg *cfg_get(void);
+static __always_inline int port_is_balanced(__be16 port);
+static __always_inline int addr_is_real_server(struct sbulb_addr *addr);
+static __always_inline __u32 *ring_get(__u32 idx);
+static __always_inline struct sbulb_addr *rs_get(__u32 slot);
+static __always_inline struct sbulb_rr *rr_get(void);
+static __always_inline struct sbulb_assoc *assoc_lookup(struct sbulb_assoc_key *key);
+/* insert only if absent (BPF_NOEXIST); 0 on success */
+static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
+/* insert or replace (BPF_ANY); 0 on success */
+static __always_inline int assoc_update(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
+/* add one to a counter slot (enum sbulb_stat) */
+static __always_inline void count(__u32 stat);
+
+#if SBULB_EVENTS
+static __always_inline void emit_event(__u32 type,
+				       const struct sbulb_addr *client,
+				       __be16 client_port, __be16 port,
+				       const struct sbulb_addr *server,
+				       const struct sbulb_addr *other);
+
+/* SBULB_EVENT(level, type, client, client_port, port, server, other):
+ * emit an event if SBULB_EVENTS >= level; nothing is compiled otherwise. */
+#define SBULB_EVENT(level, ...)                                               \
+	do {                                                                  \
+		if (SBULB_EVENTS >= (level))                                  \
+			emit_event(__VA_ARGS__);                              \
+	} while (0)
+#else
+#define SBULB_EVENT(level, ...)                                               \
+	do {                                                                  \
+	} while (0)
+#endif
+
+#endif /* SBULB_MAPS_H */

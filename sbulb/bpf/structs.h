@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * structs.h - types shared with user space.
+ *
+ * bcc reads these declarations to build the Python key/value types of each
+ * map, so Python never mirrors them by hand; it packs bytes of the sizes
+ * checked in tests/test_contract.py.
+ */
+#ifndef SBULB_STRUCTS_H
+#define SBULB_STRUCTS_H
+
+/*
+ * An IP address of either family: an IPv6 address, or an IPv4 address in
+ * its IPv4-mapped form ::ffff:a.b.c.d (a[0..2] = 0, 0, htonl(0xffff)).
+ * Network byte order.
+ */
+struct sbulb_addr {
+	__be32 a[4];
+};
+
+/* The single entry of sbulb_cfg. */
+struct sbulb_cfg {
+	struct sbulb_addr vip; /* virtual IP */
+	__u32 ring_len;        /* used entries of sbulb_ring; 0: no server */
+	__u32 pad;
+};
+
+/* Round-robin cursor over sbulb_ring, shared by every CPU. */
+struct sbulb_rr {
+	struct bpf_spin_lock lock;
+	__u32 cursor; /* next index into sbulb_ring, modulo ring_len */
+};
+
+/* Key of sbulb_assoc: the foreign peer (client) of an association. */
+struct sbulb_assoc_key {
+	struct sbulb_addr client; /* client IP */
+	__be16 port;              /* client UDP port */
+	__u16 pad;                /* zero */
+};
+
+/* Value of sbulb_assoc. */
+struct sbulb_assoc {
+	struct sbulb_addr server; /* real server IP */
+};
+
+/*
+ * One data-path event (ring buffer, SBULB_EVENTS > 0 only). Python decodes it
+ * with bcc's table.event(), which only knows bcc's plain integer type names
+ * (u8, u16, u32, ...) and arrays of them: hence no __be16 and no nested
+ * struct here. Addresses are struct sbulb_addr bytes, ports network order.
+ */
+struct sbulb_event {
+	u32 type;        /* enum sbulb_event_type */
+	u16 client_port; /* client UDP port */
+	u16 port;        /* balanced (VIP / real server) UDP port */
+	u8 client[16];   /* client IP */
+	u8 server[16];   /* real server the packet goes to / came from */
+	u8 other[16];    /* the previous or the associated server, or zero */
+};
+
+#endif /* SBULB_STRUCTS_H */

@@ -1,0 +1,225 @@
+"""Command line: sbulb's flags, flag for flag, turned into a Config.
+
+Nothing here touches the kernel; main() hands the Config to the service.
+Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error. Every
+error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from sbulb import __version__
+from sbulb.config import (
+    DEFAULT_MAX_ASSOCIATIONS,
+    DEFAULT_MAX_PORTS,
+    DEFAULT_MAX_REAL_SERVERS,
+    Config,
+    ConfigError,
+    IPAddress,
+    Limits,
+    parse_address,
+    read_real_servers,
+)
+from sbulb.log import LEVELS
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+A config file lists the real servers and is reloaded when it changes
+(or on SIGHUP):
+
+  [Real Servers]
+  10.0.0.4
+  10.0.0.2
+  10.0.0.6
+
+examples:
+  sbulb eth0 -vs 10.188.7.99 -rs 10.188.100.163 10.188.100.230 -p 5683 5684
+  sbulb eth0 -vs 10.188.7.99 -cfg /etc/sbulb/sbulb.conf -p 5683 -l INFO
+  sbulb eth0 -vs 2001:db8::99 -rs 2001:db8::2 2001:db8::3 -p 5683
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _address(text: str) -> IPAddress:
+    try:
+        return parse_address(text, "IP")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid UDP port '{text}'") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"UDP port {port} is not between 1 and 65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sbulb",
+        description="UDP load balancer with an XDP data path (layer-4 NAT, "
+        "long-lived client ip:port -> real server associations).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("ifnet", help="network interface to load balance (e.g. eth0)")
+    parser.add_argument(
+        "-vs",
+        "--virtual_server",
+        type=_address,
+        required=True,
+        help="<Required> Virtual server address (e.g. 10.40.0.1)",
+    )
+    servers = parser.add_mutually_exclusive_group(required=True)
+    servers.add_argument(
+        "-rs",
+        "--real_server",
+        type=_address,
+        nargs="+",
+        help="<Required> Real server address(es) (e.g. 10.40.0.2 10.40.0.3)",
+    )
+    servers.add_argument(
+        "-cfg",
+        "--config_file",
+        type=Path,
+        help="<Required> a path to a file containing real server address(es). "
+        "The file is watched and the configuration updated when it changes; "
+        "see the example below.",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        nargs="+",
+        required=True,
+        help="<Required> UDP port(s) to load balance",
+    )
+    parser.add_argument(
+        "-d",
+        "--debug",
+        type=int,
+        choices=[0, 1, 2, 3, 4],
+        default=0,
+        help="Use to set bpf verbosity, 0 is minimal. (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-l",
+        "--loglevel",
+        choices=LEVELS,
+        default="ERROR",
+        help="Use to set logging verbosity. (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-mp",
+        "--max_ports",
+        type=_positive,
+        default=DEFAULT_MAX_PORTS,
+        help="Set the maximum number of port to load balance. (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-mrs",
+        "--max_realservers",
+        type=_positive,
+        default=DEFAULT_MAX_REAL_SERVERS,
+        help="Set the maximum number of real servers. (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-ma",
+        "--max_associations",
+        type=_positive,
+        default=DEFAULT_MAX_ASSOCIATIONS,
+        help="Set the maximum number of associations. (default: %(default)s) "
+        "This defined the maximum number of foreign peers supported at the same time.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, compile and load the XDP program "
+        "without attaching it, then exit",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the Config; raises ConfigError (one line)."""
+    limits = Limits(
+        max_ports=args.max_ports,
+        max_real_servers=args.max_realservers,
+        max_associations=args.max_associations,
+    )
+    vip: IPAddress = args.virtual_server
+    config_file: Path | None = args.config_file
+    if config_file is not None:
+        config_file = config_file.absolute()
+        try:
+            real_servers = read_real_servers(config_file, vip, limits)
+        except ConfigError as e:
+            raise ConfigError(f"config file {config_file}: {e}") from None
+    else:
+        real_servers = tuple(args.real_server)
+    return Config(
+        interface=args.ifnet,
+        virtual_server=vip,
+        ports=tuple(args.port),
+        real_servers=real_servers,
+        config_file=config_file,
+        debug=args.debug,
+        log_level=args.loglevel,
+        limits=limits,
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parse and validate a command line; exits 2 with one line on error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args), args
+    except ConfigError as e:
+        parser.error(str(e))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, args = parse(argv)
+
+    from sbulb import log
+    from sbulb.service import Service, StartError
+
+    log.setup(config.log_level)
+    service = Service(config)
+    try:
+        if args.check:
+            service.check()
+            print(f"sbulb: configuration OK, program verified for {config.interface}")
+            return EXIT_OK
+        return service.run()
+    except StartError as e:
+        print(f"sbulb: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME

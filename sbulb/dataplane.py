@@ -1,0 +1,603 @@
+"""The C/Python boundary: compile and load the XDP program, own its maps,
+attach it to interfaces, run it on test packets.
+
+This is the only module that imports bcc or ctypes. Everything it returns is
+plain Python (ipaddress objects, dataclasses, enums). Map keys and values are
+written as bytes of the sizes checked in tests/test_contract.py; bcc derives
+the ctypes types from the C declarations, so nothing is mirrored by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import importlib.resources
+import ipaddress
+import logging
+import os
+import re
+import socket
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from sbulb.config import IPAddress, Limits
+from sbulb.consts import EVENTS_NONE, STAT_MAX, EventType, Stat, XdpAction
+
+log = logging.getLogger(__name__)
+
+PROG_NAME = "sbulb_xdp"  # kernel program name, how sbulb recognises its own
+
+# uapi linux/if_link.h
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+# Capability bits (uapi linux/capability.h)
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+ADDR_SIZE = 16  # struct sbulb_addr
+CFG_SIZE = 24  # struct sbulb_cfg
+ASSOC_KEY_SIZE = 20  # struct sbulb_assoc_key
+ASSOC_SIZE = 16  # struct sbulb_assoc
+EVENT_SIZE = 56  # struct sbulb_event
+
+
+class DataplaneError(Exception):
+    """The data path cannot be set up. str() is one line for the operator."""
+
+
+def addr_to_bytes(address: IPAddress) -> bytes:
+    """struct sbulb_addr: IPv6 as is, IPv4 as ::ffff:a.b.c.d."""
+    if address.version == 4:
+        return _V4_MAPPED_PREFIX + address.packed
+    return address.packed
+
+
+def addr_from_bytes(raw: bytes) -> IPAddress:
+    address = ipaddress.IPv6Address(bytes(raw))
+    return address.ipv4_mapped or address
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """The outcome of running the program once on a frame."""
+
+    action: XdpAction
+    frame: bytes
+    duration_ns: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A data-path event (struct sbulb_event)."""
+
+    type: EventType
+    client: IPAddress
+    client_port: int
+    port: int
+    server: IPAddress
+    other: IPAddress | None
+
+
+@dataclass(frozen=True)
+class ServerChange:
+    """What a real-server update changed."""
+
+    added: tuple[IPAddress, ...]
+    removed: tuple[IPAddress, ...]
+    kept: tuple[IPAddress, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+@dataclass(frozen=True)
+class AttachedProgram:
+    """An XDP program attached to an interface."""
+
+    id: int
+    name: str
+    flags: int  # XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE
+
+
+# ---- libbpf through ctypes ------------------------------------------------
+#
+# Debian 12's bcc (0.26) has no working bpf_prog_test_run binding (libbpf 1.0
+# removed the call it wraps), so the libbpf 1.x calls are bound here, with
+# each opts struct declared as libbpf 1.1 declares it: libbpf reads `sz` and
+# accepts any size it knows.
+
+
+class _TestRunOpts(ct.Structure):
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+class _XdpAttachOpts(ct.Structure):
+    _fields_ = [("sz", ct.c_size_t), ("old_prog_fd", ct.c_int), ("_pad", ct.c_int)]
+
+
+class _XdpQueryOpts(ct.Structure):
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("prog_id", ct.c_uint32),
+        ("drv_prog_id", ct.c_uint32),
+        ("hw_prog_id", ct.c_uint32),
+        ("skb_prog_id", ct.c_uint32),
+        ("attach_mode", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 7),
+    ]
+
+
+# struct bpf_prog_info up to and including `name` (uapi linux/bpf.h).
+_PROG_INFO_NAME_OFFSET = 64
+_PROG_INFO_SIZE = 80
+
+
+def _libbpf() -> ct.CDLL:
+    lib = ct.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+    lib.bpf_xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(_XdpAttachOpts)]
+    lib.bpf_xdp_detach.argtypes = [ct.c_int, ct.c_uint32, ct.POINTER(_XdpAttachOpts)]
+    lib.bpf_xdp_query.argtypes = [ct.c_int, ct.c_int, ct.POINTER(_XdpQueryOpts)]
+    lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
+    lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    return lib
+
+
+_lib: ct.CDLL | None = None
+
+
+def libbpf() -> ct.CDLL:
+    global _lib
+    if _lib is None:
+        _lib = _libbpf()
+    return _lib
+
+
+def _errstr(ret: int) -> str:
+    return os.strerror(-ret if ret < 0 else ct.get_errno())
+
+
+# ---- environment checks ----------------------------------------------------
+
+
+def missing_privileges() -> str | None:
+    """Why this process cannot load XDP programs, or None."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        match = re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)
+        caps = int(match.group(1), 16) if match else 0
+    except OSError:
+        caps = 0
+
+    def has(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
+    if has(CAP_NET_ADMIN) and (has(CAP_SYS_ADMIN) or has(CAP_BPF)):
+        return None
+    return (
+        "not enough privileges to load an XDP program: run sbulb as root "
+        "(it needs CAP_BPF or CAP_SYS_ADMIN, and CAP_NET_ADMIN)"
+    )
+
+
+def kernel_headers_problem() -> str | None:
+    """Why bcc will not find kernel headers, or None."""
+    release = os.uname().release
+    override = os.environ.get("BCC_KERNEL_SOURCE")
+    build = Path(override) if override else Path(f"/lib/modules/{release}/build")
+    if build.is_dir() or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return None
+    return (
+        f"kernel headers for {release} not found at {build}: install "
+        f"linux-headers-{release}, or run `make setup`, which links the "
+        "distribution's newest headers there"
+    )
+
+
+def interface_index(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise DataplaneError(f"no such network interface '{name}'") from None
+
+
+def source_dir() -> Path:
+    """The directory of the C sources, shipped as package data."""
+    path = importlib.resources.files("sbulb").joinpath("bpf")
+    if not isinstance(path, Path) or not (path / "balancer.c").is_file():
+        raise DataplaneError(f"sbulb's C sources are not on the file system ({path})")
+    return path
+
+
+@contextlib.contextmanager
+def _captured_stderr(enabled: bool = True) -> Iterator[list[str]]:
+    """Collect what C libraries (clang, bcc, libbpf) write on fd 2, so that a
+    failure is reported in one line; the text is handed to the caller."""
+    lines: list[str] = []
+    if not enabled:
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
+def _explain_failure(what: str, exc: Exception, output: list[str]) -> str:
+    text = "\n".join(output)
+    if "kconfig.h' file not found" in text or "Unable to find kernel headers" in text:
+        return (
+            f"kernel headers for {os.uname().release} are missing or incomplete: "
+            "run `make setup` or install the linux-headers package of this kernel"
+        )
+    errors = [line.strip() for line in output if "error:" in line]
+    if errors:
+        return f"cannot {what}: {errors[0]}"
+    if "Failed to load BPF program" in str(exc):
+        # the verifier's last words before its summary are the reason
+        summary = [i for i, line in enumerate(output) if line.startswith("processed ")]
+        detail = output[summary[0] - 1].strip() if summary and summary[0] > 0 else str(exc)
+        return f"the kernel rejected the XDP program: {detail}"
+    return f"cannot {what}: {exc}"
+
+
+# ---- the data plane ----------------------------------------------------------
+
+
+class Dataplane:
+    """One loaded instance of the XDP program and its maps."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        events: int = EVENTS_NONE,
+        debug: int = 0,
+        sources: Path | None = None,
+    ) -> None:
+        self.limits = limits
+        self.events = events
+        self.debug = debug
+        self._sources = sources
+        self._bpf = None  # bcc.BPF, once loaded
+        self._fn = None  # bcc function (the program fd)
+        self._vip_bytes = bytes(ADDR_SIZE)
+        self._slots: dict[IPAddress, int] = {}  # real server -> slot (1..)
+        self._ring: list[IPAddress] = []
+        self._attached: dict[str, tuple[int, int]] = {}  # ifname -> (ifindex, flags)
+        self._events: list[Event] = []
+
+    # -- build
+
+    def cflags(self) -> list[str]:
+        sources = self._sources or source_dir()
+        return [
+            f"-I{sources}",
+            f"-DSBULB_MAX_PORTS={self.limits.max_ports}",
+            f"-DSBULB_MAX_REAL_SERVERS={self.limits.max_real_servers}",
+            f"-DSBULB_MAX_ASSOCIATIONS={self.limits.max_associations}",
+            f"-DSBULB_EVENTS={self.events}",
+        ]
+
+    def load(self) -> None:
+        """Compile the program and load it into the kernel (not attached)."""
+        problem = kernel_headers_problem()
+        if problem:
+            raise DataplaneError(problem)
+        sources = self._sources or source_dir()
+        from bcc import BPF  # imported here: importing bcc loads libbcc
+
+        with _captured_stderr(enabled=self.debug == 0) as output:
+            try:
+                bpf = BPF(
+                    src_file=str(sources / "balancer.c").encode(),
+                    cflags=self.cflags(),
+                    debug=self.debug,
+                )
+            except Exception as e:
+                failure: tuple[str, Exception] | None = ("compile the XDP program", e)
+            else:
+                failure = None
+                try:
+                    fn = bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+                except Exception as e:
+                    failure = ("load the XDP program", e)
+        for line in output:
+            log.debug("bpf.output %s", line)
+        if failure:
+            raise DataplaneError(_explain_failure(failure[0], failure[1], output))
+        self._bpf, self._fn = bpf, fn
+        if self.events:
+            self._table("sbulb_events").open_ring_buffer(self._on_event)
+        log.info("dataplane.loaded prog_fd=%d cflags=%s", fn.fd, " ".join(self.cflags()[1:]))
+
+    @property
+    def loaded(self) -> bool:
+        return self._bpf is not None
+
+    @property
+    def prog_fd(self) -> int:
+        assert self._fn is not None, "load() first"
+        return int(self._fn.fd)
+
+    def _table(self, name: str):  # -> bcc table
+        assert self._bpf is not None, "load() first"
+        return self._bpf[name]
+
+    def _put(self, name: str, key: bytes, value: bytes) -> None:
+        table = self._table(name)
+        table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
+
+    def _delete(self, name: str, key: bytes) -> None:
+        table = self._table(name)
+        try:
+            del table[table.Key.from_buffer_copy(key)]
+        except KeyError:
+            pass
+
+    # -- configuration
+
+    def configure(self, vip: IPAddress, ports: Sequence[int]) -> None:
+        """Set the virtual server and the balanced ports."""
+        self._vip_bytes = addr_to_bytes(vip)
+        self._write_cfg()
+        wanted = {struct.pack("!H", port) for port in ports}
+        table = self._table("sbulb_ports")
+        for key in [bytes(k) for k in table.keys()]:
+            if key not in wanted:
+                self._delete("sbulb_ports", key)
+        for key in wanted:
+            self._put("sbulb_ports", key, b"\x01")
+
+    def _write_cfg(self) -> None:
+        self._put("sbulb_cfg", struct.pack("I", 0), self._vip_bytes + struct.pack("II", len(self._ring), 0))
+
+    def set_real_servers(self, servers: Sequence[IPAddress]) -> ServerChange:
+        """Make `servers` the real servers, in this round-robin order.
+
+        Servers that stay keep their slot and their associations. Order of
+        writes, so that a packet never reads a slot that is not filled: new
+        slots, then the ring and its length, then the removals. A client whose
+        server is removed is moved to another server by its next packet."""
+        if len(servers) > self.limits.max_real_servers:
+            raise DataplaneError(f"more than {self.limits.max_real_servers} real servers")
+        old = set(self._slots)
+        added = tuple(s for s in servers if s not in old)
+        removed = tuple(s for s in self._slots if s not in set(servers))
+        kept = tuple(s for s in servers if s in old)
+
+        free = sorted(set(range(1, self.limits.max_real_servers + 1)) - set(self._slots.values()))
+        for server, slot in zip(added, free):
+            raw = addr_to_bytes(server)
+            self._put("sbulb_rs", struct.pack("I", slot), raw)
+            self._put("sbulb_rs_index", raw, struct.pack("I", slot))
+            self._slots[server] = slot
+
+        for index, server in enumerate(servers):
+            self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", self._slots[server]))
+        self._ring = list(servers)
+        self._write_cfg()
+
+        for server in removed:
+            slot = self._slots.pop(server)
+            raw = addr_to_bytes(server)
+            self._delete("sbulb_rs_index", raw)
+            self._put("sbulb_rs", struct.pack("I", slot), bytes(ADDR_SIZE))
+        return ServerChange(added=added, removed=removed, kept=kept)
+
+    # -- state
+
+    def real_servers(self) -> list[IPAddress]:
+        """The real servers as the maps hold them, in round-robin order."""
+        cfg = bytes(self._table("sbulb_cfg")[self._table("sbulb_cfg").Key(0)])
+        (ring_len,) = struct.unpack_from("I", cfg, ADDR_SIZE)
+        ring = self._table("sbulb_ring")
+        rs = self._table("sbulb_rs")
+        servers = []
+        for index in range(ring_len):
+            slot = ring[ring.Key(index)].value
+            servers.append(addr_from_bytes(bytes(rs[rs.Key(slot)])))
+        return servers
+
+    def associations(self) -> dict[tuple[IPAddress, int], IPAddress]:
+        """(client ip, client port) -> real server, as the LRU map holds them."""
+        result = {}
+        for key, value in self._table("sbulb_assoc").items():
+            raw = bytes(key)
+            (port,) = struct.unpack_from("!H", raw, ADDR_SIZE)
+            result[(addr_from_bytes(raw[:ADDR_SIZE]), port)] = addr_from_bytes(bytes(value))
+        return result
+
+    def set_association(self, client: IPAddress, port: int, server: IPAddress) -> None:
+        key = addr_to_bytes(client) + struct.pack("!HH", port, 0)
+        self._put("sbulb_assoc", key, addr_to_bytes(server))
+
+    def stats(self) -> dict[Stat, int]:
+        """Counters summed over CPUs."""
+        table = self._table("sbulb_stats")
+        return {stat: int(table.sum(table.Key(stat)).value) for stat in Stat}
+
+    def reset_state(self) -> None:
+        """Forget associations, counters and the round-robin position (tests)."""
+        self._table("sbulb_assoc").clear()
+        stats = self._table("sbulb_stats")
+        for index in range(STAT_MAX):
+            stats.clearitem(stats.Key(index))
+        rr = self._table("sbulb_rr")
+        rr[rr.Key(0)] = rr.Leaf()
+
+    # -- events
+
+    def _on_event(self, _ctx: object, data: int, _size: int) -> int:
+        raw = self._table("sbulb_events").event(data)
+        other = bytes(raw.other)
+        try:
+            kind = EventType(raw.type)
+        except ValueError:
+            log.warning("event.unknown type=%d", raw.type)
+            return 0
+        self._events.append(
+            Event(
+                type=kind,
+                client=addr_from_bytes(bytes(raw.client)),
+                client_port=socket.ntohs(raw.client_port),
+                port=socket.ntohs(raw.port),
+                server=addr_from_bytes(bytes(raw.server)),
+                other=addr_from_bytes(other) if any(other) else None,
+            )
+        )
+        return 0
+
+    def poll_events(self) -> list[Event]:
+        """Events emitted since the last call (none unless compiled in)."""
+        if not self.events or self._bpf is None:
+            return []
+        self._bpf.ring_buffer_consume()
+        events, self._events = self._events, []
+        return events
+
+    # -- attach
+
+    def attached_programs(self, ifname: str) -> list[AttachedProgram]:
+        """XDP programs attached to an interface, whoever attached them."""
+        ifindex = interface_index(ifname)
+        lib = libbpf()
+        opts = _XdpQueryOpts(sz=ct.sizeof(_XdpQueryOpts))
+        ret = lib.bpf_xdp_query(ifindex, 0, ct.byref(opts))
+        if ret < 0:
+            raise DataplaneError(f"cannot query XDP on {ifname}: {_errstr(ret)}")
+        found = []
+        for prog_id, flags in ((opts.drv_prog_id, XDP_FLAGS_DRV_MODE), (opts.skb_prog_id, XDP_FLAGS_SKB_MODE)):
+            if prog_id:
+                found.append(AttachedProgram(prog_id, _prog_name(prog_id), flags))
+        return found
+
+    def detach_program(self, ifname: str, program: AttachedProgram) -> None:
+        """Detach a given program (only if it is still the one attached)."""
+        ifindex = interface_index(ifname)
+        lib = libbpf()
+        fd = lib.bpf_prog_get_fd_by_id(program.id)
+        if fd < 0:
+            return  # already gone
+        try:
+            opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=fd)
+            ret = lib.bpf_xdp_detach(ifindex, program.flags, ct.byref(opts))
+            if ret < 0:
+                raise DataplaneError(
+                    f"cannot detach XDP program {program.id} from {ifname}: {_errstr(ret)}"
+                )
+        finally:
+            os.close(fd)
+
+    def attach(self, ifname: str, flags: int = 0) -> None:
+        """Attach to an interface that has no XDP program."""
+        ifindex = interface_index(ifname)
+        opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=0)
+        ret = libbpf().bpf_xdp_attach(
+            ifindex, self.prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, ct.byref(opts)
+        )
+        if ret < 0:
+            if -ret == errno.EBUSY or -ret == errno.EEXIST:
+                raise DataplaneError(f"interface {ifname} already has an XDP program attached")
+            raise DataplaneError(f"cannot attach XDP to {ifname}: {_errstr(ret)}")
+        self._attached[ifname] = (ifindex, flags)
+        log.info("dataplane.attached interface=%s ifindex=%d", ifname, ifindex)
+
+    def detach(self, ifname: str) -> None:
+        """Detach our program from an interface (if it is still ours there)."""
+        if ifname not in self._attached:
+            return
+        ifindex, flags = self._attached.pop(ifname)
+        opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=self.prog_fd)
+        ret = libbpf().bpf_xdp_detach(ifindex, flags, ct.byref(opts))
+        if ret < 0:
+            log.warning("dataplane.detach_failed interface=%s error=%s", ifname, _errstr(ret))
+        else:
+            log.info("dataplane.detached interface=%s", ifname)
+
+    def detach_all(self) -> None:
+        for ifname in list(self._attached):
+            self.detach(ifname)
+
+    def close(self) -> None:
+        """Detach everywhere and release the program and its maps."""
+        self.detach_all()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+            self._fn = None
+
+    # -- test runs
+
+    def test_run(self, frame: bytes, repeat: int = 1) -> TestRun:
+        """Run the program on one frame with BPF_PROG_TEST_RUN (no interface
+        needed). The maps are the live ones: state carries over."""
+        data_in = ct.create_string_buffer(frame, len(frame))
+        size_out = len(frame) + 512
+        data_out = ct.create_string_buffer(size_out)
+        opts = _TestRunOpts(
+            sz=ct.sizeof(_TestRunOpts),
+            data_in=ct.cast(data_in, ct.c_void_p),
+            data_out=ct.cast(data_out, ct.c_void_p),
+            data_size_in=len(frame),
+            data_size_out=size_out,
+            repeat=repeat,
+        )
+        ret = libbpf().bpf_prog_test_run_opts(self.prog_fd, ct.byref(opts))
+        if ret < 0:
+            raise DataplaneError(f"BPF_PROG_TEST_RUN failed: {_errstr(ret)}")
+        return TestRun(
+            action=XdpAction(opts.retval),
+            frame=data_out.raw[: opts.data_size_out],
+            duration_ns=int(opts.duration),
+        )
+
+
+def _prog_name(prog_id: int) -> str:
+    lib = libbpf()
+    fd = lib.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        info = ct.create_string_buffer(_PROG_INFO_SIZE)
+        size = ct.c_uint32(_PROG_INFO_SIZE)
+        if lib.bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) < 0:
+            return ""
+        raw = info.raw[_PROG_INFO_NAME_OFFSET:_PROG_INFO_SIZE]
+        return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+    finally:
+        os.close(fd)
