@@ -356,7 +356,7 @@ class Dataplane:
 
     def _table(self, name: str):  # -> bcc table
         assert self._bpf is not None, "load() first"
-        return self._bpf[name]
+        return self._bpf[name.encode()]
 
     def _put(self, name: str, key: bytes, value: bytes) -> None:
         table = self._table(name)

@@ -1,0 +1,388 @@
+"""The running daemon: start, main loop, signals, reload, sd_notify, stop.
+
+Signal handlers and the file watcher only record what was asked and wake
+the main loop through a pipe; the main loop does all the work, so maps are
+only ever written from one thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Protocol
+
+from sbulb.config import Config, ConfigError, IPAddress, read_real_servers
+from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
+from sbulb.dataplane import (
+    PROG_NAME,
+    Dataplane,
+    DataplaneError,
+    Event,
+    interface_index,
+    missing_privileges,
+)
+from sbulb.log import TRACE
+from sbulb.watcher import ConfigWatcher
+
+log = logging.getLogger(__name__)
+
+RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a file event: editors write in steps
+EVENT_INTERVAL = 0.1  # how often data-path events are read, when compiled in
+IDLE_INTERVAL = 1.0  # wake-up period otherwise
+LOCK_DIR = Path("/run/sbulb")
+
+
+class StartError(Exception):
+    """sbulb cannot start. str() is one line telling the operator what to do."""
+
+
+class Notifier(Protocol):
+    def notify(self, state: str) -> None: ...
+
+
+class SystemdNotifier:
+    """sd_notify(3) from the main process, through sdnotify (a no-op when
+    NOTIFY_SOCKET is not set)."""
+
+    def __init__(self) -> None:
+        import sdnotify
+
+        self._notifier = sdnotify.SystemdNotifier()
+
+    def notify(self, state: str) -> None:
+        self._notifier.notify(state)
+
+
+def events_level(log_level: str) -> int:
+    """Which data-path events to compile in for a log level."""
+    if log_level == "TRACE":
+        return EVENTS_ALL
+    if log_level == "DEBUG":
+        return EVENTS_CHANGES
+    return EVENTS_NONE
+
+
+def _endpoint(address: IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def log_event(event: Event) -> None:
+    client = _endpoint(event.client, event.client_port)
+    if event.type == EventType.ASSOC_CLIENT:
+        log.debug("assoc.new by=client client=%s server=%s port=%d", client, event.server, event.port)
+    elif event.type == EventType.ASSOC_SERVER:
+        log.debug("assoc.new by=server client=%s server=%s port=%d", client, event.server, event.port)
+    elif event.type == EventType.ASSOC_REPICK:
+        log.debug(
+            "assoc.moved client=%s from=%s to=%s reason=server-removed",
+            client,
+            event.other,
+            event.server,
+        )
+    elif event.type == EventType.DROP_NOT_ASSOCIATED:
+        log.debug(
+            "packet.dropped reason=not-associated client=%s server=%s associated=%s",
+            client,
+            event.server,
+            event.other,
+        )
+    elif event.type == EventType.DROP_NO_REAL_SERVER:
+        log.debug("packet.dropped reason=no-real-server client=%s port=%d", client, event.port)
+    elif event.type == EventType.REUSED_INGRESS:
+        log.log(TRACE, "assoc.reused direction=ingress client=%s server=%s", client, event.server)
+    elif event.type == EventType.REUSED_EGRESS:
+        log.log(TRACE, "assoc.reused direction=egress client=%s server=%s", client, event.server)
+
+
+class _InterfaceLock:
+    """One sbulb per interface (and network namespace): an flock held for the
+    life of the process. A program named like ours on an interface whose lock
+    we hold is a leftover of a killed sbulb, safe to replace."""
+
+    def __init__(self, interface: str, lock_dir: Path) -> None:
+        netns = os.stat("/proc/self/ns/net").st_ino
+        self.path = lock_dir / f"{interface}.{netns}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartError(f"cannot create {self.path.parent}: {e.strerror}") from None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise StartError(f"cannot create the lock file {self.path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise StartError(
+                    f"another sbulb (pid {owner}) is already running on this interface "
+                    f"(lock {self.path})"
+                ) from None
+            # the previous owner may have removed the file between our open and
+            # our lock: then we hold a lock nobody else sees, so start again
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # still locked: nobody holds it meanwhile
+            os.close(self._fd)
+            self._fd = None
+
+
+class Service:
+    """One sbulb instance: a loaded program attached to an interface."""
+
+    def __init__(
+        self,
+        config: Config,
+        dataplane: Dataplane | None = None,
+        notifier: Notifier | None = None,
+        lock_dir: Path = LOCK_DIR,
+    ) -> None:
+        self.config = config
+        self.dataplane = dataplane or Dataplane(
+            config.limits, events=events_level(config.log_level), debug=config.debug
+        )
+        self.notifier = notifier or SystemdNotifier()
+        self.real_servers: tuple[IPAddress, ...] = config.real_servers
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop_requested = False
+        self._reload_requested = False
+        self._file_changed_at: float | None = None
+        self._watcher: ConfigWatcher | None = None
+        self._lock = _InterfaceLock(config.interface, lock_dir)
+
+    # -- requests (any thread, signal handlers)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake()
+
+    def _on_file_event(self) -> None:
+        self._file_changed_at = time.monotonic()
+        self._wake()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._stop_requested = True
+
+    # -- start / stop
+
+    def _check_environment(self) -> None:
+        problem = missing_privileges()
+        if problem:
+            raise StartError(problem)
+        try:
+            interface_index(self.config.interface)
+        except DataplaneError as e:
+            raise StartError(str(e)) from None
+
+    def _prepare(self) -> None:
+        """Everything before attaching: compile, load, fill the maps."""
+        try:
+            self.dataplane.load()
+            self.dataplane.configure(self.config.virtual_server, self.config.ports)
+            self.dataplane.set_real_servers(self.real_servers)
+        except DataplaneError as e:
+            raise StartError(str(e)) from None
+
+    def check(self) -> None:
+        """Dry run: everything but attaching."""
+        self._check_environment()
+        try:
+            self._prepare()
+        finally:
+            self.dataplane.close()
+
+    def _attach(self) -> None:
+        interface = self.config.interface
+        try:
+            for program in self.dataplane.attached_programs(interface):
+                if program.name != PROG_NAME:
+                    raise StartError(
+                        f"interface {interface} already runs XDP program '{program.name}' "
+                        f"(id {program.id}); sbulb will not replace it: remove it with "
+                        f"`ip link set dev {interface} xdp off`"
+                    )
+                log.warning(
+                    "start.replacing_leftover interface=%s prog_id=%d "
+                    "(left by an sbulb that did not stop cleanly)",
+                    interface,
+                    program.id,
+                )
+                self.dataplane.detach_program(interface, program)
+            self.dataplane.attach(interface)
+        except DataplaneError as e:
+            raise StartError(str(e)) from None
+
+    def start(self) -> None:
+        """Load, configure and attach; raises StartError, leaving nothing
+        attached."""
+        self._check_environment()
+        self._lock.acquire()
+        try:
+            if self.config.config_file is not None:
+                # watch from now on, so that edits made while compiling count
+                self._watcher = ConfigWatcher(self.config.config_file, self._on_file_event)
+                self._watcher.start()
+            self._prepare()
+            if self._stop_requested:
+                return
+            self._attach()
+        except BaseException:
+            self._shutdown()
+            raise
+        log.info(
+            "start.ready interface=%s vip=%s ports=%s real_servers=%s",
+            self.config.interface,
+            self.config.virtual_server,
+            ",".join(map(str, self.config.ports)),
+            ",".join(map(str, self.real_servers)),
+        )
+        self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
+
+    def _shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        self.dataplane.close()
+        self._lock.release()
+
+    def stop(self) -> None:
+        self.notifier.notify("STOPPING=1")
+        self._shutdown()
+        log.info("stop.done interface=%s", self.config.interface)
+
+    def status(self) -> str:
+        ports = " ".join(map(str, self.config.ports))
+        return (
+            f"balancing UDP {self.config.virtual_server} port(s) {ports} over "
+            f"{len(self.real_servers)} real server(s) on {self.config.interface}"
+        )
+
+    # -- reload
+
+    def reload(self, trigger: str) -> bool:
+        """Re-read the config file; apply it if valid, else keep the running
+        configuration. Returns whether it was applied."""
+        path = self.config.config_file
+        if path is None:
+            log.warning("reload.ignored trigger=%s reason=no config file (-rs given)", trigger)
+            return False
+        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
+        applied = False
+        try:
+            servers = read_real_servers(path, self.config.virtual_server, self.config.limits)
+            change = self.dataplane.set_real_servers(servers)
+        except ConfigError as e:
+            log.error(
+                "config.rejected file=%s reason=%s; keeping the running configuration "
+                "(%d real servers)",
+                path,
+                e,
+                len(self.real_servers),
+            )
+        except DataplaneError as e:
+            log.error("config.not_applied file=%s reason=%s", path, e)
+        else:
+            self.real_servers = servers
+            applied = True
+            if change.changed:
+                log.info(
+                    "config.applied file=%s trigger=%s added=%s removed=%s real_servers=%d",
+                    path,
+                    trigger,
+                    ",".join(map(str, change.added)) or "-",
+                    ",".join(map(str, change.removed)) or "-",
+                    len(servers),
+                )
+            else:
+                log.info("config.unchanged file=%s trigger=%s", path, trigger)
+        status = self.status() if applied else f"{self.status()} (last reload rejected)"
+        self.notifier.notify(f"READY=1\nSTATUS={status}")
+        return applied
+
+    # -- main loop
+
+    def _timeout(self) -> float:
+        if self._file_changed_at is not None:
+            return max(0.0, self._file_changed_at + RELOAD_DEBOUNCE - time.monotonic())
+        return EVENT_INTERVAL if self.dataplane.events else IDLE_INTERVAL
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def loop(self) -> None:
+        while not self._stop_requested:
+            select.select([self._wake_r], [], [], self._timeout())
+            self._drain_wake_pipe()
+            if self._stop_requested:
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self._file_changed_at = None
+                self.reload("signal")
+            changed_at = self._file_changed_at
+            if changed_at is not None and time.monotonic() - changed_at >= RELOAD_DEBOUNCE:
+                self._file_changed_at = None
+                self.reload("file")
+            for event in self.dataplane.poll_events():
+                log_event(event)
+
+    def run(self, handle_signals: bool = True) -> int:
+        """Start, serve until asked to stop, stop. Returns the exit code (0);
+        raises StartError if it cannot start."""
+        previous = {}
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                previous[signum] = signal.signal(signum, self._on_signal)
+            signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            self.start()
+            try:
+                self.loop()
+            finally:
+                self.stop()
+        finally:
+            if handle_signals:
+                signal.set_wakeup_fd(-1)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        return 0
