@@ -1,0 +1,115 @@
+"""Packet builders for the packet tests: scapy makes both the input and the
+exact expected output (checksums recomputed from scratch by scapy)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+
+MAC_NEIGHBOUR = "02:00:00:00:00:01"  # the router the balancer talks to
+MAC_BALANCER = "02:00:00:00:00:02"
+
+PORT = 5683
+OTHER_PORT = 5684  # balanced too
+UNBALANCED_PORT = 9999
+
+
+@dataclass(frozen=True)
+class Net:
+    """Addresses of one family."""
+
+    family: int
+    vip: str
+    real_servers: tuple[str, ...]
+    clients: tuple[str, ...]
+    stranger: str  # neither VIP nor real server
+
+    def ip(self, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(text)
+
+    @property
+    def vip_ip(self):
+        return self.ip(self.vip)
+
+    def rs_ips(self, *indexes: int):
+        return [self.ip(self.real_servers[i]) for i in indexes]
+
+
+NETS = {
+    4: Net(
+        4,
+        "10.0.0.1",
+        ("10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"),
+        ("192.0.2.1", "192.0.2.2"),
+        "10.0.0.99",
+    ),
+    6: Net(
+        6,
+        "2001:db8::1",
+        ("2001:db8::2", "2001:db8::3", "2001:db8::4", "2001:db8::5"),
+        ("2001:db8:c::1", "2001:db8:c::2"),
+        "2001:db8::99",
+    ),
+}
+
+
+def udp(
+    net: Net,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    payload: bytes = b"sbulb test payload",
+    ttl: int = 64,
+) -> Packet:
+    """An Ethernet frame from the neighbour to the balancer."""
+    if net.family == 4:
+        ip = IP(src=src, dst=dst, ttl=ttl, id=4242)
+    else:
+        ip = IPv6(src=src, dst=dst, hlim=ttl)
+    return Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / ip / UDP(sport=sport, dport=dport) / Raw(
+        payload
+    )
+
+
+def natted(pkt: Packet, src: str | None = None, dst: str | None = None) -> bytes:
+    """What the balancer must send for `pkt`: MACs swapped, an address
+    rewritten, TTL / hop limit one lower, checksums valid."""
+    out = Ether(bytes(pkt))
+    out[Ether].src, out[Ether].dst = pkt[Ether].dst, pkt[Ether].src
+    ip = out[IP] if IP in out else out[IPv6]
+    if src is not None:
+        ip.src = src
+    if dst is not None:
+        ip.dst = dst
+    if IP in out:
+        out[IP].ttl -= 1
+        del out[IP].chksum
+        if pkt[UDP].chksum != 0:
+            del out[UDP].chksum
+    else:
+        out[IPv6].hlim -= 1
+        del out[UDP].chksum
+    return bytes(out)
+
+
+def with_udp_checksum_zero(pkt: Packet) -> Packet:
+    out = Ether(bytes(pkt))
+    out[UDP].chksum = 0
+    return Ether(bytes(out))
+
+
+def payload_for_zero_checksum(net: Net, src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A payload whose UDP checksum, for these addresses, computes to 0 (so
+    it must be sent as 0xffff). The last word cancels the sum of the rest."""
+    base = b"zero-sum" + b"\0\0"
+    frame = Ether(bytes(udp(net, src, dst, sport, dport, base)))
+    check = frame[UDP].chksum  # ~sum with the last word 0
+    payload = base[:-2] + check.to_bytes(2, "big")
+    assert Ether(bytes(udp(net, src, dst, sport, dport, payload)))[UDP].chksum == 0xFFFF
+    return payload

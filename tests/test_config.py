@@ -1,0 +1,228 @@
+"""Config and command line: every flag, every class of invalid input.
+Pure Python: no root, no kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sbulb import cli
+from sbulb.config import (
+    Config,
+    ConfigError,
+    Limits,
+    parse_real_servers,
+    read_real_servers,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ip = ipaddress.ip_address
+V4 = ["eth0", "-vs", "10.0.0.1", "-p", "5683"]
+
+
+def parse(*argv: str) -> Config:
+    config, _ = cli.parse(list(argv))
+    return config
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.parse(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# ---- the INI file
+
+
+def test_sbulbs_ini_file_works_unchanged() -> None:
+    text = "[Real Servers]\n10.0.0.4\n10.0.0.2\n10.0.0.6\n"
+    assert parse_real_servers(text) == (ip("10.0.0.4"), ip("10.0.0.2"), ip("10.0.0.6"))
+
+
+def test_ini_file_ipv6_comments_and_blank_lines() -> None:
+    text = "# servers\n[Real Servers]\n2001:db8::2\n\n; spare\n2001:DB8::3\n"
+    assert parse_real_servers(text) == (ip("2001:db8::2"), ip("2001:db8::3"))
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("10.0.0.4\n", "no section headers"),
+        ("[Servers]\n10.0.0.4\n", "no [Real Servers] section"),
+        ("[Real Servers]\n10.0.0.300\n", "invalid real server address '10.0.0.300'"),
+        ("[Real Servers]\nserver-a\n", "invalid real server address 'server-a'"),
+        ("[Real Servers]\n10.0.0.4\n10.0.0.4\n", "listed twice"),
+        ("[Real Servers]\n10.0.0.4 = 3\n", "unexpected value"),
+        ("[Real Servers\n10.0.0.4\n", "no section headers"),
+    ],
+)
+def test_ini_parse_errors(text: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_real_servers(text)
+    assert reason in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_ini_validation_errors(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    vip = ip("10.0.0.1")
+    cases = {
+        "[Real Servers]\n": "no real server",
+        "[Real Servers]\n2001:db8::2\n": "is IPv6 but the virtual server 10.0.0.1 is IPv4",
+        "[Real Servers]\n" + "".join(f"10.0.1.{i}\n" for i in range(1, 5)): "at most 3",
+        "[Real Servers]\n10.0.0.1\n": "is the virtual server itself",
+    }
+    for text, reason in cases.items():
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=reason):
+            read_real_servers(path, vip, Limits(max_real_servers=3))
+    path.write_text("[Real Servers]\n2001:db8::2\n2001:DB8:0::2\n")  # same address
+    with pytest.raises(ConfigError, match="listed twice"):
+        read_real_servers(path, ip("2001:db8::1"), Limits())
+    with pytest.raises(ConfigError, match="file not found"):
+        read_real_servers(tmp_path / "missing.conf", vip, Limits())
+    path.write_bytes(b"[Real Servers]\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_real_servers(path, vip, Limits())
+
+
+# ---- the command line
+
+
+def test_every_flag_short_and_long() -> None:
+    short = parse("eth1", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "10.0.0.3", "-p", "5683", "5684",
+                  "-d", "2", "-l", "TRACE", "-mp", "4", "-mrs", "8", "-ma", "1000")
+    long = parse("eth1", "--virtual_server", "10.0.0.1", "--real_server", "10.0.0.2", "10.0.0.3",
+                 "--port", "5683", "5684", "--debug", "2", "--loglevel", "TRACE",
+                 "--max_ports", "4", "--max_realservers", "8", "--max_associations", "1000")
+    assert short == long
+    assert short.interface == "eth1"
+    assert short.virtual_server == ip("10.0.0.1")
+    assert short.real_servers == (ip("10.0.0.2"), ip("10.0.0.3"))
+    assert short.ports == (5683, 5684)
+    assert (short.debug, short.log_level) == (2, "TRACE")
+    assert short.limits == Limits(max_ports=4, max_real_servers=8, max_associations=1000)
+    assert short.config_file is None
+
+
+def test_sbulbs_defaults() -> None:
+    config = parse(*V4, "-rs", "10.0.0.2")
+    assert config.limits == Limits(max_ports=16, max_real_servers=32, max_associations=1048576)
+    assert (config.debug, config.log_level) == (0, "ERROR")
+
+
+def test_config_file_flag(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Real Servers]\n10.0.0.4\n10.0.0.2\n")
+    config = parse(*V4, "-cfg", str(path))
+    assert config.real_servers == (ip("10.0.0.4"), ip("10.0.0.2"))
+    assert config.config_file == path
+    assert parse(*V4, "--config_file", str(path)) == config
+
+
+def test_ipv6_follows_the_vip() -> None:
+    config = parse("eth0", "-vs", "2001:db8::1", "-rs", "2001:db8::2", "-p", "5683")
+    assert config.family == 6
+
+
+def test_ports_1_and_65535_are_valid() -> None:
+    assert parse(*V4[:3], "-p", "1", "65535", "-rs", "10.0.0.2").ports == (1, 65535)
+
+
+@pytest.mark.parametrize(
+    "argv,reason",
+    [
+        (["lo", "-vs", "300.1.1.1", "-rs", "10.0.0.1", "-p", "5683"], "invalid IP address '300.1.1.1'"),
+        ([*V4, "-rs", "10.0.0.x"], "invalid IP address '10.0.0.x'"),
+        ([*V4, "-rs", "2001:db8::2"], "is IPv6 but the virtual server 10.0.0.1 is IPv4"),
+        (["eth0", "-vs", "2001:db8::1", "-rs", "10.0.0.2", "-p", "1"], "is IPv4 but the virtual"),
+        ([*V4[:3], "-rs", "10.0.0.2", "-p", "0"], "UDP port 0 is not between 1 and 65535"),
+        ([*V4[:3], "-rs", "10.0.0.2", "-p", "65536"], "not between 1 and 65535"),
+        ([*V4[:3], "-rs", "10.0.0.2", "-p", "coap"], "invalid UDP port 'coap'"),
+        ([*V4[:3], "-rs", "10.0.0.2", "-p", "1", "1"], "listed twice"),
+        ([*V4, "-rs", "10.0.0.2", "10.0.0.2"], "listed twice"),
+        ([*V4, "-rs", "10.0.0.1"], "is the virtual server itself"),
+        (["eth0", "-vs", "0.0.0.0", "-rs", "10.0.0.2", "-p", "1"], "not a unicast address"),
+        (["eth0", "-vs", "224.0.0.1", "-rs", "10.0.0.2", "-p", "1"], "not a unicast address"),
+        (["eth0", "-vs", "::ffff:10.0.0.1", "-rs", "::ffff:10.0.0.2", "-p", "1"], "IPv4-mapped"),
+        ([*V4, "-rs", "10.0.0.2", "-mp", "0"], "0 is not a positive number"),
+        ([*V4, "-rs", "10.0.0.2", "-ma", "many"], "invalid number 'many'"),
+        ([*V4, "-rs", "10.0.0.2", "-mrs", "1", "-cfg", "x"], "not allowed with argument"),
+        ([*V4, "-rs", "10.0.0.2", "10.0.0.3", "-mrs", "1"], "at most 1 (raise --max_realservers)"),
+        ([*V4[:3], "-p", "1", "2", "3", "-mp", "2", "-rs", "10.0.0.2"], "at most 2 (raise --max_ports)"),
+        ([*V4, "-rs", "10.0.0.2", "-ma", "4294967296"], "--max_associations must be between"),
+        ([*V4, "-rs", "10.0.0.2", "-d", "5"], "invalid choice: 5"),
+        ([*V4, "-rs", "10.0.0.2", "-l", "VERBOSE"], "invalid choice: 'VERBOSE'"),
+        ([*V4], "one of the arguments -rs/--real_server -cfg/--config_file is required"),
+        (["-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "1"], "required: ifnet"),
+        (["eth0", "-rs", "10.0.0.2", "-p", "1"], "required: -vs/--virtual_server"),
+        (["eth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2"], "required: -p/--port"),
+    ],
+)
+def test_invalid_command_lines(capsys: pytest.CaptureFixture[str], argv: list[str], reason: str) -> None:
+    err = usage_error(capsys, *argv)
+    assert err.startswith("sbulb: error: ")
+    assert reason in err
+
+
+def test_invalid_config_file_at_start(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.conf"
+    path.write_text("[Real Servers]\nnot-an-address\n")
+    err = usage_error(capsys, *V4, "-cfg", str(path))
+    assert f"config file {path}: invalid real server address 'not-an-address'" in err
+    err = usage_error(capsys, *V4, "-cfg", str(tmp_path / "missing.conf"))
+    assert "file not found" in err
+
+
+def run_module(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sbulb", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_lists_every_sbulb_flag() -> None:
+    result = run_module("-h")
+    assert result.returncode == 0
+    for flag in ["ifnet", "-vs VIRTUAL_SERVER, --virtual_server", "-rs REAL_SERVER",
+                 "--real_server", "-cfg CONFIG_FILE, --config_file", "-p PORT", "--port",
+                 "-d {0,1,2,3,4}, --debug", "-l {CRITICAL,ERROR,WARNING,INFO,DEBUG,TRACE}",
+                 "--loglevel", "-mp MAX_PORTS, --max_ports", "-mrs MAX_REALSERVERS, --max_realservers",
+                 "-ma MAX_ASSOCIATIONS, --max_associations", "[Real Servers]"]:
+        assert flag in result.stdout, flag
+
+
+def test_bad_vip_exits_non_zero_with_one_line() -> None:
+    """The issue's own example, through the real entry point."""
+    result = run_module("lo", "-vs", "300.1.1.1", "-rs", "10.0.0.1", "-p", "5683")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "300.1.1.1" in result.stderr
+
+
+def test_cli_module_has_no_import_time_effects() -> None:
+    code = "import sys, sbulb.cli; print('bcc' in sys.modules, 'sbulb.dataplane' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_packaged_example_config_and_unit_agree_with_sbulb() -> None:
+    systemd = REPO / "packaging" / "systemd"
+    servers = parse_real_servers((systemd / "sbulb.conf").read_text())
+    assert servers and all(s.version == 4 for s in servers)
+    unit = (systemd / "sbulb.service").read_text()
+    for line in ["Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "ExecStart=/usr/bin/python3 -m sbulb $SBULB_OPTS"]:
+        assert line in unit.splitlines(), line
+    # the default command line is one sbulb accepts (with its config file in place)
+    opts = (systemd / "sbulb.default").read_text().split('SBULB_OPTS="')[1].split('"')[0].split()
+    opts[opts.index("-cfg") + 1] = str(systemd / "sbulb.conf")
+    config = parse(*opts)
+    assert config.real_servers == servers

@@ -1,0 +1,192 @@
+"""The real `python3 -m sbulb` process, started in a network namespace of
+the test's own and stopped as an operator or systemd would: READY/STOPPING,
+signals, start failures, leftovers, a second instance, --check, the console
+script."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sbulb.config import Limits
+from sbulb.dataplane import Dataplane, DataplaneError
+from tests.conftest import require_root
+from tests.proc import REPO, namespace, run, sbulb, xdp_programs
+
+V4_ARGS = ["veth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "10.0.0.3", "-p", "5683"]
+V6_ARGS = ["veth0", "-vs", "2001:db8::1", "-rs", "2001:db8::2", "-p", "5683", "5684"]
+
+
+@pytest.fixture
+def ns():
+    require_root()
+    with namespace() as name:
+        yield name
+
+
+@pytest.mark.parametrize(
+    "args,signum",
+    [(V4_ARGS, signal.SIGTERM), (V6_ARGS, signal.SIGINT)],
+    ids=["ipv4-sigterm", "ipv6-sigint"],
+)
+def test_ready_then_clean_stop(ns: str, tmp_path: Path, args: list[str], signum: int) -> None:
+    with sbulb(ns, args, tmp_path) as lb:
+        ready = lb.wait_ready()
+        assert "STATUS=balancing UDP" in ready
+        assert [name for _, name in xdp_programs(ns)] == ["sbulb_xdp"]
+        assert lb.stop(signum) == 0
+        lb.notify.wait_for("STOPPING=1", 5)
+        assert xdp_programs(ns) == []
+        assert lb.stderr == ""  # default log level: errors only
+
+
+def test_config_file_reload_through_sighup(ns: str, tmp_path: Path) -> None:
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text("[Real Servers]\n10.0.0.2\n")
+    with sbulb(ns, [*V4_ARGS[:3], "-cfg", str(conf), "-p", "5683", "-l", "INFO"], tmp_path) as lb:
+        lb.wait_ready()
+        conf.write_text("[Real Servers]\n10.0.0.2\n10.0.0.3\n")
+        lb.notify.wait_for("RELOADING=1", 10)
+        assert "over 2 real server(s)" in lb.notify.wait_for("READY=1", 10)
+        lb.proc.send_signal(signal.SIGHUP)
+        lb.notify.wait_for("RELOADING=1", 10)
+        lb.notify.wait_for("READY=1", 10)
+        assert lb.stop() == 0
+    assert "config.applied" in lb.stderr and "trigger=signal" in lb.stderr
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("sbulb: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], stderr
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+          "--inh-caps=-all", "--bounding-set=-all"]
+
+
+@pytest.mark.parametrize(
+    "args,env,prefix,rc,fragments",
+    [
+        (["nosuch0", *V4_ARGS[1:]], {}, [], 1, ["no such network interface 'nosuch0'"]),
+        (["veth0", "-vs", "10.0.0.300", "-rs", "10.0.0.2", "-p", "1"], {}, [], 2,
+         ["invalid IP address '10.0.0.300'"]),
+        (["veth0", "-vs", "10.0.0.1", "-rs", "2001:db8::2", "-p", "1"], {}, [], 2,
+         ["real server 2001:db8::2 is IPv6"]),
+        (["veth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "70000"], {}, [], 2,
+         ["UDP port 70000"]),
+        (V4_ARGS, {"BCC_KERNEL_SOURCE": "/nonexistent/headers"}, [], 1,
+         ["kernel headers", "/nonexistent/headers", "make setup"]),
+        (V4_ARGS, {}, NOBODY, 1, ["run sbulb as root"]),
+    ],
+    ids=["missing-interface", "bad-vip", "wrong-family", "bad-port", "no-headers", "not-root"],
+)
+def test_start_failures(ns: str, tmp_path: Path, args, env, prefix, rc, fragments) -> None:
+    if prefix:
+        tmp_path.chmod(0o777)  # the notify socket's directory, for nobody
+    with sbulb(ns, args, tmp_path, env=env, prefix=prefix) as lb:
+        assert lb.wait() == rc
+        assert_one_line_error(lb.stderr, *fragments)
+    assert xdp_programs(ns) == []
+
+
+def test_compile_error_is_one_line(tmp_path: Path) -> None:
+    require_root()
+    sources = tmp_path / "bpf"
+    shutil.copytree(REPO / "sbulb" / "bpf", sources)
+    balancer = sources / "balancer.c"
+    balancer.write_text(balancer.read_text().replace("return action;", "return action"))
+    dp = Dataplane(Limits(), sources=sources)
+    with pytest.raises(DataplaneError) as exc:
+        dp.load()
+    message = str(exc.value)
+    assert message.startswith("cannot compile the XDP program: ") and "error:" in message
+    assert "\n" not in message
+
+
+FOREIGN = """
+from bcc import BPF
+b = BPF(text="int firewall(struct xdp_md *ctx) { return XDP_PASS; }")
+BPF.attach_xdp("veth0", b.load_func("firewall", BPF.XDP), 0)
+"""
+
+
+def test_foreign_program_is_left_alone(ns: str, tmp_path: Path) -> None:
+    run("ip", "netns", "exec", ns, sys.executable, "-c", FOREIGN)
+    before = xdp_programs(ns)
+    assert [name for _, name in before] == ["firewall"]
+    with sbulb(ns, V4_ARGS, tmp_path) as lb:
+        assert lb.wait() == 1
+        assert_one_line_error(lb.stderr, "already runs XDP program 'firewall'", "xdp off")
+    assert xdp_programs(ns) == before
+
+
+def test_leftover_of_a_killed_sbulb_is_replaced(ns: str, tmp_path: Path) -> None:
+    """A SIGKILLed sbulb leaves its program attached; the next start takes
+    the interface over and serves (a restart)."""
+    with sbulb(ns, V4_ARGS, tmp_path) as first:
+        first.wait_ready()
+        first.stop(signal.SIGKILL)
+    leftover = xdp_programs(ns)
+    assert [name for _, name in leftover] == ["sbulb_xdp"]
+    with sbulb(ns, [*V4_ARGS, "-l", "WARNING"], tmp_path) as second:
+        second.wait_ready()
+        now = xdp_programs(ns)
+        assert [name for _, name in now] == ["sbulb_xdp"] and now != leftover
+        assert second.stop() == 0
+    assert "start.replacing_leftover" in second.stderr
+    assert xdp_programs(ns) == []
+
+
+def test_second_instance_on_the_same_interface_is_refused(ns: str, tmp_path: Path) -> None:
+    with sbulb(ns, V4_ARGS, tmp_path) as first:
+        first.wait_ready()
+        program = xdp_programs(ns)
+        with sbulb(ns, V6_ARGS, tmp_path) as second:
+            assert second.wait() == 1
+            assert_one_line_error(second.stderr, "another sbulb", f"pid {first.proc.pid}")
+        assert xdp_programs(ns) == program
+        assert first.stop() == 0
+
+
+def test_check_verifies_without_attaching(ns: str, tmp_path: Path) -> None:
+    result = run("ip", "netns", "exec", ns, sys.executable, "-m", "sbulb", *V4_ARGS, "--check",
+                 check=False)
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    assert xdp_programs(ns) == []
+
+
+def test_console_script(tmp_path: Path) -> None:
+    """pyproject.toml declares `sbulb`; installed, it is the same program."""
+    require_root()
+    source = tmp_path / "src"  # pip builds in the source tree: not in ours
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info",
+                                                                "__pycache__"))
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "-q", str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr
+    script = venv / "bin" / "sbulb"
+    help_text = subprocess.run([str(script), "-h"], capture_output=True, text=True, cwd=tmp_path)
+    assert help_text.returncode == 0 and "--max_associations" in help_text.stdout
+    bad = subprocess.run([str(script), "lo", "-vs", "300.1.1.1", "-rs", "10.0.0.1", "-p", "5683"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    # the C sources travel with the package
+    located = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from sbulb.dataplane import source_dir; print(source_dir())"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert located.stdout.strip().startswith(str(venv)), located

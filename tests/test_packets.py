@@ -1,0 +1,515 @@
+"""Packet tests: the compiled XDP program run with BPF_PROG_TEST_RUN on
+scapy-built frames, outputs compared byte for byte (checksums included) with
+scapy-built expectations.
+
+A flow is an ordered list of steps run on fresh state: packets with their
+expected verdict and output, real-server changes, and checks of the
+association map and counters. Every flow runs for IPv4 and IPv6.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_EOL, IPOption_NOP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet, Raw
+
+from sbulb.config import Limits
+from sbulb.consts import Stat, XdpAction
+from sbulb.dataplane import Dataplane
+from tests.conftest import require_root
+from tests.packets import (
+    MAC_BALANCER,
+    MAC_NEIGHBOUR,
+    NETS,
+    OTHER_PORT,
+    PORT,
+    UNBALANCED_PORT,
+    Net,
+    natted,
+    payload_for_zero_checksum,
+    udp,
+    with_udp_checksum_zero,
+)
+
+TX, PASS, DROP = XdpAction.TX, XdpAction.PASS, XdpAction.DROP
+
+
+@dataclass
+class Send:
+    """Run one frame; expect a verdict and, for TX, exactly `expect`.
+    PASS must leave the frame untouched."""
+
+    what: str
+    packet: Packet
+    action: XdpAction
+    expect: bytes | None = None
+
+
+@dataclass
+class Servers:
+    """Set the real servers (indexes into Net.real_servers), in this order."""
+
+    indexes: tuple[int, ...]
+
+
+@dataclass
+class Assocs:
+    """The association map holds exactly these: (client index, port) -> real server index."""
+
+    expected: dict[tuple[int, int], int]
+
+
+@dataclass
+class Counts:
+    """Counters: verdict slots not listed must be 0; listed slots must match."""
+
+    expected: dict[Stat, int] = field(default_factory=dict)
+
+
+Step = Union[Send, Servers, Assocs, Counts]
+
+
+def flows(n: Net) -> dict[str, list[Step]]:
+    V, RS, C = n.vip, n.real_servers, n.clients
+
+    def ingress(client: int, sport: int, server: int, **kw) -> Send:
+        pkt = udp(n, C[client], V, sport, kw.pop("dport", PORT), **kw)
+        return Send(
+            f"client{client}:{sport} -> VIP goes to rs{server}", pkt, TX, natted(pkt, dst=RS[server])
+        )
+
+    def egress(server: int, client: int, dport: int, **kw) -> Send:
+        pkt = udp(n, RS[server], C[client], kw.pop("sport", PORT), dport, **kw)
+        return Send(f"rs{server} -> client{client}:{dport} leaves from VIP", pkt, TX, natted(pkt, src=V))
+
+    def passes(what: str, pkt: Packet) -> Send:
+        return Send(what, pkt, PASS)
+
+    def drops(what: str, pkt: Packet) -> Send:
+        return Send(what, pkt, DROP)
+
+    result: dict[str, list[Step]] = {
+        "client_initiated": [
+            ingress(0, 1000, 0),
+            egress(0, 0, 1000),
+            Assocs({(0, 1000): 0}),
+            Counts({Stat.TX_INGRESS: 1, Stat.TX_EGRESS: 1, Stat.ASSOC_CLIENT: 1}),
+        ],
+        "stickiness": [
+            ingress(0, 1000, 0),
+            ingress(0, 1001, 1),
+            ingress(0, 1000, 0, payload=b"second"),
+            ingress(0, 1000, 0, payload=b"third"),
+            ingress(1, 1000, 2),
+            ingress(0, 1001, 1, payload=b"again"),
+            Assocs({(0, 1000): 0, (0, 1001): 1, (1, 1000): 2}),
+            Counts({Stat.TX_INGRESS: 6, Stat.ASSOC_CLIENT: 3}),
+        ],
+        "round_robin": [
+            ingress(0, 2000, 0),
+            ingress(0, 2001, 1),
+            ingress(0, 2002, 2),
+            ingress(0, 2003, 0),
+            ingress(1, 2000, 1),
+            ingress(1, 2001, 2),
+            Counts({Stat.TX_INGRESS: 6, Stat.ASSOC_CLIENT: 6}),
+        ],
+        "same_ip_different_ports": [
+            ingress(0, 3000, 0),
+            ingress(0, 3001, 1),
+            egress(1, 0, 3001),
+            egress(0, 0, 3000),
+            drops("rs1 may not answer client0:3000 (rs0's)", udp(n, RS[1], C[0], PORT, 3000)),
+            Counts({Stat.TX_INGRESS: 2, Stat.TX_EGRESS: 2, Stat.DROP_NOT_ASSOCIATED: 1,
+                    Stat.ASSOC_CLIENT: 2}),
+        ],
+        "every_balanced_port": [
+            ingress(0, 1000, 0, dport=OTHER_PORT),
+            egress(0, 0, 1000, sport=OTHER_PORT),
+            Assocs({(0, 1000): 0}),
+        ],
+        "server_initiated": [
+            egress(1, 0, 4000),
+            Assocs({(0, 4000): 1}),
+            ingress(0, 4000, 1),
+            ingress(0, 4001, 0),  # the cursor did not move for rs1's association
+            drops("rs2 may not speak to rs1's client", udp(n, RS[2], C[0], PORT, 4000)),
+            Counts({Stat.TX_INGRESS: 2, Stat.TX_EGRESS: 1, Stat.DROP_NOT_ASSOCIATED: 1,
+                    Stat.ASSOC_CLIENT: 1, Stat.ASSOC_SERVER: 1}),
+        ],
+        "remove_first_real_server": [
+            ingress(0, 1, 0),
+            ingress(0, 2, 1),
+            ingress(0, 3, 2),
+            Servers((1, 2)),
+            ingress(0, 1, 2),  # re-picked: cursor 3 % 2 -> ring[1] = rs2
+            ingress(0, 2, 1),
+            ingress(0, 3, 2),
+            passes("rs0 is no real server anymore", udp(n, RS[0], C[0], PORT, 1)),
+            Assocs({(0, 1): 2, (0, 2): 1, (0, 3): 2}),
+            Counts({Stat.TX_INGRESS: 6, Stat.PASS_NOT_BALANCED: 1, Stat.ASSOC_CLIENT: 3,
+                    Stat.ASSOC_REPICK: 1}),
+        ],
+        "remove_last_real_server": [
+            ingress(0, 1, 0),
+            ingress(0, 2, 1),
+            ingress(0, 3, 2),
+            Servers((0, 1)),
+            ingress(0, 3, 1),  # re-picked: cursor 3 % 2 -> ring[1] = rs1
+            ingress(0, 1, 0),
+            ingress(0, 2, 1),
+            Assocs({(0, 1): 0, (0, 2): 1, (0, 3): 1}),
+        ],
+        "add_real_server": [
+            Servers((0,)),
+            ingress(0, 1, 0),
+            Servers((0, 1)),
+            ingress(0, 2, 1),
+            ingress(0, 3, 0),
+            ingress(0, 1, 0),
+            Assocs({(0, 1): 0, (0, 2): 1, (0, 3): 0}),
+        ],
+        "update_real_servers": [
+            Servers((0, 1)),
+            ingress(0, 1, 0),
+            ingress(0, 2, 1),
+            Servers((1, 3)),
+            ingress(0, 2, 1),  # rs1 stays: so does its client
+            ingress(0, 1, 1),  # rs0 left: cursor 2 % 2 -> ring[0] = rs1
+            ingress(0, 3, 3),
+            Assocs({(0, 1): 1, (0, 2): 1, (0, 3): 3}),
+        ],
+        "server_takes_over_removed_servers_client": [
+            ingress(0, 1, 0),
+            Servers((1, 2)),
+            egress(2, 0, 1),
+            ingress(0, 1, 2),
+            Assocs({(0, 1): 2}),
+            Counts({Stat.TX_INGRESS: 2, Stat.TX_EGRESS: 1, Stat.ASSOC_CLIENT: 1,
+                    Stat.ASSOC_REPICK: 1}),
+        ],
+        "no_real_server": [
+            Servers(()),
+            drops("nobody to send to", udp(n, C[0], V, 1, PORT)),
+            Assocs({}),
+            Counts({Stat.DROP_NO_REAL_SERVER: 1}),
+        ],
+        "unbalanced_traffic_untouched": [
+            passes("VIP, unbalanced port", udp(n, C[0], V, 1, UNBALANCED_PORT)),
+            passes("balanced port, not the VIP", udp(n, C[0], n.stranger, 1, PORT)),
+            passes("real server, unbalanced source port", udp(n, RS[0], C[0], UNBALANCED_PORT, 1)),
+            passes("stranger from a balanced port", udp(n, n.stranger, C[0], PORT, 1)),
+            Assocs({}),
+            Counts({Stat.PASS_NOT_BALANCED: 4}),
+        ],
+        "ttl": [
+            passes("TTL 1 to the VIP goes to the kernel", udp(n, C[0], V, 1, PORT, ttl=1)),
+            passes("TTL 0 too", udp(n, C[0], V, 1, PORT, ttl=0)),
+            Assocs({}),
+            ingress(0, 1, 0, ttl=2),
+            passes("TTL 1 from a real server", udp(n, RS[0], C[0], PORT, 1, ttl=1)),
+            egress(0, 0, 1, ttl=2),
+            Counts({Stat.PASS_TTL: 3, Stat.TX_INGRESS: 1, Stat.TX_EGRESS: 1,
+                    Stat.ASSOC_CLIENT: 1}),
+        ],
+        "checksum_computed_zero_sent_as_ffff": [
+            ingress(0, 7, 0, payload=payload_for_zero_checksum(n, C[0], RS[0], 7, PORT)),
+            egress(0, 0, 7, payload=payload_for_zero_checksum(n, V, C[0], PORT, 7)),
+        ],
+        "ethernet_padding": [
+            Send(
+                "a padded frame is balanced, padding kept",
+                Ether(bytes(udp(n, C[0], V, 1, PORT, payload=b"x")) + bytes(20)),
+                TX,
+                natted(udp(n, C[0], V, 1, PORT, payload=b"x"), dst=RS[0]) + bytes(20),
+            ),
+        ],
+        "not_ip_not_udp": [
+            passes("ARP", Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / ARP()),
+            passes("TCP to VIP:port", _l3(n, C[0], V) / TCP(sport=1, dport=PORT)),
+            Counts({Stat.PASS_NOT_IP: 1, Stat.PASS_NOT_UDP: 1}),
+        ],
+    }
+    if n.family == 4:
+        result.update(_v4_flows(n, ingress, passes))
+    else:
+        result.update(_v6_flows(n, passes))
+    return result
+
+
+def _l3(n: Net, src: str, dst: str) -> Packet:
+    eth = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
+    return eth / (IP(src=src, dst=dst) if n.family == 4 else IPv6(src=src, dst=dst))
+
+
+def _v4_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
+    V, RS, C = n.vip, n.real_servers, n.clients
+
+    def with_options(length: int, sport: int) -> Packet:
+        # NOPs then EOL: IHL = 5 + length / 4
+        opts = [IPOption_NOP()] * (length - 1) + [IPOption_EOL()]
+        return Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IP(
+            src=C[0], dst=V, ttl=64, options=opts
+        ) / UDP(sport=sport, dport=PORT) / Raw(b"options")
+
+    def options_case(length: int, sport: int, server: int) -> Send:
+        pkt = Ether(bytes(with_options(length, sport)))
+        assert pkt[IP].ihl == 5 + length // 4
+        return Send(f"IHL {pkt[IP].ihl}", pkt, TX, natted(pkt, dst=RS[server]))
+
+    zero = with_udp_checksum_zero(udp(n, C[0], V, 11, PORT))
+    reply_zero = with_udp_checksum_zero(udp(n, RS[0], C[0], PORT, 11))
+    frag_first = Ether(bytes(udp(n, C[0], V, 1, PORT)))
+    frag_first[IP].flags = "MF"
+    frag_later = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IP(
+        src=C[0], dst=V, proto=17, frag=3
+    ) / Raw(b"later fragment")
+    return {
+        "ipv4_udp_checksum_zero_stays_zero": [
+            Send("no checksum stays no checksum", zero, TX, natted(zero, dst=RS[0])),
+            Send("also on the way back", reply_zero, TX, natted(reply_zero, src=V)),
+        ],
+        "ipv4_options": [
+            options_case(4, 9, 0),
+            options_case(40, 10, 1),
+            Assocs({(0, 9): 0, (0, 10): 1}),
+        ],
+        "ipv4_fragments_passed": [
+            passes("first fragment", Ether(bytes(frag_first))),
+            passes("later fragment", Ether(bytes(frag_later))),
+            Assocs({}),
+            Counts({Stat.PASS_FRAGMENT: 2}),
+        ],
+        "ipv4_bad_header_length": [
+            passes("IHL 4", Ether(bytes(udp(n, C[0], V, 1, PORT))[:14] + b"\x44"
+                                  + bytes(udp(n, C[0], V, 1, PORT))[15:])),
+            passes("IP total length beyond the frame", _retot(udp(n, C[0], V, 1, PORT), +8)),
+            passes("IP total length short of UDP", _retot(udp(n, C[0], V, 1, PORT), -2)),
+            Counts({Stat.PASS_MALFORMED: 3}),
+        ],
+    }
+
+
+def _retot(pkt: Packet, delta: int) -> Packet:
+    out = Ether(bytes(pkt))
+    out[IP].len = len(out[IP]) + delta
+    del out[IP].chksum
+    return Ether(bytes(out))
+
+
+def _v6_flows(n: Net, passes) -> dict[str, list[Step]]:
+    V, C = n.vip, n.clients
+    eth = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
+    zero = with_udp_checksum_zero(udp(n, C[0], V, 11, PORT))
+    return {
+        "ipv6_extension_headers_passed": [
+            passes("hop-by-hop", eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrHopByHop()
+                   / UDP(sport=1, dport=PORT)),
+            passes("fragment", eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrFragment(m=1)
+                   / UDP(sport=1, dport=PORT)),
+            Assocs({}),
+            Counts({Stat.PASS_IPV6_EXT: 2}),
+        ],
+        "ipv6_udp_checksum_zero_is_invalid": [
+            passes("checksum 0 is not allowed on IPv6", zero),
+            Counts({Stat.PASS_MALFORMED: 1}),
+        ],
+        "ipv6_payload_length_mismatch": [
+            passes("payload length beyond the frame", _v6_plen(udp(n, C[0], V, 1, PORT), +8)),
+            Counts({Stat.PASS_MALFORMED: 1}),
+        ],
+        "icmpv6_untouched": [
+            passes("not UDP", eth / IPv6(src=C[0], dst=V, nh=58) / Raw(b"\x80\x00\x00\x00")),
+            Counts({Stat.PASS_NOT_UDP: 1}),
+        ],
+    }
+
+
+def _v6_plen(pkt: Packet, delta: int) -> Packet:
+    out = Ether(bytes(pkt))
+    out[IPv6].plen = out[IPv6].plen + delta
+    return Ether(bytes(out))
+
+
+CASES = [
+    pytest.param(family, steps, id=f"v{family}-{name}")
+    for family, net in NETS.items()
+    for name, steps in flows(net).items()
+]
+
+
+def configure(dp: Dataplane, net: Net, servers: tuple[int, ...] = (0, 1, 2)) -> None:
+    dp.reset_state()
+    dp.configure(net.vip_ip, [PORT, OTHER_PORT])
+    dp.set_real_servers(net.rs_ips(*servers))
+
+
+def _describe(frame: bytes) -> str:
+    return Ether(frame).show2(dump=True)
+
+
+@pytest.mark.parametrize("family,steps", CASES)
+def test_flow(loaded: Dataplane, family: int, steps: list[Step]) -> None:
+    net = NETS[family]
+    configure(loaded, net)
+    for step in steps:
+        if isinstance(step, Servers):
+            loaded.set_real_servers(net.rs_ips(*step.indexes))
+        elif isinstance(step, Send):
+            frame = bytes(step.packet)
+            result = loaded.test_run(frame)
+            assert result.action == step.action, step.what
+            if step.action == PASS:
+                assert result.frame == frame, f"{step.what}: a passed frame was changed"
+            elif step.action == TX:
+                assert step.expect is not None
+                assert result.frame == step.expect, (
+                    f"{step.what}\n--- got\n{_describe(result.frame)}\n"
+                    f"--- expected\n{_describe(step.expect)}"
+                )
+        elif isinstance(step, Assocs):
+            expected = {
+                (net.ip(net.clients[c]), port): net.ip(net.real_servers[s])
+                for (c, port), s in step.expected.items()
+            }
+            assert loaded.associations() == expected
+        elif isinstance(step, Counts):
+            stats = loaded.stats()
+            for stat in Stat:
+                if stat in step.expected:
+                    assert stats[stat] == step.expected[stat], stat.name
+                elif stat.is_verdict:
+                    assert stats[stat] == 0, stat.name
+
+
+def test_every_packet_is_counted_once(loaded: Dataplane) -> None:
+    """The verdict slots add up to the packets run, whatever the flows did."""
+    net = NETS[4]
+    configure(loaded, net)
+    frames = [
+        udp(net, net.clients[0], net.vip, 1, PORT),
+        udp(net, net.real_servers[0], net.clients[0], PORT, 1),
+        udp(net, net.real_servers[1], net.clients[0], PORT, 1),
+        udp(net, net.clients[0], net.vip, 1, UNBALANCED_PORT),
+        Ether() / ARP(),
+    ]
+    for frame in frames:
+        loaded.test_run(bytes(frame))
+    stats = loaded.stats()
+    assert sum(v for s, v in stats.items() if s.is_verdict) == len(frames)
+
+
+def _truncations(frame: bytes) -> Iterator[bytes]:
+    # Below 14 bytes the kernel refuses to run an XDP program at all.
+    for length in range(14, len(frame)):
+        yield frame[:length]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_truncated_frames_pass_untouched(loaded: Dataplane, family: int, direction: str) -> None:
+    """Cut at every byte, through every header boundary: never a fault, never
+    a rewrite, never an association."""
+    net = NETS[family]
+    configure(loaded, net)
+    if direction == "ingress":
+        full = bytes(udp(net, net.clients[0], net.vip, 1, PORT, payload=b"12345678"))
+    else:
+        full = bytes(udp(net, net.real_servers[0], net.clients[0], PORT, 1, payload=b"12345678"))
+    count = 0
+    for frame in _truncations(full):
+        result = loaded.test_run(frame)
+        assert result.action == PASS, f"length {len(frame)}"
+        assert result.frame == frame, f"length {len(frame)}"
+        count += 1
+    assert loaded.associations() == {}
+    assert loaded.stats()[Stat.PASS_MALFORMED] == count
+    # and the whole frame still works
+    assert loaded.test_run(full).action == TX
+
+
+@pytest.fixture(scope="module")
+def tiny_lru() -> Iterator[Dataplane]:
+    require_root()
+    dp = Dataplane(Limits(max_associations=8))
+    dp.load()
+    try:
+        yield dp
+    finally:
+        dp.close()
+
+
+def test_lru_eviction_with_tiny_max_associations(tiny_lru: Dataplane) -> None:
+    """-ma 8: the map never holds more than 8; a new client always gets an
+    association; the least recently used ones are evicted first."""
+    net = NETS[4]
+    configure(tiny_lru, net, servers=(0, 1))
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})  # the kernel's LRU lists are per CPU
+    try:
+
+        def send(port: int) -> XdpAction:
+            return tiny_lru.test_run(bytes(udp(net, net.clients[0], net.vip, port, PORT))).action
+
+        for port in range(1, 9):
+            assert send(port) == TX
+        assert {p for (_, p) in tiny_lru.associations()} == set(range(1, 9))
+        assert send(1) == TX  # client 1 is now the most recently used
+        for port in range(100, 104):
+            assert send(port) == TX
+            ports = {p for (_, p) in tiny_lru.associations()}
+            assert len(ports) <= 8
+            assert port in ports and 1 in ports
+        assert 2 not in ports, "the least recently used association should be gone"
+        assert send(2) == TX  # an evicted client comes back: new association
+        assert 2 in {p for (_, p) in tiny_lru.associations()}
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def test_events_report_association_changes_and_drops() -> None:
+    """With events compiled in (log level TRACE), the ring buffer reports what
+    the data path did, and the types decode through bcc."""
+    require_root()
+    from sbulb.consts import EVENTS_ALL, EventType
+
+    dp = Dataplane(Limits(), events=EVENTS_ALL)
+    dp.load()
+    try:
+        net = NETS[6]
+        configure(dp, net)
+        c0, rs0, rs1 = net.ip(net.clients[0]), *net.rs_ips(0, 1)
+        dp.test_run(bytes(udp(net, net.clients[0], net.vip, 1000, PORT)))
+        dp.test_run(bytes(udp(net, net.clients[0], net.vip, 1000, PORT)))
+        dp.test_run(bytes(udp(net, net.real_servers[1], net.clients[0], PORT, 1000)))
+        dp.test_run(bytes(udp(net, net.real_servers[1], net.clients[0], PORT, 2000)))
+        events = dp.poll_events()
+        summary = [(e.type, e.client, e.client_port, e.port, e.server, e.other) for e in events]
+        assert summary == [
+            (EventType.ASSOC_CLIENT, c0, 1000, PORT, rs0, None),
+            (EventType.REUSED_INGRESS, c0, 1000, PORT, rs0, None),
+            (EventType.DROP_NOT_ASSOCIATED, c0, 1000, PORT, rs1, rs0),
+            (EventType.ASSOC_SERVER, c0, 2000, PORT, rs1, None),
+        ]
+        assert dp.poll_events() == []
+    finally:
+        dp.close()
+
+
+def test_default_build_has_no_event_code(loaded: Dataplane) -> None:
+    """Events are compiled out unless the log level asks for them."""
+    assert loaded.events == 0
+    assert "-DSBULB_EVENTS=0" in loaded.cflags()
+    with pytest.raises(KeyError):
+        loaded._table("sbulb_events")
+    # ICMP reaching the VIP is not ours either
+    net = NETS[4]
+    configure(loaded, net)
+    frame = bytes(Ether() / IP(src=net.clients[0], dst=net.vip) / ICMP())
+    assert loaded.test_run(frame).action == PASS
