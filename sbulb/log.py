@@ -23,3 +23,6 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_number(level))
+    # watchdog logs every inotify event at DEBUG: with the log file in the
+    # config file's directory, each line would cause another one
+    logging.getLogger("watchdog").setLevel(max(logging.INFO, level_number(level)))

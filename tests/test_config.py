@@ -226,3 +226,18 @@ def test_packaged_example_config_and_unit_agree_with_sbulb() -> None:
     opts[opts.index("-cfg") + 1] = str(systemd / "sbulb.conf")
     config = parse(*opts)
     assert config.real_servers == servers
+
+
+def test_debug_logging_does_not_log_watchdogs_inotify_events() -> None:
+    """At DEBUG, watchdog's own per-inotify-event lines would feed back
+    through a log file kept beside the config file."""
+    import logging
+
+    from sbulb import log
+
+    log.setup("DEBUG")
+    try:
+        assert not logging.getLogger("watchdog.observers.inotify_buffer").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("sbulb.service").isEnabledFor(logging.DEBUG)
+    finally:
+        log.setup("ERROR")
