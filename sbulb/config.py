@@ -180,6 +180,11 @@ def read_real_servers(path: Path, vip: IPAddress, limits: Limits) -> tuple[IPAdd
     return servers
 
 
+def endpoint(address: IPAddress, port: int) -> str:
+    """ip:port, with brackets for IPv6."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 

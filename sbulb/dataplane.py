@@ -167,6 +167,9 @@ def _libbpf() -> ct.CDLL:
     lib.bpf_xdp_query.argtypes = [ct.c_int, ct.c_int, ct.POINTER(_XdpQueryOpts)]
     lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
     lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    lib.bpf_prog_load.argtypes = [
+        ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_char_p, ct.c_size_t, ct.c_void_p
+    ]
     return lib
 
 
@@ -585,6 +588,35 @@ class Dataplane:
             frame=data_out.raw[: opts.data_size_out],
             duration_ns=int(opts.duration),
         )
+
+
+BPF_PROG_TYPE_XDP = 6
+PASS_PROG_NAME = "sbulb_pass"
+# r0 = XDP_PASS; exit  (struct bpf_insn: code, dst/src regs, off, imm)
+_PASS_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, int(XdpAction.PASS)) + struct.pack(
+    "<BBhi", 0x95, 0, 0, 0
+)
+
+
+def attach_pass_program(ifname: str) -> None:
+    """Attach a two-instruction XDP_PASS program to an interface (in the
+    calling thread's network namespace). A veth only delivers frames sent to
+    it with XDP_TX or a redirect when its receiving end runs XDP; this is all
+    it takes. The program stays attached until the link goes away."""
+    ifindex = interface_index(ifname)
+    lib = libbpf()
+    fd = lib.bpf_prog_load(
+        BPF_PROG_TYPE_XDP, PASS_PROG_NAME.encode(), b"GPL", _PASS_INSNS, 2, None
+    )
+    if fd < 0:
+        raise DataplaneError(f"cannot load an XDP pass program: {_errstr(fd)}")
+    try:
+        opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=0)
+        ret = lib.bpf_xdp_attach(ifindex, fd, 0, ct.byref(opts))
+        if ret < 0:
+            raise DataplaneError(f"cannot attach an XDP pass program to {ifname}: {_errstr(ret)}")
+    finally:
+        os.close(fd)
 
 
 def _prog_name(prog_id: int) -> str:

@@ -1,30 +1,189 @@
-"""`make demo`: how to run sbulb on an interface of this machine."""
+"""`make demo`: sbulb at work in a lab of network namespaces (sbulb.lab).
+
+Builds the lab, starts `python3 -m sbulb` in the load balancer's namespace
+with a config file, exactly as an operator would, and shows what crosses the
+wire: clients spread over the real servers and sticking to them, answers
+from the virtual IP, a server speaking first, a server added while traffic
+runs, IPv6, then a clean stop and teardown. Bounded in time and packets.
+"""
 
 from __future__ import annotations
 
+import collections
+import shlex
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-HOWTO = """\
-sbulb runs on a network interface, as root:
+from sbulb.config import endpoint
+from sbulb.lab import PORT, Client, Lab, LabError, SbulbProcess
 
-  /usr/bin/python3 -m sbulb IFNET -vs VIRTUAL_IP -rs REAL_SERVER [...] -p PORT [...]
+CLIENTS = 9
+ROUNDS = 10
+TRAFFIC_PERIOD = 0.02  # seconds between datagrams of the background traffic
+TRAFFIC_MAX = 8.0  # the background traffic never runs longer than this
 
-for example, with the real servers in a watched file:
 
-  /usr/bin/python3 -m sbulb eth0 -vs 10.188.7.99 -cfg packaging/systemd/sbulb.conf -p 5683 -l INFO
+def say(text: str = "") -> None:
+    print(text, flush=True)
 
-`--check` compiles and verifies the XDP program without attaching it:
-"""
+
+def start(lab: Lab, family: int, conf: Path, workdir: Path) -> SbulbProcess:
+    args = lab.sbulb_args(family, conf, "-l", "INFO")
+    say(f"$ ip netns exec {lab.lb_ns} python3 -m sbulb {shlex.join(args)}")
+    say("  (bcc compiles the XDP program: a few seconds)")
+    began = time.monotonic()
+    process = lab.start_sbulb(args, workdir)
+    ready = process.wait_ready()
+    status = ready.partition("STATUS=")[2]
+    say(f"  READY=1 after {time.monotonic() - began:.1f}s: {status}")
+    return process
+
+
+def spread(lab: Lab, family: int, clients: list[Client]) -> dict[int, str]:
+    vip = lab.addresses(family).vip
+    owner = {}
+    for client in clients:
+        owner[client.port] = client.exchange(vip, PORT, b"hello").server
+        say(f"  {endpoint(client.address, client.port):<22} -> {owner[client.port]}")
+    counts = collections.Counter(owner.values())
+    say("  spread: " + ", ".join(f"{name} {counts[name]}" for name in sorted(counts)))
+    return owner
+
+
+class Traffic(threading.Thread):
+    """Clients keep sending (one datagram each per period) until stopped, at
+    most TRAFFIC_MAX seconds; counts answers and server changes."""
+
+    def __init__(self, lab: Lab, family: int, clients: list[Client], owner: dict[int, str]):
+        super().__init__(daemon=True)
+        self.vip = lab.addresses(family).vip
+        self.clients, self.owner = clients, owner
+        self.sent = self.answered = self.moved = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + TRAFFIC_MAX
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            for client in self.clients:
+                payload = b"tick %d" % self.sent
+                client.send(self.vip, PORT, payload)
+                self.sent += 1
+                reply = client.receive(timeout=1.0)
+                if reply is not None and reply.payload == payload:
+                    self.answered += 1
+                    self.moved += reply.server != self.owner[client.port]
+            self.stop_event.wait(TRAFFIC_PERIOD)
+
+
+def story(lab: Lab, workdir: Path) -> None:
+    v4 = lab.addresses(4)
+    conf = workdir / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1, 2])
+    say(f"config file {conf}:")
+    for line in conf.read_text().splitlines():
+        say(f"  {line}")
+    say()
+    lb = start(lab, 4, conf, workdir)
+
+    say()
+    say(f"1. {CLIENTS} clients (two addresses, many source ports) each send a datagram "
+        f"to {v4.vip}:{PORT}")
+    clients = [lab.client(4, index=i % 2) for i in range(CLIENTS)]
+    owner = spread(lab, 4, clients)
+
+    say()
+    say(f"2. each client sends {ROUNDS} more datagrams")
+    sticky = answers = from_vip = 0
+    for round_ in range(ROUNDS):
+        for client in clients:
+            reply = client.exchange(v4.vip, PORT, b"again %d" % round_)
+            answers += 1
+            sticky += reply.server == owner[client.port]
+            from_vip += (reply.source, reply.source_port) == (v4.vip, PORT)
+    say(f"  {sticky}/{answers} answered by the client's own server")
+    say()
+    say(f"3. answers come from the virtual IP: {from_vip}/{answers} from {v4.vip}:{PORT}")
+
+    say()
+    pushed_to = lab.client(4, index=1)
+    say(f"4. rs1 speaks first, from port {PORT}, to a new client "
+        f"{endpoint(pushed_to.address, pushed_to.port)}")
+    lab.service("rs1").send(4, PORT, pushed_to.address, pushed_to.port, b"observe notification")
+    pushed = pushed_to.receive(timeout=5)
+    if pushed is None:
+        raise LabError("the server-initiated datagram did not arrive")
+    say(f"  the client receives '{pushed.payload.decode()}' from "
+        f"{endpoint(pushed.source, pushed.source_port)} (sent by {pushed.server})")
+    follow = [pushed_to.exchange(v4.vip, PORT, b"ack %d" % i).server for i in range(5)]
+    say(f"  its datagrams to the VIP then reach: {' '.join(follow)}")
+    lab.service("rs2").send(4, PORT, pushed_to.address, pushed_to.port, b"intrusion")
+    intruder = pushed_to.receive(timeout=0.5)
+    say("  rs2 tries to speak to rs1's client: "
+        + ("dropped by sbulb" if intruder is None else f"DELIVERED ({intruder})"))
+
+    say()
+    say(f"5. while the {CLIENTS} clients keep sending, rs3 is added to the config file")
+    traffic = Traffic(lab, 4, clients, owner)
+    traffic.start()
+    time.sleep(0.3)  # let traffic flow before the change (demo pacing only)
+    changed = time.monotonic()
+    lab.write_config(conf, 4, [0, 1, 2, 3])
+    lb.notify.wait_for("RELOADING=1", 10)
+    status = lb.notify.wait_for("READY=1", 10).partition("STATUS=")[2]
+    say(f"  sbulb reloaded {1000 * (time.monotonic() - changed):.0f} ms after the save: {status}")
+    time.sleep(0.3)
+    traffic.stop_event.set()
+    traffic.join()
+    say(f"  during the change: {traffic.sent} datagrams, {traffic.answered} answered, "
+        f"{traffic.moved} by another server than before")
+    newcomers = [lab.client(4).exchange(v4.vip, PORT, b"new").server for _ in range(4)]
+    say(f"  4 new clients go to: {' '.join(newcomers)}")
+
+    say()
+    say("6. stop: SIGTERM")
+    code = lb.stop()
+    lb.notify.wait_for("STOPPING=1", 5)
+    programs = lab.xdp_programs()
+    say(f"  sbulb exited with {code}; XDP programs left on the interface: {programs or 'none'}")
+
+    say()
+    v6 = lab.addresses(6)
+    conf6 = workdir / "sbulb6.conf"
+    lab.write_config(conf6, 6, [0, 1, 2])
+    say(f"7. IPv6 in the same lab: real servers {', '.join(map(str, v6.real_servers[:3]))}")
+    lb6 = start(lab, 6, conf6, workdir)
+    clients6 = [lab.client(6) for _ in range(4)]
+    owner6 = spread(lab, 6, clients6)
+    replies = [c.exchange(v6.vip, PORT, b"v6 again") for c in clients6]
+    say(f"  again: {sum(r.server == owner6[c.port] for r, c in zip(replies, clients6))}/4 sticky, "
+        f"{sum(r.source == v6.vip for r in replies)}/4 from {endpoint(v6.vip, PORT)}")
+    code = lb6.stop()
+    say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")
 
 
 def main() -> int:
-    print(HOWTO)
-    from sbulb.cli import main as sbulb_main
-
-    args = ["lo", "-vs", "10.188.7.99", "-rs", "10.188.100.163", "10.188.100.230",
-            "-p", "5683", "--check"]
-    print("  $ python3 -m sbulb " + " ".join(args))
-    return sbulb_main(args)
+    say("sbulb demo: an XDP UDP load balancer, in a lab of network namespaces")
+    say()
+    began = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sbulb-demo-") as tmp, Lab(servers=4, say=say) as lab:
+            say("  clients -> router -> load balancer (one interface); the router sends the")
+            say("  real servers' answers to clients through the load balancer")
+            say()
+            story(lab, Path(tmp))
+            say()
+            say("tearing the lab down")
+    except (LabError, TimeoutError) as e:
+        say(f"demo failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted: lab torn down")
+        return 130
+    say(f"done in {time.monotonic() - began:.0f}s")
+    return 0
 
 
 if __name__ == "__main__":

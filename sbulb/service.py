@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from sbulb.config import Config, ConfigError, IPAddress, read_real_servers
+from sbulb.config import Config, ConfigError, IPAddress, endpoint, read_real_servers
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
@@ -67,12 +67,8 @@ def events_level(log_level: str) -> int:
     return EVENTS_NONE
 
 
-def _endpoint(address: IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
 def log_event(event: Event) -> None:
-    client = _endpoint(event.client, event.client_port)
+    client = endpoint(event.client, event.client_port)
     if event.type == EventType.ASSOC_CLIENT:
         log.debug("assoc.new by=client client=%s server=%s port=%d", client, event.server, event.port)
     elif event.type == EventType.ASSOC_SERVER:

@@ -1,0 +1,149 @@
+"""End to end, through the lab: real sockets in network namespaces, the real
+`python3 -m sbulb` in the load balancer's namespace with a config file, as an
+operator runs it. IPv4 and IPv6 each. Every receive has a timeout; every
+traffic loop is bounded."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sbulb.lab import PORT, UNBALANCED_PORT, Lab, SbulbProcess
+from tests.conftest import require_root
+
+FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
+SILENCE = 1.0  # how long a datagram that must never arrive is waited for
+RELOAD = 10.0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_root()
+    with Lab(servers=4) as built:
+        yield built
+    assert not any(ns in built.namespaces for ns in built.namespaces)
+
+
+@pytest.fixture
+def balancer(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SbulbProcess]:
+    """sbulb for rs0..rs2 of the test's family, started through the CLI."""
+    family = request.node.callspec.params["family"]
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, family, [0, 1, 2])
+    process = lab.start_sbulb(lab.sbulb_args(family, conf, "-l", "INFO"), tmp_path)
+    process.config = conf  # type: ignore[attr-defined]
+    process.wait_ready()
+    yield process
+    process.close()
+
+
+def wait_reload(process: SbulbProcess) -> str:
+    process.notify.wait_for("RELOADING=1", RELOAD)
+    return process.notify.wait_for("READY=1", RELOAD)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_robin_stickiness_and_vip_source(lab: Lab, balancer: SbulbProcess, family: int) -> None:
+    vip = lab.addresses(family).vip
+    clients = [lab.client(family, index=i % 2) for i in range(6)]
+    first = [c.exchange(vip, PORT, b"hello").server for c in clients]
+    assert first == ["rs0", "rs1", "rs2", "rs0", "rs1", "rs2"]
+    for round_ in range(10):
+        for client, server in zip(clients, first):
+            reply = client.exchange(vip, PORT, b"datagram %d" % round_)
+            assert reply.server == server, "a client changed server"
+            assert (reply.source, reply.source_port) == (vip, PORT)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_server_initiated(lab: Lab, balancer: SbulbProcess, family: int) -> None:
+    a = lab.addresses(family)
+    client = lab.client(family, index=1)
+    lab.service("rs1").send(family, PORT, client.address, client.port, b"observe")
+    pushed = client.receive(timeout=5)
+    assert pushed is not None and pushed.server == "rs1" and pushed.payload == b"observe"
+    assert (pushed.source, pushed.source_port) == (a.vip, PORT)
+    # the client's datagrams now reach the server that spoke first
+    for n in range(5):
+        assert client.exchange(a.vip, PORT, b"ack %d" % n).server == "rs1"
+    # another real server may not speak to rs1's client...
+    lab.service("rs2").send(family, PORT, client.address, client.port, b"intruder")
+    lab.service("rs1").send(family, PORT, client.address, client.port, b"marker")
+    received = [client.receive(timeout=5)]
+    received.append(client.receive(timeout=SILENCE))
+    assert [(r.server, r.payload) for r in received if r] == [("rs1", b"marker")]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unbalanced_traffic_is_unaffected(lab: Lab, balancer: SbulbProcess, family: int) -> None:
+    a = lab.addresses(family)
+    client = lab.client(family)
+    # the VIP on a port sbulb does not balance: the load balancer's own stack
+    assert client.exchange(a.vip, UNBALANCED_PORT, b"other port").server == "lb-local"
+    # the balanced port on an address that is not the VIP
+    reply = client.exchange(a.lb, PORT, b"not the vip")
+    assert (reply.server, reply.source) == ("lb-local", a.lb)
+    # and the balanced path still works
+    assert client.exchange(a.vip, PORT, b"balanced").server == "rs0"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_file_changes_at_run_time(lab: Lab, balancer: SbulbProcess, family: int) -> None:
+    vip = lab.addresses(family).vip
+    conf: Path = balancer.config  # type: ignore[attr-defined]
+    clients = [lab.client(family) for _ in range(6)]
+    owner = {c.port: c.exchange(vip, PORT, b"first").server for c in clients}
+    assert sorted(owner.values()) == ["rs0", "rs0", "rs1", "rs1", "rs2", "rs2"]
+
+    def served_by() -> dict[int, str]:
+        return {c.port: c.exchange(vip, PORT, b"again").server for c in clients}
+
+    # add rs3: existing clients stay, new ones reach it
+    lab.write_config(conf, family, [0, 1, 2, 3])
+    assert "over 4 real server(s)" in wait_reload(balancer)
+    assert served_by() == owner
+    newcomers = [lab.client(family).exchange(vip, PORT, b"new").server for _ in range(4)]
+    assert "rs3" in newcomers
+
+    # remove rs0: its clients move, the others stay
+    lab.write_config(conf, family, [1, 2, 3])
+    assert "over 3 real server(s)" in wait_reload(balancer)
+    now = served_by()
+    for port, server in owner.items():
+        if server == "rs0":
+            assert now[port] in ("rs1", "rs2", "rs3")
+        else:
+            assert now[port] == server
+    owner = now
+
+    # an invalid file: rejected, the running configuration keeps serving
+    conf.write_text("[Real Servers]\nnot-an-address\n")
+    assert "last reload rejected" in wait_reload(balancer)
+    assert served_by() == owner
+    assert "config.rejected" in balancer.stderr and "not-an-address" in balancer.stderr
+
+
+@pytest.mark.parametrize(
+    "family,signum", [(4, signal.SIGTERM), (6, signal.SIGINT)], ids=["ipv4-sigterm", "ipv6-sigint"]
+)
+def test_stop_and_restart(lab: Lab, balancer: SbulbProcess, tmp_path: Path, family: int,
+                          signum: int) -> None:
+    vip = lab.addresses(family).vip
+    client = lab.client(family)
+    assert client.exchange(vip, PORT, b"balanced").server.startswith("rs")
+    assert lab.xdp_programs() == ["sbulb_xdp"]
+
+    assert balancer.stop(signum) == 0
+    balancer.notify.wait_for("STOPPING=1", 5)
+    assert lab.xdp_programs() == []
+    # nothing rewrites the VIP's traffic anymore: its own stack answers
+    assert client.exchange(vip, PORT, b"unbalanced").server == "lb-local"
+
+    again = lab.start_sbulb(balancer.args, tmp_path)
+    again.wait_ready()
+    assert client.exchange(vip, PORT, b"balanced again").server.startswith("rs")
+    assert again.stop() == 0
+    assert lab.xdp_programs() == []
