@@ -322,7 +322,13 @@ class Dataplane:
         if problem:
             raise DataplaneError(problem)
         sources = self._sources or source_dir()
-        from bcc import BPF  # imported here: importing bcc loads libbcc
+        try:
+            from bcc import BPF  # imported here: importing bcc loads libbcc
+        except ImportError:
+            raise DataplaneError(
+                "bcc is not importable: install python3-bpfcc (`make setup`) and run "
+                "sbulb with Debian's /usr/bin/python3"
+            ) from None
 
         with _captured_stderr(enabled=self.debug == 0) as output:
             try:
@@ -392,33 +398,43 @@ class Dataplane:
     def set_real_servers(self, servers: Sequence[IPAddress]) -> ServerChange:
         """Make `servers` the real servers, in this round-robin order.
 
-        Servers that stay keep their slot and their associations. Order of
-        writes, so that a packet never reads a slot that is not filled: new
-        slots, then the ring and its length, then the removals. A client whose
-        server is removed is moved to another server by its next packet."""
+        Servers that stay keep their slot and their associations. Writes are
+        ordered so that a packet never reads a slot that is not filled: the
+        new servers' slots (there is room for old and new at once), then the
+        ring, its unused tail pointing at servers that stay, then its length,
+        and the removals last. A client whose server is removed moves to
+        another server with its next packet."""
         if len(servers) > self.limits.max_real_servers:
             raise DataplaneError(f"more than {self.limits.max_real_servers} real servers")
-        old = set(self._slots)
-        added = tuple(s for s in servers if s not in old)
-        removed = tuple(s for s in self._slots if s not in set(servers))
-        kept = tuple(s for s in servers if s in old)
+        if len(set(servers)) != len(servers):
+            raise DataplaneError("a real server is listed twice")
+        wanted = set(servers)
+        added = tuple(s for s in servers if s not in self._slots)
+        removed = tuple(s for s in self._slots if s not in wanted)
+        kept = tuple(s for s in servers if s in self._slots)
 
-        free = sorted(set(range(1, self.limits.max_real_servers + 1)) - set(self._slots.values()))
-        for server, slot in zip(added, free):
+        # plan every slot before writing anything
+        used = set(self._slots.values())
+        free = [n for n in range(1, 2 * self.limits.max_real_servers + 1) if n not in used]
+        slots = dict(self._slots)
+        slots.update(zip(added, free))
+
+        for server in added:
             raw = addr_to_bytes(server)
-            self._put("sbulb_rs", struct.pack("I", slot), raw)
-            self._put("sbulb_rs_index", raw, struct.pack("I", slot))
-            self._slots[server] = slot
-
-        for index, server in enumerate(servers):
-            self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", self._slots[server]))
+            self._put("sbulb_rs", struct.pack("I", slots[server]), raw)
+            self._put("sbulb_rs_index", raw, struct.pack("I", slots[server]))
+            self._slots[server] = slots[server]
+        old_len = len(self._ring)
+        for index in range(max(old_len, len(servers))):
+            # past the new end, stale readers of the old length find a server too
+            server = servers[index % len(servers)] if servers else None
+            slot = slots[server] if server is not None else 0
+            self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", slot))
         self._ring = list(servers)
         self._write_cfg()
-
         for server in removed:
             slot = self._slots.pop(server)
-            raw = addr_to_bytes(server)
-            self._delete("sbulb_rs_index", raw)
+            self._delete("sbulb_rs_index", addr_to_bytes(server))
             self._put("sbulb_rs", struct.pack("I", slot), bytes(ADDR_SIZE))
         return ServerChange(added=added, removed=removed, kept=kept)
 

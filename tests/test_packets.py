@@ -324,6 +324,12 @@ def _v6_flows(n: Net, passes) -> dict[str, list[Step]]:
             passes("payload length beyond the frame", _v6_plen(udp(n, C[0], V, 1, PORT), +8)),
             Counts({Stat.PASS_MALFORMED: 1}),
         ],
+        "ipv4_mapped_addresses_not_balanced": [
+            passes("to ::ffff:VIP-like", udp(n, "::ffff:192.0.2.1", "::ffff:10.0.0.1", 1, PORT)),
+            passes("from a mapped address", udp(n, "::ffff:10.0.0.3", C[0], PORT, 1)),
+            Assocs({}),
+            Counts({Stat.PASS_NOT_BALANCED: 2}),
+        ],
         "icmpv6_untouched": [
             passes("not UDP", eth / IPv6(src=C[0], dst=V, nh=58) / Raw(b"\x80\x00\x00\x00")),
             Counts({Stat.PASS_NOT_UDP: 1}),
@@ -397,7 +403,7 @@ def test_every_packet_is_counted_once(loaded: Dataplane) -> None:
         udp(net, net.real_servers[0], net.clients[0], PORT, 1),
         udp(net, net.real_servers[1], net.clients[0], PORT, 1),
         udp(net, net.clients[0], net.vip, 1, UNBALANCED_PORT),
-        Ether() / ARP(),
+        Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / ARP(),
     ]
     for frame in frames:
         loaded.test_run(bytes(frame))
@@ -511,5 +517,39 @@ def test_default_build_has_no_event_code(loaded: Dataplane) -> None:
     # ICMP reaching the VIP is not ours either
     net = NETS[4]
     configure(loaded, net)
-    frame = bytes(Ether() / IP(src=net.clients[0], dst=net.vip) / ICMP())
+    frame = bytes(_l3(net, net.clients[0], net.vip) / ICMP())
     assert loaded.test_run(frame).action == PASS
+
+
+def test_replace_every_server_at_the_limit(loaded: Dataplane) -> None:
+    """-mrs servers replaced by -mrs others in one reload: new servers are
+    written before old ones go, and there is room for both."""
+    net = NETS[4]
+    configure(loaded, net)
+    limit = loaded.limits.max_real_servers
+    first = [net.ip(f"10.0.1.{i}") for i in range(1, limit + 1)]
+    second = [net.ip(f"10.0.2.{i}") for i in range(1, limit + 1)]
+    mixed = second[: limit // 2] + first[: limit - limit // 2]
+    port = 40000
+    for servers in (first, second, mixed, first[:1], second):
+        change = loaded.set_real_servers(servers)
+        assert loaded.real_servers() == servers
+        assert set(change.added) | set(change.kept) == set(servers)
+        for _ in servers:  # new clients land on the new list only
+            port += 1
+            out = Ether(loaded.test_run(bytes(udp(net, net.clients[1], net.vip, port, PORT))).frame)
+            assert net.ip(out[IP].dst) in servers
+
+
+def test_shrinking_ring_tail_still_names_live_servers(loaded: Dataplane) -> None:
+    """A packet that read the old ring length during a reload still finds a
+    server that stays, never an emptied slot."""
+    net = NETS[4]
+    configure(loaded, net, servers=(0, 1, 2, 3))
+    loaded.set_real_servers(net.rs_ips(1))
+    ring = loaded._table("sbulb_ring")
+    rs = loaded._table("sbulb_rs")
+    slots = [ring[ring.Key(i)].value for i in range(4)]
+    from sbulb.dataplane import addr_from_bytes
+
+    assert {addr_from_bytes(bytes(rs[rs.Key(slot)])) for slot in slots} == {net.ip(net.real_servers[1])}

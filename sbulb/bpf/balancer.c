@@ -218,6 +218,9 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 	__builtin_memcpy(&f.dst, &ip6h->daddr, sizeof(f.dst));
 	f.sport = udp->source;
 	f.dport = udp->dest;
+	/* would collide with the IPv4 addresses of the maps */
+	if (addr_is_v4_mapped(&f.src) || addr_is_v4_mapped(&f.dst))
+		return SBULB_STAT_PASS_NOT_BALANCED;
 
 	switch (classify(&f, cfg)) {
 	case DIR_INGRESS:

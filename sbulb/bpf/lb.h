@@ -35,6 +35,14 @@ static __always_inline void addr_from_v4(struct sbulb_addr *addr, __be32 ip)
 	addr->a[3] = ip;
 }
 
+/* ::ffff:a.b.c.d: how IPv4 addresses are stored; never valid on IPv6 wires
+ * for us (RFC 4291 2.5.5.2), so such IPv6 packets are not balanced. */
+static __always_inline int addr_is_v4_mapped(const struct sbulb_addr *addr)
+{
+	return addr->a[0] == 0 && addr->a[1] == 0 &&
+	       addr->a[2] == bpf_htonl(0xffff);
+}
+
 static __always_inline int addr_eq(const struct sbulb_addr *x,
 				   const struct sbulb_addr *y)
 {

@@ -23,11 +23,15 @@ BPF_ARRAY(sbulb_cfg, struct sbulb_cfg, 1);
 /* Balanced UDP ports (network order) -> 1. */
 BPF_HASH(sbulb_ports, __be16, __u8, SBULB_MAX_PORTS);
 
-/* Real server slot (1..max) -> address. */
-BPF_ARRAY(sbulb_rs, struct sbulb_addr, SBULB_MAX_REAL_SERVERS + 1);
+/*
+ * Real server slot (1..2*max) -> address. Twice the maximum: a reload adds
+ * the new servers before it removes the old ones, so that a packet never
+ * finds a server missing, and that takes room for both.
+ */
+BPF_ARRAY(sbulb_rs, struct sbulb_addr, 2 * SBULB_MAX_REAL_SERVERS + 1);
 
-/* Real server address -> slot: "is this a real server?" */
-BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, SBULB_MAX_REAL_SERVERS);
+/* Real server address -> slot: "is this a real server?" (2*max, as above) */
+BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, 2 * SBULB_MAX_REAL_SERVERS);
 
 /* Round-robin order: ring index -> real server slot. */
 BPF_ARRAY(sbulb_ring, __u32, SBULB_MAX_REAL_SERVERS);
