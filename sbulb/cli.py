@@ -210,11 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse(argv)
 
     from sbulb import log
-    from sbulb.service import Service, StartError
+
+    try:
+        from sbulb.service import Service, StartError
+    except ImportError as e:
+        print(f"sbulb: error: Python module {e.name} is missing: run `make setup`", file=sys.stderr)
+        return EXIT_RUNTIME
 
     log.setup(config.log_level)
-    service = Service(config)
     try:
+        service = Service(config)
         if args.check:
             service.check()
             print(f"sbulb: configuration OK, program verified for {config.interface}")

@@ -146,9 +146,14 @@ def check_real_servers(servers: Sequence[IPAddress], vip: IPAddress, limits: Lim
 
 def parse_real_servers(text: str) -> tuple[IPAddress, ...]:
     """Real server addresses from the text of an sbulb INI file."""
-    # '=' only: IPv6 addresses contain ':'; keys keep their case.
+    # '=' only: IPv6 addresses contain ':'; keys keep their case; a comment
+    # may also end a line ("10.0.0.4  # web1").
     parser = configparser.ConfigParser(
-        allow_no_value=True, delimiters=("=",), interpolation=None, strict=True
+        allow_no_value=True,
+        delimiters=("=",),
+        interpolation=None,
+        strict=True,
+        inline_comment_prefixes=("#", ";"),
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:

@@ -50,8 +50,10 @@ class SystemdNotifier:
     NOTIFY_SOCKET is not set)."""
 
     def __init__(self) -> None:
-        import sdnotify
-
+        try:
+            import sdnotify
+        except ImportError:
+            raise StartError("python3-sdnotify is not installed: run `make setup`") from None
         self._notifier = sdnotify.SystemdNotifier()
 
     def notify(self, state: str) -> None:
@@ -207,10 +209,13 @@ class Service:
         """Everything before attaching: compile, load, fill the maps."""
         try:
             self.dataplane.load()
-            self.dataplane.configure(self.config.virtual_server, self.config.ports)
-            self.dataplane.set_real_servers(self.real_servers)
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        try:
+            self.dataplane.configure(self.config.virtual_server, self.config.ports)
+            self.dataplane.set_real_servers(self.real_servers)
+        except Exception as e:  # bcc raises plain Exceptions on map writes
+            raise StartError(f"cannot fill the maps: {' '.join(str(e).split())}") from None
 
     def check(self) -> None:
         """Dry run: everything but attaching."""
@@ -250,7 +255,13 @@ class Service:
             if self.config.config_file is not None:
                 # watch from now on, so that edits made while compiling count
                 self._watcher = ConfigWatcher(self.config.config_file, self._on_file_event)
-                self._watcher.start()
+                try:
+                    self._watcher.start()
+                except OSError as e:
+                    raise StartError(
+                        f"cannot watch {self.config.config_file.parent}: {e.strerror or e} "
+                        "(inotify limits: see sysctl fs.inotify)"
+                    ) from None
             self._prepare()
             if self._stop_requested:
                 return
@@ -309,8 +320,8 @@ class Service:
                 e,
                 len(self.real_servers),
             )
-        except DataplaneError as e:
-            log.error("config.not_applied file=%s reason=%s", path, e)
+        except Exception as e:  # a map write failed: keep serving, say so
+            log.error("config.not_applied file=%s reason=%s", path, " ".join(str(e).split()))
         else:
             self.real_servers = servers
             applied = True

@@ -47,7 +47,7 @@ def test_sbulbs_ini_file_works_unchanged() -> None:
 
 
 def test_ini_file_ipv6_comments_and_blank_lines() -> None:
-    text = "# servers\n[Real Servers]\n2001:db8::2\n\n; spare\n2001:DB8::3\n"
+    text = "# servers\n[Real Servers]\n2001:db8::2  # web1\n\n; spare\n2001:DB8::3 ;web2\n"
     assert parse_real_servers(text) == (ip("2001:db8::2"), ip("2001:db8::3"))
 
 

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from sbulb.lab import PORT, UNBALANCED_PORT, Lab, SbulbProcess
+from sbulb.lab import PORT, UNBALANCED_PORT, Lab, SbulbProcess, sh
 from tests.conftest import require_root
 
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
@@ -24,7 +24,8 @@ def lab() -> Iterator[Lab]:
     require_root()
     with Lab(servers=4) as built:
         yield built
-    assert not any(ns in built.namespaces for ns in built.namespaces)
+    left = sh("ip", "netns", "list").stdout
+    assert built.id not in left, left
 
 
 @pytest.fixture

@@ -212,6 +212,28 @@ def test_invalid_file_keeps_the_running_config(
         assert fake.servers == [ip("10.0.0.9")]
 
 
+def test_failing_map_write_keeps_serving(fake_service, conf: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A reload whose map writes fail (bcc raises plain Exceptions) is
+    logged in one line; the daemon keeps running and takes the next one."""
+    service, fake, recorder = fake_service
+    with Running(service, recorder):
+        real_set = fake.set_real_servers
+
+        def broken(servers):
+            raise Exception("Could not update table: Cannot allocate memory")
+
+        fake.set_real_servers = broken  # type: ignore[method-assign]
+        write_servers(conf, ["10.0.0.7"])
+        assert "(last reload rejected)" in recorder.expect_reload()
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "Cannot allocate memory" in errors[0]
+        fake.set_real_servers = real_set  # type: ignore[method-assign]
+        write_servers(conf, ["10.0.0.8"])
+        recorder.expect_reload()
+        assert fake.servers == [ip("10.0.0.8")]
+
+
 def test_reload_request_rereads_the_file(fake_service, conf: Path) -> None:
     """SIGHUP's path: request_reload() re-reads even without a file event."""
     service, fake, recorder = fake_service

@@ -1,4 +1,4 @@
-"""The config-file watcher, on a real directory with inotify (watchdog)."""
+"""The config-file watcher, on real directories with inotify (watchdog)."""
 
 from __future__ import annotations
 
@@ -8,66 +8,113 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from watchdog.events import FileModifiedEvent, FileSystemEvent
+from watchdog.events import FileClosedEvent, FileModifiedEvent
 
 from sbulb.watcher import ConfigWatcher, _Handler
 
 TIMEOUT = 5.0
 
 
+class Watched:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.changes: queue.Queue[int] = queue.Queue()
+        self.watcher = ConfigWatcher(path, lambda: self.changes.put(1))
+
+    def changed(self) -> None:
+        self.changes.get(timeout=TIMEOUT)
+
+
 @pytest.fixture
-def watched(tmp_path: Path) -> Iterator[tuple[Path, "queue.Queue[int]"]]:
+def watched(tmp_path: Path) -> Iterator[Watched]:
     path = tmp_path / "sbulb.conf"
     path.write_text("[Real Servers]\n10.0.0.2\n")
-    changes: queue.Queue[int] = queue.Queue()
-    watcher = ConfigWatcher(path, lambda: changes.put(1))
-    watcher.start()
+    w = Watched(path)
+    w.watcher.start()
     try:
-        yield path, changes
+        yield w
+    finally:
+        w.watcher.stop()
+
+
+def test_change_in_place(watched: Watched) -> None:
+    with watched.path.open("a") as f:
+        f.write("10.0.0.3\n")
+    watched.changed()
+
+
+def test_change_through_rename(watched: Watched) -> None:
+    """How editors and config management save: write aside, rename over."""
+    new = watched.path.with_name(".sbulb.conf.tmp")
+    new.write_text("[Real Servers]\n10.0.0.4\n")
+    os.rename(new, watched.path)
+    watched.changed()
+    assert watched.changes.empty(), "writing the temporary file is not a change of ours"
+
+
+def test_deleted_and_recreated(watched: Watched) -> None:
+    watched.path.unlink()
+    watched.changed()
+    watched.path.write_text("[Real Servers]\n10.0.0.5\n")
+    watched.changed()
+
+
+def test_symlinked_file_edited_at_its_target(tmp_path: Path) -> None:
+    target_dir = tmp_path / "srv"
+    target_dir.mkdir()
+    target = target_dir / "real.conf"
+    target.write_text("[Real Servers]\n10.0.0.2\n")
+    link = tmp_path / "etc" / "sbulb.conf"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    w = Watched(link)
+    w.watcher.start()
+    try:
+        target.write_text("[Real Servers]\n10.0.0.3\n")
+        w.changed()
+    finally:
+        w.watcher.stop()
+
+
+def test_kubernetes_style_symlinked_directory_swap(tmp_path: Path) -> None:
+    """A ConfigMap volume: sbulb.conf -> ..data/sbulb.conf, ..data -> ..v1,
+    updated by renaming a new ..data symlink over the old one."""
+    for version, server in (("..v1", "10.0.0.2"), ("..v2", "10.0.0.3")):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "sbulb.conf").write_text(f"[Real Servers]\n{server}\n")
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "sbulb.conf").symlink_to("..data/sbulb.conf")
+    w = Watched(tmp_path / "sbulb.conf")
+    w.watcher.start()
+    try:
+        (tmp_path / "..data_tmp").symlink_to("..v2")
+        os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+        w.changed()
+    finally:
+        w.watcher.stop()
+
+
+def test_unrelated_events_and_writes_in_progress_are_ignored(tmp_path: Path) -> None:
+    """Checked on synthetic events (the watcher is not started), so that no
+    timing is involved."""
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Real Servers]\n10.0.0.2\n")
+    calls: list[int] = []
+    watcher = ConfigWatcher(path, lambda: calls.append(1))
+    try:
+        # another file of the directory: the config did not change
+        watcher._on_event(FileClosedEvent(str(tmp_path / "other.conf")))
+        assert calls == []
+        # the same content written again: nothing to do
+        path.write_text("[Real Servers]\n10.0.0.2\n")
+        watcher._on_event(FileClosedEvent(str(path)))
+        assert calls == []
+        # a write in progress is not a completed change
+        seen: list[str] = []
+        _Handler(lambda e: seen.append(e.event_type)).on_any_event(FileModifiedEvent(str(path)))
+        assert seen == []
+        path.write_text("[Real Servers]\n10.0.0.3\n")
+        watcher._on_event(FileClosedEvent(str(path)))
+        assert calls == [1]
     finally:
         watcher.stop()
-
-
-def drain(changes: "queue.Queue[int]") -> None:
-    while not changes.empty():
-        changes.get_nowait()
-
-
-def test_change_in_place(watched) -> None:
-    path, changes = watched
-    with path.open("a") as f:
-        f.write("10.0.0.3\n")
-    changes.get(timeout=TIMEOUT)
-
-
-def test_change_through_rename(watched) -> None:
-    """How editors and config management save: write aside, rename over."""
-    path, changes = watched
-    new = path.with_name(".sbulb.conf.tmp")
-    new.write_text("[Real Servers]\n10.0.0.4\n")
-    drain(changes)  # writing the temporary file is not a change of ours
-    os.rename(new, path)
-    changes.get(timeout=TIMEOUT)
-
-
-def test_deleted_and_recreated(watched) -> None:
-    path, changes = watched
-    path.unlink()
-    changes.get(timeout=TIMEOUT)
-    path.write_text("[Real Servers]\n10.0.0.5\n")
-    changes.get(timeout=TIMEOUT)
-
-
-def test_other_files_and_reads_are_ignored(tmp_path: Path) -> None:
-    """Filtered by path and event type (checked on synthetic events, so that
-    no timing is involved)."""
-    path = tmp_path / "sbulb.conf"
-    calls: list[int] = []
-    handler = _Handler(path, lambda: calls.append(1))
-    handler.on_any_event(FileModifiedEvent(str(tmp_path / "other.conf")))
-    opened = FileSystemEvent(str(path))
-    opened.event_type = "opened"  # what newer watchdogs report for a read
-    handler.on_any_event(opened)
-    assert calls == []
-    handler.on_any_event(FileModifiedEvent(str(path)))
-    assert calls == [1]
