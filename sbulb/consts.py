@@ -17,7 +17,7 @@ class Stat(enum.IntEnum):
     PASS_NOT_IP = 2
     PASS_NOT_UDP = 3
     PASS_NOT_BALANCED = 4
-    PASS_FRAGMENT = 5
+    PASS_FRAGMENT = 5  # unused since fragments are balanced; never reused
     PASS_TTL = 6
     PASS_MALFORMED = 7
     PASS_IPV6_EXT = 8
@@ -27,6 +27,7 @@ class Stat(enum.IntEnum):
     ASSOC_CLIENT = 12
     ASSOC_SERVER = 13
     ASSOC_REPICK = 14
+    DROP_FRAG_UNKNOWN = 15
 
     @property
     def is_verdict(self) -> bool:
@@ -34,7 +35,7 @@ class Stat(enum.IntEnum):
         return not self.name.startswith("ASSOC_")
 
 
-STAT_MAX = 15
+STAT_MAX = 16
 
 
 class EventType(enum.IntEnum):

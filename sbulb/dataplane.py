@@ -461,6 +461,10 @@ class Dataplane:
             result[(addr_from_bytes(raw[:ADDR_SIZE]), port)] = addr_from_bytes(bytes(value))
         return result
 
+    def fragments_tracked(self) -> int:
+        """Fragmented datagrams whose later fragments the program follows."""
+        return sum(1 for _ in self._table("sbulb_frags").keys())
+
     def set_association(self, client: IPAddress, port: int, server: IPAddress) -> None:
         key = addr_to_bytes(client) + struct.pack("!HH", port, 0)
         self._put("sbulb_assoc", key, addr_to_bytes(server))
@@ -471,8 +475,10 @@ class Dataplane:
         return {stat: int(table.sum(table.Key(stat)).value) for stat in Stat}
 
     def reset_state(self) -> None:
-        """Forget associations, counters and the round-robin position (tests)."""
+        """Forget associations, fragments, counters and the round-robin
+        position (tests)."""
         self._table("sbulb_assoc").clear()
+        self._table("sbulb_frags").clear()
         stats = self._table("sbulb_stats")
         for index in range(STAT_MAX):
             stats.clearitem(stats.Key(index))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, UDP, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
@@ -113,3 +113,26 @@ def payload_for_zero_checksum(net: Net, src: str, dst: str, sport: int, dport: i
     payload = base[:-2] + check.to_bytes(2, "big")
     assert Ether(bytes(udp(net, src, dst, sport, dport, payload)))[UDP].chksum == 0xFFFF
     return payload
+
+
+BIG_PAYLOAD = bytes(range(256)) * 12  # 3072 bytes: three fragments at MTU 1500
+
+
+def big_udp(net: Net, src: str, dst: str, sport: int, dport: int, frag_id: int = 77) -> Packet:
+    """A datagram that needs fragments (IPv6: with the fragment header that
+    fragment6 splits)."""
+    if net.family == 4:
+        return udp(net, src, dst, sport, dport, BIG_PAYLOAD)
+    return Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IPv6(src=src, dst=dst, hlim=64) / (
+        IPv6ExtHdrFragment(id=frag_id) / UDP(sport=sport, dport=dport) / Raw(BIG_PAYLOAD)
+    )
+
+
+def fragments(frame: bytes) -> list[bytes]:
+    """The frames a 1500-byte MTU link carries for this datagram (scapy
+    computes the UDP checksum over the whole datagram, in the first one)."""
+    pkt = Ether(frame)
+    eth = Ether(src=pkt[Ether].src, dst=pkt[Ether].dst)
+    if IP in pkt:
+        return [bytes(eth / f) for f in fragment(pkt[IP], fragsize=1480)]
+    return [bytes(eth / f) for f in fragment6(pkt[IPv6], 1500)]

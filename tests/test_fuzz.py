@@ -1,17 +1,19 @@
 """Property-based fuzzing of the XDP program through BPF_PROG_TEST_RUN, with
-random frames, structured UDP packets with random fields, and mutated valid
+random frames, structured UDP packets with random fields, fragmented
+datagrams (in any order, behind IPv6 extension headers) and mutated valid
 packets. Whatever comes in:
 
 - a frame that is not rewritten comes out unchanged (XDP_PASS) or is dropped;
 - a rewritten frame (XDP_TX) differs from its input only in the MACs
   (swapped), one address (VIP -> real server or real server -> VIP), the
-  TTL / hop limit (one lower) and the checksums, and its IP and UDP
-  checksums are valid exactly when the input's were (IPv4 "no checksum"
-  stays 0);
+  TTL / hop limit (one lower) and the checksums; its IPv4 header checksum is
+  valid exactly when the input's was, and its UDP checksum moved by exactly
+  the address change (RFC 1624, computed here), so a whole datagram's is
+  valid exactly when the input's was (IPv4 "no checksum" stays 0);
 - only rewritten traffic may add associations.
 
 By default each property runs SBULB_FUZZ_EXAMPLES=300 examples (well under a
-minute in all); `SBULB_FUZZ_EXAMPLES=20000 make test PYTEST_ARGS=-ktest_fuzz`
+minute in all); `SBULB_FUZZ_EXAMPLES=20000 make test PYTEST_ARGS=-kfuzz`
 runs a long campaign.
 """
 
@@ -19,13 +21,21 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, UDP, IPOption_EOL, IPOption_NOP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, UDP, IPOption_EOL, IPOption_NOP, fragment
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    fragment6,
+)
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -48,7 +58,7 @@ SERVERS = (0, 1, 2)
 
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[dict[int, Dataplane]]:
-    """One program per family, VIP and 3 real servers set, small LRU."""
+    """One program per family, VIP and 3 real servers set, small LRUs."""
     require_root()
     planes = {}
     try:
@@ -64,7 +74,7 @@ def fuzzed() -> Iterator[dict[int, Dataplane]]:
             dp.close()
 
 
-# ---- checksums, computed independently of scapy and of the program
+# ---- headers and checksums, found independently of scapy and the program
 
 
 def ones_sum(data: bytes) -> int:
@@ -81,20 +91,64 @@ def ipv4_header_ok(frame: bytes) -> bool:
     return ones_sum(frame[14:14 + ihl]) == 0xFFFF
 
 
-def l4_offset(frame: bytes) -> int:
-    return 14 + ((frame[14] & 0x0F) * 4 if frame[12:14] == b"\x08\x00" else 40)
+@dataclass
+class Layout:
+    """Where things are in an IP/UDP frame: header offsets, and the UDP
+    header's unless the frame is a later fragment."""
+
+    v4: bool
+    ttl: int
+    src: slice
+    dst: slice
+    udp: int | None
+    fragment: bool
 
 
-def udp_ok(frame: bytes) -> bool:
-    """The UDP checksum of the datagram (udp length bytes) is valid."""
-    off = l4_offset(frame)
-    length = struct.unpack_from("!H", frame, off + 4)[0]
-    datagram = frame[off:off + length]
+def layout(frame: bytes) -> Layout | None:
+    """The layout of a UDP frame, or None if it holds no UDP."""
     if frame[12:14] == b"\x08\x00":
+        if frame[23] != 17:
+            return None
+        ihl = (frame[14] & 0x0F) * 4
+        frag = struct.unpack_from("!H", frame, 20)[0]
+        later = frag & 0x1FFF != 0
+        return Layout(True, 22, slice(26, 30), slice(30, 34), None if later else 14 + ihl,
+                      frag & 0x3FFF != 0)
+    nh, off, is_fragment = frame[20], 54, False
+    for _ in range(8):
+        if nh in (0, 43, 60):
+            nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+        elif nh == 44:
+            is_fragment = True
+            if struct.unpack_from("!H", frame, off + 2)[0] & 0xFFF8:
+                return Layout(False, 21, slice(22, 38), slice(38, 54), None, True)
+            nh, off = frame[off], off + 8
+        else:
+            break
+    if nh != 17:
+        return None
+    return Layout(False, 21, slice(22, 38), slice(38, 54), off, is_fragment)
+
+
+def udp_ok(frame: bytes, lay: Layout) -> bool:
+    """The UDP checksum of a whole datagram is valid."""
+    assert lay.udp is not None
+    length = struct.unpack_from("!H", frame, lay.udp + 4)[0]
+    datagram = frame[lay.udp:lay.udp + length]
+    if lay.v4:
         pseudo = frame[26:34] + struct.pack("!BBH", 0, 17, length)
     else:
         pseudo = frame[22:54] + struct.pack("!IxxxB", length, 17)
     return ones_sum(pseudo + datagram) == 0xFFFF
+
+
+def expected_udp_check(old: int, old_addr: bytes, new_addr: bytes) -> int:
+    """RFC 1624 eqn. 3, computed here: HC' = ~(~HC + ~m + m'); 0 is sent as
+    0xffff."""
+    total = (~old & 0xFFFF) + ones_sum(new_addr) + (~ones_sum(old_addr) & 0xFFFF)
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return (~total & 0xFFFF) or 0xFFFF
 
 
 # ---- the properties
@@ -120,34 +174,35 @@ def check_rewrite(family: int, inp: bytes, out: bytes) -> None:
     servers = {net.ip(net.real_servers[i]).packed for i in SERVERS}
     assert len(out) == len(inp)
     assert out[0:6] == inp[6:12] and out[6:12] == inp[0:6], "MACs not swapped"
-    ethertype = inp[12:14]
-    assert ethertype in (b"\x08\x00", b"\x86\xdd") and out[12:14] == ethertype
-    if ethertype == b"\x08\x00":
-        ihl = (inp[14] & 0x0F) * 4
-        ttl, check, src, dst = 22, slice(24, 26), slice(26, 30), slice(30, 34)
-    else:
-        ihl = 40
-        ttl, check, src, dst = 21, None, slice(22, 38), slice(38, 54)
-    assert inp[14 + 9 if ethertype == b"\x08\x00" else 20] == 17, "only UDP is rewritten"
+    lay = layout(inp)
+    assert lay is not None, "only UDP (or its later fragments) is rewritten"
+    assert layout(out) == lay
+    src, dst, ttl = lay.src, lay.dst, lay.ttl
     assert out[ttl] == inp[ttl] - 1 and inp[ttl] >= 2, "TTL / hop limit not one lower"
     ingress = inp[dst] == vip and out[dst] in servers and out[src] == inp[src]
     egress = inp[src] in servers and out[src] == vip and out[dst] == inp[dst]
     assert ingress or egress, "not a VIP <-> real server rewrite"
     # nothing else changed but the checksums
-    udp_check = slice(14 + ihl + 6, 14 + ihl + 8)
-    changed = {ttl} | set(range(*udp_check.indices(len(inp)))) | set(range(0, 12))
-    changed |= set(range(*src.indices(len(inp)))) | set(range(*dst.indices(len(inp))))
-    if check is not None:
-        changed |= set(range(*check.indices(len(inp))))
+    changed = set(range(0, 12)) | {ttl} | set(range(src.start, src.stop))
+    changed |= set(range(dst.start, dst.stop))
+    if lay.v4:
+        changed |= {24, 25}
+    if lay.udp is not None:
+        changed |= {lay.udp + 6, lay.udp + 7}
     assert [i for i in range(len(inp)) if i not in changed and inp[i] != out[i]] == []
-    # checksums: valid exactly when they were
-    if check is not None:
-        assert ipv4_header_ok(out) == ipv4_header_ok(inp)
-    if ethertype == b"\x08\x00" and inp[udp_check] == b"\0\0":
-        assert out[udp_check] == b"\0\0", "IPv4 'no checksum' must stay 0"
-    else:
-        assert udp_ok(out) == udp_ok(inp)
-        assert out[udp_check] != b"\0\0"
+    if lay.v4:
+        assert ipv4_header_ok(out) == ipv4_header_ok(inp), "IP header checksum"
+    if lay.udp is None:
+        return  # a later fragment: no UDP header
+    field = slice(lay.udp + 6, lay.udp + 8)
+    old, new = (int.from_bytes(x[field], "big") for x in (inp, out))
+    if lay.v4 and old == 0:
+        assert new == 0, "IPv4 'no checksum' must stay 0"
+        return
+    rewritten = dst if ingress else src
+    assert new == expected_udp_check(old, inp[rewritten], out[rewritten]), "UDP checksum"
+    if not lay.fragment:
+        assert udp_ok(out, lay) == udp_ok(inp, lay)
 
 
 # ---- strategies
@@ -178,9 +233,37 @@ def udp_packets(draw: st.DrawFn, family: int) -> bytes:
         ip = IPv6(src=src, dst=dst, hlim=ttl)
     frame = bytearray(bytes(eth / ip / UDP(sport=sport, dport=dport) / Raw(payload)))
     if family == 4 and draw(st.booleans()):
-        off = l4_offset(bytes(frame))
+        off = 14 + (frame[14] & 0x0F) * 4
         frame[off + 6:off + 8] = b"\0\0"  # "no checksum"
     return bytes(frame)
+
+
+EXT_HEADERS = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(),
+               IPv6ExtHdrRouting(addresses=["2001:db8::77"], segleft=0),
+               IPv6ExtHdrRouting(addresses=["2001:db8::77"], segleft=1)]
+
+
+@st.composite
+def fragmented(draw: st.DrawFn, family: int) -> list[bytes]:
+    """The fragments of a datagram with random fields (IPv6: behind random
+    extension headers), in a random order."""
+    src, dst = draw(addresses(family)), draw(addresses(family))
+    sport, dport = draw(ports), draw(ports)
+    ttl = draw(st.integers(0, 255))
+    payload = draw(st.binary(min_size=60, max_size=400))
+    eth = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
+    if family == 4:
+        pkt = IP(src=src, dst=dst, ttl=ttl, id=draw(st.integers(0, 65535))) / UDP(
+            sport=sport, dport=dport) / Raw(payload)
+        frames = [bytes(eth / f) for f in fragment(pkt, fragsize=64)]
+    else:
+        pkt = IPv6(src=src, dst=dst, hlim=ttl)
+        for ext in draw(st.lists(st.sampled_from(EXT_HEADERS), max_size=3)):
+            pkt = pkt / ext.copy()
+        pkt = pkt / IPv6ExtHdrFragment(id=draw(st.integers(0, 2**32 - 1))) / UDP(
+            sport=sport, dport=dport) / Raw(payload)
+        frames = [bytes(eth / f) for f in fragment6(pkt, 160)]
+    return draw(st.permutations(frames))
 
 
 @st.composite
@@ -199,6 +282,17 @@ def test_fuzz_structured_packets(fuzzed: dict[int, Dataplane], family: int) -> N
     @given(udp_packets(family))
     def run(frame: bytes) -> None:
         check(fuzzed[family], family, frame)
+
+    run()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_fuzz_fragments(fuzzed: dict[int, Dataplane], family: int) -> None:
+    @FUZZ
+    @given(fragmented(family))
+    def run(frames: list[bytes]) -> None:
+        for frame in frames:
+            check(fuzzed[family], family, frame)
 
     run()
 

@@ -6,6 +6,7 @@ traffic loop is bounded."""
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -148,3 +149,31 @@ def test_stop_and_restart(lab: Lab, balancer: SbulbProcess, tmp_path: Path, fami
     assert client.exchange(vip, PORT, b"balanced again").server.startswith("rs")
     assert again.stop() == 0
     assert lab.xdp_programs() == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_datagrams_bigger_than_the_mtu_both_ways(lab: Lab, balancer: SbulbProcess,
+                                                 family: int) -> None:
+    """3000 bytes through 1500-MTU links: the client's kernel fragments it,
+    every fragment reaches the associated server, which reassembles it; its
+    3000-byte answer comes back fragmented, from the VIP, whole."""
+    vip = lab.addresses(family).vip
+    client = lab.client(family)
+    owner = client.exchange(vip, PORT, b"small first").server
+    big = bytes(range(256)) * 11 + b"x" * 184  # 3000 bytes
+    for n in range(3):
+        reply = client.exchange(vip, PORT, big[:-1] + bytes([n]))
+        assert reply.server == owner and (reply.source, reply.source_port) == (vip, PORT)
+    fresh = lab.client(family)  # a datagram that starts an association is fragmented too
+    assert fresh.exchange(vip, PORT, big).server.startswith("rs")
+
+
+@pytest.mark.parametrize("family", [pytest.param(4, id="ipv4")])
+def test_ipv4_options_datagram(lab: Lab, balancer: SbulbProcess, family: int) -> None:
+    vip = lab.addresses(family).vip
+    client = lab.client(family)
+    options = b"\x01\x01\x01\x00"  # NOP NOP NOP EOL: IHL 6
+    client.sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, options)
+    assert client.sock.getsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, 40) == options
+    reply = client.exchange(vip, PORT, b"with options")
+    assert reply.server.startswith("rs") and reply.source == vip

@@ -15,7 +15,13 @@ from typing import Iterator, Union
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_EOL, IPOption_NOP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
@@ -25,6 +31,8 @@ from sbulb.dataplane import Dataplane
 from tests.conftest import require_root
 from tests.packets import (
     MAC_BALANCER,
+    big_udp,
+    fragments,
     MAC_NEIGHBOUR,
     NETS,
     OTHER_PORT,
@@ -230,6 +238,34 @@ def flows(n: Net) -> dict[str, list[Step]]:
                 natted(udp(n, C[0], V, 1, PORT, payload=b"x"), dst=RS[0]) + bytes(20),
             ),
         ],
+        "fragments_both_ways": [
+            *[Send(f"fragment {i} of a client's datagram", frame, TX, out) for i, (frame, out) in
+              enumerate(zip(fragments(bytes(big_udp(n, C[0], V, 5000, PORT))),
+                            fragments(natted(big_udp(n, C[0], V, 5000, PORT), dst=RS[0]))))],
+            *[Send(f"fragment {i} of the server's answer", frame, TX, out) for i, (frame, out) in
+              enumerate(zip(fragments(bytes(big_udp(n, RS[0], C[0], PORT, 5000, 78))),
+                            fragments(natted(big_udp(n, RS[0], C[0], PORT, 5000, 78), src=V))))],
+            Assocs({(0, 5000): 0}),
+            Counts({Stat.TX_INGRESS: 3, Stat.TX_EGRESS: 3, Stat.ASSOC_CLIENT: 1}),
+        ],
+        "later_fragment_before_its_first_is_dropped": [
+            drops("fragment 1 first: nobody knows where it goes",
+                  Ether(fragments(bytes(big_udp(n, C[0], V, 5001, PORT)))[1])),
+            *[Send(f"then fragment {i}", Ether(frame), TX, out) for i, (frame, out) in
+              enumerate(zip(fragments(bytes(big_udp(n, C[0], V, 5001, PORT))),
+                            fragments(natted(big_udp(n, C[0], V, 5001, PORT), dst=RS[0]))))],
+            Counts({Stat.DROP_FRAG_UNKNOWN: 1, Stat.TX_INGRESS: 3, Stat.ASSOC_CLIENT: 1}),
+        ],
+        "fragments_not_ours_untouched": [
+            *[passes(f"fragment {i} to a stranger", Ether(frame)) for i, frame in
+              enumerate(fragments(bytes(big_udp(n, C[0], n.stranger, 1, PORT))))],
+            passes("a later fragment to a stranger, first",
+                   Ether(fragments(bytes(big_udp(n, C[0], n.stranger, 2, PORT, 79)))[2])),
+            *[passes(f"fragment {i} to the VIP's unbalanced port", Ether(frame)) for i, frame in
+              enumerate(fragments(bytes(big_udp(n, C[0], V, 3, UNBALANCED_PORT, 80))))],
+            Assocs({}),
+            Counts({Stat.PASS_NOT_BALANCED: 7}),
+        ],
         "not_ip_not_udp": [
             passes("ARP", Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / ARP()),
             passes("TCP to VIP:port", _l3(n, C[0], V) / TCP(sport=1, dport=PORT)),
@@ -265,10 +301,10 @@ def _v4_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
 
     zero = with_udp_checksum_zero(udp(n, C[0], V, 11, PORT))
     reply_zero = with_udp_checksum_zero(udp(n, RS[0], C[0], PORT, 11))
-    frag_first = Ether(bytes(udp(n, C[0], V, 1, PORT)))
+    frag_first = Ether(bytes(udp(n, C[0], V, 1, PORT, ttl=1)))
     frag_first[IP].flags = "MF"
     frag_later = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IP(
-        src=C[0], dst=V, proto=17, frag=3
+        src=C[0], dst=V, proto=17, frag=3, id=4242, ttl=1
     ) / Raw(b"later fragment")
     return {
         "ipv4_udp_checksum_zero_stays_zero": [
@@ -280,11 +316,11 @@ def _v4_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
             options_case(40, 10, 1),
             Assocs({(0, 9): 0, (0, 10): 1}),
         ],
-        "ipv4_fragments_passed": [
-            passes("first fragment", Ether(bytes(frag_first))),
-            passes("later fragment", Ether(bytes(frag_later))),
+        "ipv4_fragment_ttl_expired": [
+            passes("first fragment, TTL 1", Ether(bytes(frag_first))),
+            passes("a later one follows it", Ether(bytes(frag_later))),
             Assocs({}),
-            Counts({Stat.PASS_FRAGMENT: 2}),
+            Counts({Stat.PASS_TTL: 2}),
         ],
         "ipv4_bad_header_length": [
             passes("IHL 4", Ether(bytes(udp(n, C[0], V, 1, PORT))[:14] + b"\x44"
@@ -304,17 +340,38 @@ def _retot(pkt: Packet, delta: int) -> Packet:
 
 
 def _v6_flows(n: Net, passes) -> dict[str, list[Step]]:
-    V, C = n.vip, n.clients
+    V, RS, C = n.vip, n.real_servers, n.clients
     eth = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
+
+    def ext_case(what: str, ext: Packet, sport: int, server: int) -> Send:
+        pkt = Ether(bytes(eth / IPv6(src=C[0], dst=V) / ext / UDP(sport=sport, dport=PORT)
+                          / Raw(b"ext")))
+        return Send(what, pkt, TX, natted(pkt, dst=RS[server]))
     zero = with_udp_checksum_zero(udp(n, C[0], V, 11, PORT))
     return {
-        "ipv6_extension_headers_passed": [
-            passes("hop-by-hop", eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrHopByHop()
+        "ipv6_extension_headers_walked": [
+            ext_case("hop-by-hop", IPv6ExtHdrHopByHop(), 21, 0),
+            ext_case("destination options", IPv6ExtHdrDestOpt(), 22, 1),
+            ext_case("routing, no segment left", IPv6ExtHdrRouting(addresses=[n.stranger], segleft=0),
+                     23, 2),
+            ext_case("hop-by-hop and destination options",
+                     IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt(), 24, 0),
+            Counts({Stat.TX_INGRESS: 4, Stat.ASSOC_CLIENT: 4}),
+        ],
+        "ipv6_extension_headers_not_walked": [
+            passes("routing with a segment left: the VIP is not the destination",
+                   eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrRouting(addresses=[n.stranger], segleft=1)
                    / UDP(sport=1, dport=PORT)),
-            passes("fragment", eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrFragment(m=1)
+            passes("AH", eth / IPv6(src=C[0], dst=V, nh=51) / Raw(bytes(24))),
+            passes("more extension headers than we walk",
+                   eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
+                   / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
                    / UDP(sport=1, dport=PORT)),
+            passes("truncated extension header",
+                   Ether(bytes(eth / IPv6(src=C[0], dst=V) / IPv6ExtHdrDestOpt()
+                               / UDP(sport=1, dport=PORT))[:14 + 40 + 4])),
             Assocs({}),
-            Counts({Stat.PASS_IPV6_EXT: 2}),
+            Counts({Stat.PASS_IPV6_EXT: 3, Stat.PASS_MALFORMED: 1}),
         ],
         "ipv6_udp_checksum_zero_is_invalid": [
             passes("checksum 0 is not allowed on IPv6", zero),
@@ -553,3 +610,17 @@ def test_shrinking_ring_tail_still_names_live_servers(loaded: Dataplane) -> None
     from sbulb.dataplane import addr_from_bytes
 
     assert {addr_from_bytes(bytes(rs[rs.Key(slot)])) for slot in slots} == {net.ip(net.real_servers[1])}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_only_our_fragments_are_tracked(loaded: Dataplane, family: int) -> None:
+    """The fragment map remembers datagrams to the VIP or from a real
+    server, not the rest of the traffic a host sees."""
+    net = NETS[family]
+    configure(loaded, net)
+    for frame in fragments(bytes(big_udp(net, net.clients[0], net.stranger, 1, PORT))):
+        assert loaded.test_run(frame).action == PASS
+    assert loaded.fragments_tracked() == 0
+    for frame in fragments(bytes(big_udp(net, net.clients[0], net.vip, 1, PORT))):
+        assert loaded.test_run(frame).action == TX
+    assert loaded.fragments_tracked() == 1

@@ -79,6 +79,17 @@ static __always_inline int assoc_update(struct sbulb_assoc_key *key,
 	return sbulb_assoc.update(key, val);
 }
 
+static __always_inline struct sbulb_frag *frag_lookup(struct sbulb_frag_key *key)
+{
+	return sbulb_frags.lookup(key);
+}
+
+static __always_inline void frag_store(struct sbulb_frag_key *key,
+				       struct sbulb_frag *val)
+{
+	sbulb_frags.update(key, val);
+}
+
 /* Per-CPU array, softirq context: a plain increment needs no atomic. */
 static __always_inline void count(__u32 stat)
 {
@@ -127,18 +138,31 @@ static __always_inline int stat_action(__u32 stat)
 	case SBULB_STAT_DROP_NO_REAL_SERVER:
 	case SBULB_STAT_DROP_NOT_ASSOCIATED:
 	case SBULB_STAT_DROP_ASSOC_FAILED:
+	case SBULB_STAT_DROP_FRAG_UNKNOWN:
 		return XDP_DROP;
 	}
 	return XDP_PASS;
 }
 
+static __always_inline int is_tx(__u32 stat)
+{
+	return stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS;
+}
+
+/*
+ * IPv4. A fragmented datagram is decided by its first fragment (which holds
+ * the UDP header); later fragments follow that verdict through sbulb_frags,
+ * keyed by (source, destination, id, protocol) as they arrive.
+ */
 static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 {
-	struct sbulb_addr to;
+	struct sbulb_frag_key fkey = {};
+	struct sbulb_addr to = {};
 	struct sbulb_cfg *cfg;
 	struct udphdr *udp;
 	struct iphdr *iph;
-	struct flow f;
+	struct flow f = {};
+	__u16 tot_len;
 	__u32 stat;
 	int proto;
 
@@ -147,14 +171,11 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 		return SBULB_STAT_PASS_MALFORMED;
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
-	if (ipv4_is_fragment(iph))
-		return SBULB_STAT_PASS_FRAGMENT;
-	if (parse_udphdr(nh, data_end, &udp) < 0)
-		return SBULB_STAT_PASS_MALFORMED;
-	/* the IP total length is the headers plus the UDP length, and lies in
-	 * the frame (which Ethernet may pad) */
-	if (bpf_ntohs(iph->tot_len) != iph->ihl * 4 + bpf_ntohs(udp->len) ||
-	    (void *)iph + bpf_ntohs(iph->tot_len) > data_end)
+	/* the IP total length covers the headers and lies in the frame
+	 * (which Ethernet may pad) */
+	tot_len = bpf_ntohs(iph->tot_len);
+	if (tot_len < iph->ihl * 4 + (ipv4_is_later_fragment(iph) ? 0 : 8) ||
+	    (void *)iph + tot_len > data_end)
 		return SBULB_STAT_PASS_MALFORMED;
 
 	cfg = cfg_get();
@@ -162,53 +183,81 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	addr_from_v4(&f.src, iph->saddr);
 	addr_from_v4(&f.dst, iph->daddr);
+	fkey.src = f.src;
+	fkey.dst = f.dst;
+	fkey.id = iph->id;
+	fkey.proto = IPPROTO_UDP;
+
+	if (ipv4_is_later_fragment(iph)) {
+		stat = frag_follow(&fkey, &f, cfg, &to);
+		if (!is_tx(stat))
+			return stat;
+		if (iph->ttl < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		nat_v4(iph, NULL,
+		       stat == SBULB_STAT_TX_INGRESS ? &iph->daddr : &iph->saddr,
+		       to.a[3]);
+		return stat;
+	}
+
+	if (parse_udphdr(nh, data_end, &udp) < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	/* a whole datagram is exactly the IP payload; a first fragment holds
+	 * only the start of it */
+	if (ipv4_is_fragment(iph) ?
+		    tot_len - iph->ihl * 4 > bpf_ntohs(udp->len) :
+		    tot_len != iph->ihl * 4 + bpf_ntohs(udp->len))
+		return SBULB_STAT_PASS_MALFORMED;
 	f.sport = udp->source;
 	f.dport = udp->dest;
 
-	switch (classify(&f, cfg)) {
-	case DIR_INGRESS:
-		if (iph->ttl < SBULB_MIN_TTL)
-			return SBULB_STAT_PASS_TTL;
-		stat = ingress(&f, cfg, &to);
-		if (stat == SBULB_STAT_TX_INGRESS)
-			nat_v4(iph, udp, &iph->daddr, to.a[3]);
-		return stat;
-	case DIR_EGRESS:
-		if (iph->ttl < SBULB_MIN_TTL)
-			return SBULB_STAT_PASS_TTL;
-		stat = egress(&f, cfg, &to);
-		if (stat == SBULB_STAT_TX_EGRESS)
-			nat_v4(iph, udp, &iph->saddr, to.a[3]);
-		return stat;
-	default:
-		return SBULB_STAT_PASS_NOT_BALANCED;
-	}
+	stat = decide(&f, cfg, iph->ttl, &to);
+	if (ipv4_is_fragment(iph))
+		frag_remember(&fkey, &f, cfg, stat, &to);
+	if (stat == SBULB_STAT_TX_INGRESS)
+		nat_v4(iph, &udp->check, &iph->daddr, to.a[3]);
+	else if (stat == SBULB_STAT_TX_EGRESS)
+		nat_v4(iph, &udp->check, &iph->saddr, to.a[3]);
+	return stat;
 }
 
+/*
+ * IPv6. Extension headers are walked (a bounded, unrolled loop); the
+ * fragment header, if any, plays the part of IPv4's fragment fields, with
+ * its 32-bit identification.
+ */
 static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 {
-	struct sbulb_addr to;
+	struct sbulb_ip6_frag *fh = NULL;
+	struct sbulb_frag_key fkey = {};
+	struct sbulb_addr to = {};
 	struct sbulb_cfg *cfg;
 	struct ipv6hdr *ip6h;
 	struct udphdr *udp;
-	struct flow f;
-	__u32 stat;
-	int proto;
+	struct flow f = {};
+	__u32 stat, payload_len;
+	int proto, i;
 
 	proto = parse_ip6hdr(nh, data_end, &ip6h);
 	if (proto < 0)
 		return SBULB_STAT_PASS_MALFORMED;
-	if (ipv6_is_ext_header(proto))
-		return SBULB_STAT_PASS_IPV6_EXT;
+#pragma unroll
+	for (i = 0; i < SBULB_MAX_IPV6_EXT; i++) {
+		if (!ipv6_is_ext_header(proto) || (fh && ipv6_is_later_fragment(fh)))
+			break;
+		proto = parse_ip6_ext(nh, data_end, proto, &fh);
+		if (proto == -1)
+			return SBULB_STAT_PASS_MALFORMED;
+		if (proto == -2)
+			return SBULB_STAT_PASS_IPV6_EXT;
+	}
+	if (ipv6_is_ext_header(proto) && !(fh && ipv6_is_later_fragment(fh)))
+		return SBULB_STAT_PASS_IPV6_EXT; /* more than we walk */
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
-	if (parse_udphdr(nh, data_end, &udp) < 0)
-		return SBULB_STAT_PASS_MALFORMED;
-	/* the payload is exactly the UDP datagram, which lies in the frame;
-	 * a zero UDP checksum is invalid on IPv6 (RFC 8200 8.1) */
-	if (ip6h->payload_len != udp->len ||
-	    (void *)(ip6h + 1) + bpf_ntohs(udp->len) > data_end ||
-	    udp->check == 0)
+	/* the payload (extension headers included) lies in the frame */
+	payload_len = bpf_ntohs(ip6h->payload_len);
+	if ((void *)(ip6h + 1) + payload_len > data_end)
 		return SBULB_STAT_PASS_MALFORMED;
 
 	cfg = cfg_get();
@@ -216,30 +265,50 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	__builtin_memcpy(&f.src, &ip6h->saddr, sizeof(f.src));
 	__builtin_memcpy(&f.dst, &ip6h->daddr, sizeof(f.dst));
-	f.sport = udp->source;
-	f.dport = udp->dest;
 	/* would collide with the IPv4 addresses of the maps */
 	if (addr_is_v4_mapped(&f.src) || addr_is_v4_mapped(&f.dst))
 		return SBULB_STAT_PASS_NOT_BALANCED;
 
-	switch (classify(&f, cfg)) {
-	case DIR_INGRESS:
-		if (ip6h->hop_limit < SBULB_MIN_TTL)
-			return SBULB_STAT_PASS_TTL;
-		stat = ingress(&f, cfg, &to);
-		if (stat == SBULB_STAT_TX_INGRESS)
-			nat_v6(ip6h, udp, &ip6h->daddr, &to);
-		return stat;
-	case DIR_EGRESS:
-		if (ip6h->hop_limit < SBULB_MIN_TTL)
-			return SBULB_STAT_PASS_TTL;
-		stat = egress(&f, cfg, &to);
-		if (stat == SBULB_STAT_TX_EGRESS)
-			nat_v6(ip6h, udp, &ip6h->saddr, &to);
-		return stat;
-	default:
-		return SBULB_STAT_PASS_NOT_BALANCED;
+	if (fh) {
+		fkey.src = f.src;
+		fkey.dst = f.dst;
+		fkey.id = fh->identification;
+		fkey.proto = IPPROTO_UDP;
+		if (ipv6_is_later_fragment(fh)) {
+			stat = frag_follow(&fkey, &f, cfg, &to);
+			if (!is_tx(stat))
+				return stat;
+			if (ip6h->hop_limit < SBULB_MIN_TTL)
+				return SBULB_STAT_PASS_TTL;
+			nat_v6(ip6h, NULL,
+			       stat == SBULB_STAT_TX_INGRESS ? &ip6h->daddr :
+							       &ip6h->saddr,
+			       &to);
+			return stat;
+		}
 	}
+
+	if (parse_udphdr(nh, data_end, &udp) < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	/* a whole datagram is exactly what follows the extension headers; a
+	 * first fragment holds only the start of it. A zero UDP checksum is
+	 * invalid on IPv6 (RFC 8200 8.1). */
+	payload_len -= (void *)udp - (void *)(ip6h + 1);
+	if ((fh ? payload_len > bpf_ntohs(udp->len) :
+		  payload_len != bpf_ntohs(udp->len)) ||
+	    udp->check == 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	f.sport = udp->source;
+	f.dport = udp->dest;
+
+	stat = decide(&f, cfg, ip6h->hop_limit, &to);
+	if (fh)
+		frag_remember(&fkey, &f, cfg, stat, &to);
+	if (stat == SBULB_STAT_TX_INGRESS)
+		nat_v6(ip6h, &udp->check, &ip6h->daddr, &to);
+	else if (stat == SBULB_STAT_TX_EGRESS)
+		nat_v6(ip6h, &udp->check, &ip6h->saddr, &to);
+	return stat;
 }
 
 int sbulb_xdp(struct xdp_md *ctx)

@@ -35,6 +35,15 @@
 #define SBULB_EVENTS 0
 #endif
 
+/* Size of the LRU map that makes later fragments follow their first. */
+#ifndef SBULB_MAX_FRAGMENTED
+#define SBULB_MAX_FRAGMENTED 16384
+#endif
+
+/* IPv6 extension headers walked before giving up (hop-by-hop, routing with
+ * no segment left, destination options, fragment). */
+#define SBULB_MAX_IPV6_EXT 4
+
 /* Pages of the event ring buffer (a power of two). */
 #ifndef SBULB_EVENT_PAGES
 #define SBULB_EVENT_PAGES 64
@@ -44,6 +53,10 @@
  * linux/ip.h does not define them. */
 #define IP_MF 0x2000     /* more fragments follow */
 #define IP_OFFSET 0x1FFF /* fragment offset, in 8-byte units */
+
+/* IPv6 fragment header frag_off bits (host order). */
+#define IP6_MF 0x0001      /* more fragments follow */
+#define IP6_OFFSET 0xFFF8  /* fragment offset, in 8-byte units, shifted by 3 */
 
 /* Lowest TTL / hop limit we forward: at 1 the kernel must answer. */
 #define SBULB_MIN_TTL 2
@@ -59,17 +72,18 @@ enum sbulb_stat {
 	SBULB_STAT_PASS_NOT_IP = 2,         /* not IPv4/IPv6 (ARP, VLAN, ...) */
 	SBULB_STAT_PASS_NOT_UDP = 3,        /* IP, but not UDP */
 	SBULB_STAT_PASS_NOT_BALANCED = 4,   /* UDP, not VIP:port nor real server:port */
-	SBULB_STAT_PASS_FRAGMENT = 5,       /* IPv4 fragment */
+	SBULB_STAT_PASS_FRAGMENT = 5,       /* unused since fragments are balanced */
 	SBULB_STAT_PASS_TTL = 6,            /* balanced, TTL/hop limit <= 1 */
 	SBULB_STAT_PASS_MALFORMED = 7,      /* truncated or inconsistent headers */
-	SBULB_STAT_PASS_IPV6_EXT = 8,       /* IPv6 extension header before UDP */
+	SBULB_STAT_PASS_IPV6_EXT = 8,       /* IPv6 extension header not walked */
 	SBULB_STAT_DROP_NO_REAL_SERVER = 9, /* for the VIP, no real server set */
 	SBULB_STAT_DROP_NOT_ASSOCIATED = 10,/* real server not associated with client */
 	SBULB_STAT_DROP_ASSOC_FAILED = 11, /* association could not be stored */
 	SBULB_STAT_ASSOC_CLIENT = 12,       /* association created by a client */
 	SBULB_STAT_ASSOC_SERVER = 13,       /* association created by a real server */
 	SBULB_STAT_ASSOC_REPICK = 14,       /* association moved: its server was removed */
-	SBULB_STAT_MAX = 15,
+	SBULB_STAT_DROP_FRAG_UNKNOWN = 15,  /* later fragment before its first (ours) */
+	SBULB_STAT_MAX = 16,
 };
 
 /* Types of struct sbulb_event. */

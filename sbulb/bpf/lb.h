@@ -200,4 +200,61 @@ out:
 	return SBULB_STAT_TX_EGRESS;
 }
 
+/* The verdict for a parsed UDP packet (a whole datagram or its first
+ * fragment): classify, then let the kernel have it if the TTL / hop limit
+ * is about to expire, else NAT it. */
+static __always_inline __u32 decide(struct flow *f, struct sbulb_cfg *cfg,
+				    __u8 ttl, struct sbulb_addr *to)
+{
+	switch (classify(f, cfg)) {
+	case DIR_INGRESS:
+		if (ttl < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		return ingress(f, cfg, to);
+	case DIR_EGRESS:
+		if (ttl < SBULB_MIN_TTL)
+			return SBULB_STAT_PASS_TTL;
+		return egress(f, cfg, to);
+	default:
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	}
+}
+
+/* Could this datagram be ours, whatever its ports? (For fragments: later
+ * ones carry no port.) */
+static __always_inline int frag_is_ours(struct flow *f, struct sbulb_cfg *cfg)
+{
+	return addr_eq(&f->dst, &cfg->vip) || addr_is_real_server(&f->src);
+}
+
+/* A first fragment: remember its verdict for the later ones. */
+static __always_inline void frag_remember(struct sbulb_frag_key *key,
+					  struct flow *f, struct sbulb_cfg *cfg,
+					  __u32 stat, struct sbulb_addr *to)
+{
+	struct sbulb_frag val = {};
+
+	if (!frag_is_ours(f, cfg))
+		return;
+	val.stat = stat;
+	if (stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS)
+		val.to = *to;
+	frag_store(key, &val);
+}
+
+/* A later fragment: the verdict of its first fragment, *to for TX. One
+ * seen before its first cannot be steered: dropped if it could be ours. */
+static __always_inline __u32 frag_follow(struct sbulb_frag_key *key,
+					 struct flow *f, struct sbulb_cfg *cfg,
+					 struct sbulb_addr *to)
+{
+	struct sbulb_frag *val = frag_lookup(key);
+
+	if (!val)
+		return frag_is_ours(f, cfg) ? SBULB_STAT_DROP_FRAG_UNKNOWN
+					    : SBULB_STAT_PASS_NOT_BALANCED;
+	*to = val->to;
+	return val->stat;
+}
+
 #endif /* SBULB_LB_H */

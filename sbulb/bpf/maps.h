@@ -43,6 +43,11 @@ BPF_ARRAY(sbulb_rr, struct sbulb_rr, 1);
 BPF_TABLE("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc, sbulb_assoc,
 	  SBULB_MAX_ASSOCIATIONS);
 
+/* Fragmented datagram -> its first fragment's verdict, so that later
+ * fragments (no UDP header) follow it. Short-lived: LRU. */
+BPF_TABLE("lru_hash", struct sbulb_frag_key, struct sbulb_frag, sbulb_frags,
+	  SBULB_MAX_FRAGMENTED);
+
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
 
@@ -63,6 +68,8 @@ static __always_inline struct sbulb_assoc *assoc_lookup(struct sbulb_assoc_key *
 static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
 /* insert or replace (BPF_ANY); 0 on success */
 static __always_inline int assoc_update(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
+static __always_inline struct sbulb_frag *frag_lookup(struct sbulb_frag_key *key);
+static __always_inline void frag_store(struct sbulb_frag_key *key, struct sbulb_frag *val);
 /* add one to a counter slot (enum sbulb_stat) */
 static __always_inline void count(__u32 stat);
 

@@ -13,9 +13,13 @@
 #include "parsing.h"
 #include "structs.h"
 
-/* Rewrite the IPv4 address *field (saddr or daddr) to 'to', decrement the
- * TTL. The caller has checked that the TTL is >= SBULB_MIN_TTL. */
-static __always_inline void nat_v4(struct iphdr *iph, struct udphdr *udp,
+/*
+ * Rewrite the IPv4 address *field (saddr or daddr) to 'to' and decrement
+ * the TTL. udp_check is the UDP checksum to update, or NULL for a later
+ * fragment (only the first fragment carries the UDP header; its checksum
+ * covers the whole datagram). The caller has checked TTL >= SBULB_MIN_TTL.
+ */
+static __always_inline void nat_v4(struct iphdr *iph, __u16 *udp_check,
 				   __be32 *field, __be32 to)
 {
 	__be32 from = *field;
@@ -24,9 +28,9 @@ static __always_inline void nat_v4(struct iphdr *iph, struct udphdr *udp,
 	*field = to;
 	iph->check = sbulb_csum_replace4(iph->check, from, to);
 	/* UDP checksum 0 means "none" on IPv4: keep it so (RFC 768) */
-	if (udp->check)
-		udp->check = sbulb_csum_udp_mangled0(
-			sbulb_csum_replace4(udp->check, from, to));
+	if (udp_check && *udp_check)
+		*udp_check = sbulb_csum_udp_mangled0(
+			sbulb_csum_replace4(*udp_check, from, to));
 
 	/* TTL shares a 16-bit checksum word with the protocol byte */
 	ttl_word_from = *(__u16 *)&iph->ttl;
@@ -35,9 +39,9 @@ static __always_inline void nat_v4(struct iphdr *iph, struct udphdr *udp,
 	iph->check = sbulb_csum_replace2(iph->check, ttl_word_from, ttl_word_to);
 }
 
-/* Rewrite the IPv6 address *field (saddr or daddr) to 'to', decrement the
- * hop limit (IPv6 has no header checksum). */
-static __always_inline void nat_v6(struct ipv6hdr *ip6h, struct udphdr *udp,
+/* Rewrite the IPv6 address *field (saddr or daddr) to 'to' and decrement
+ * the hop limit (IPv6 has no header checksum); udp_check as for nat_v4. */
+static __always_inline void nat_v6(struct ipv6hdr *ip6h, __u16 *udp_check,
 				   struct in6_addr *field,
 				   const struct sbulb_addr *to)
 {
@@ -45,8 +49,9 @@ static __always_inline void nat_v6(struct ipv6hdr *ip6h, struct udphdr *udp,
 
 	__builtin_memcpy(&from, field, sizeof(from));
 	__builtin_memcpy(field, to, sizeof(*to));
-	udp->check = sbulb_csum_udp_mangled0(
-		sbulb_csum_replace16(udp->check, from.a, to->a));
+	if (udp_check)
+		*udp_check = sbulb_csum_udp_mangled0(
+			sbulb_csum_replace16(*udp_check, from.a, to->a));
 	ip6h->hop_limit--;
 }
 

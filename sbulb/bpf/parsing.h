@@ -95,7 +95,73 @@ static __always_inline int ipv4_is_fragment(const struct iphdr *iph)
 	return iph->frag_off & bpf_htons(IP_MF | IP_OFFSET);
 }
 
-/* IPv6 extension headers that may stand between the IPv6 header and UDP. */
+/* The IPv6 fragment header (RFC 8200 4.5); uapi headers do not have it. */
+struct sbulb_ip6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset (13 bits, 8-byte units) << 3 | M */
+	__be32 identification;
+};
+
+/* A later fragment: no transport header in it. */
+static __always_inline int ipv4_is_later_fragment(const struct iphdr *iph)
+{
+	return iph->frag_off & bpf_htons(IP_OFFSET);
+}
+
+static __always_inline int ipv6_is_later_fragment(const struct sbulb_ip6_frag *fh)
+{
+	return fh->frag_off & bpf_htons(IP6_OFFSET);
+}
+
+/*
+ * One IPv6 extension header of type `proto`: hop-by-hop, destination
+ * options, routing (only with no segment left: else the destination
+ * address is not the final one) and fragment. Returns the next header, -1
+ * when truncated or invalid, -2 for a header we do not walk past (AH, ESP,
+ * mobility, a routing header with segments left). *frag points at the
+ * fragment header if there is one.
+ */
+static __always_inline int parse_ip6_ext(struct hdr_cursor *nh, void *data_end,
+					 int proto,
+					 struct sbulb_ip6_frag **frag)
+{
+	struct ipv6_opt_hdr *opt = nh->pos;
+	struct sbulb_ip6_frag *fh;
+	struct ipv6_rt_hdr *rt;
+	int len;
+
+	switch (proto) {
+	case IPPROTO_FRAGMENT:
+		fh = nh->pos;
+		if ((void *)(fh + 1) > data_end || *frag)
+			return -1; /* truncated, or a second fragment header */
+		*frag = fh;
+		nh->pos = fh + 1;
+		return fh->nexthdr;
+	case IPPROTO_ROUTING:
+		rt = nh->pos;
+		if ((void *)(rt + 1) > data_end)
+			return -1;
+		if (rt->segments_left)
+			return -2;
+		break;
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_DSTOPTS:
+		break;
+	default:
+		return -2;
+	}
+	if ((void *)(opt + 1) > data_end)
+		return -1;
+	len = (opt->hdrlen + 1) * 8;
+	if (nh->pos + len > data_end)
+		return -1;
+	nh->pos += len;
+	return opt->nexthdr;
+}
+
+/* Extension headers we may meet between IPv6 and UDP. */
 static __always_inline int ipv6_is_ext_header(int nexthdr)
 {
 	switch (nexthdr) {
@@ -104,6 +170,7 @@ static __always_inline int ipv6_is_ext_header(int nexthdr)
 	case IPPROTO_FRAGMENT:
 	case IPPROTO_DSTOPTS:
 	case IPPROTO_AH:
+	case IPPROTO_ESP:
 	case IPPROTO_MH:
 		return 1;
 	}

@@ -43,6 +43,21 @@ struct sbulb_assoc {
 	struct sbulb_addr server; /* real server IP */
 };
 
+/* Key of sbulb_frags: one fragmented datagram, as it arrived (before NAT). */
+struct sbulb_frag_key {
+	struct sbulb_addr src; /* source IP */
+	struct sbulb_addr dst; /* destination IP */
+	__be32 id;             /* IPv4 id (16 bits, widened) or IPv6 identification */
+	__u8 proto;            /* transport protocol (UDP) */
+	__u8 pad[3];           /* zero */
+};
+
+/* Value of sbulb_frags: what its first fragment got. */
+struct sbulb_frag {
+	struct sbulb_addr to; /* address written (SBULB_STAT_TX_* only) */
+	__u32 stat;           /* the first fragment's verdict slot (enum sbulb_stat) */
+};
+
 /*
  * One data-path event (ring buffer, SBULB_EVENTS > 0 only). Python decodes it
  * with bcc's table.event(), which only knows bcc's plain integer type names
