@@ -28,6 +28,8 @@ class Stat(enum.IntEnum):
     ASSOC_SERVER = 13
     ASSOC_REPICK = 14
     DROP_FRAG_UNKNOWN = 15
+    TX_ICMP_INGRESS = 16
+    TX_ICMP_EGRESS = 17
 
     @property
     def is_verdict(self) -> bool:
@@ -35,7 +37,7 @@ class Stat(enum.IntEnum):
         return not self.name.startswith("ASSOC_")
 
 
-STAT_MAX = 16
+STAT_MAX = 18
 
 
 class EventType(enum.IntEnum):

@@ -6,8 +6,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from scapy.layers.inet import IP, UDP, fragment
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.inet import ICMP, IP, UDP, fragment
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6PacketTooBig,
+    ICMPv6TimeExceeded,
+    IPv6,
+    IPv6ExtHdrFragment,
+    fragment6,
+)
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
@@ -136,3 +143,25 @@ def fragments(frame: bytes) -> list[bytes]:
     if IP in pkt:
         return [bytes(eth / f) for f in fragment(pkt[IP], fragsize=1480)]
     return [bytes(eth / f) for f in fragment6(pkt[IPv6], 1500)]
+
+
+def quoted(net: Net, src: str, dst: str, sport: int, dport: int, ttl: int = 60) -> bytes:
+    """A datagram as an ICMP error quotes it (here whole: scapy then computes
+    its UDP checksum right, and so can the expectation)."""
+    ip = IP(src=src, dst=dst, ttl=ttl, id=999) if net.family == 4 else IPv6(src=src, dst=dst, hlim=ttl)
+    return bytes(ip / UDP(sport=sport, dport=dport) / Raw(b"the quoted datagram"))
+
+
+def icmp_error(net: Net, src: str, dst: str, quote: bytes, kind: str, macs_swapped: bool = False,
+               ttl: int = 64) -> bytes:
+    """An ICMP(v6) error of `kind` (unreachable, too-big, time-exceeded)
+    from src to dst about `quote`, every checksum computed by scapy."""
+    eth = Ether(src=MAC_BALANCER, dst=MAC_NEIGHBOUR) if macs_swapped else Ether(
+        src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
+    if net.family == 4:
+        icmp = {"unreachable": ICMP(type=3, code=3), "too-big": ICMP(type=3, code=4, nexthopmtu=1400),
+                "time-exceeded": ICMP(type=11, code=0)}[kind]
+        return bytes(eth / IP(src=src, dst=dst, ttl=ttl, id=555) / icmp / Raw(quote))
+    icmp6 = {"unreachable": ICMPv6DestUnreach(code=4), "too-big": ICMPv6PacketTooBig(mtu=1400),
+             "time-exceeded": ICMPv6TimeExceeded()}[kind]
+    return bytes(eth / IPv6(src=src, dst=dst, hlim=ttl) / icmp6 / Raw(quote))

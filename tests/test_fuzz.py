@@ -10,6 +10,8 @@ packets. Whatever comes in:
   valid exactly when the input's was, and its UDP checksum moved by exactly
   the address change (RFC 1624, computed here), so a whole datagram's is
   valid exactly when the input's was (IPv4 "no checksum" stays 0);
+- a translated ICMP error keeps every checksum (outer IPv4, ICMP, quoted
+  IPv4, quoted UDP) exactly as valid as it came in;
 - only rewritten traffic may add associations.
 
 By default each property runs SBULB_FUZZ_EXAMPLES=300 examples (well under a
@@ -43,7 +45,17 @@ from sbulb.config import Limits
 from sbulb.consts import XdpAction
 from sbulb.dataplane import Dataplane
 from tests.conftest import require_root
-from tests.packets import MAC_BALANCER, MAC_NEIGHBOUR, NETS, OTHER_PORT, PORT, UNBALANCED_PORT
+from tests.packets import (
+    MAC_BALANCER,
+    MAC_NEIGHBOUR,
+    NETS,
+    OTHER_PORT,
+    PORT,
+    UNBALANCED_PORT,
+    icmp_error,
+    quoted,
+    udp,
+)
 
 EXAMPLES = int(os.environ.get("SBULB_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -165,7 +177,71 @@ def check(dp: Dataplane, family: int, frame: bytes) -> None:
         if result.action == XdpAction.PASS:
             assert result.frame == frame, "a passed frame was modified"
         return
-    check_rewrite(family, frame, result.frame)
+    if icmp_offset(frame) is not None:
+        check_icmp_rewrite(family, frame, result.frame)
+    else:
+        check_rewrite(family, frame, result.frame)
+
+
+def icmp_offset(frame: bytes) -> int | None:
+    """Where the ICMP(v6) header starts, if the frame is ICMP (no
+    extension headers: that is what the generators make)."""
+    if frame[12:14] == b"\x08\x00" and frame[23] == 1:
+        return 14 + (frame[14] & 0x0F) * 4
+    if frame[12:14] == b"\x86\xdd" and frame[20] == 58:
+        return 54
+    return None
+
+
+def icmp_ok(frame: bytes) -> bool:
+    off = icmp_offset(frame)
+    assert off is not None
+    if frame[12:14] == b"\x08\x00":
+        end = 14 + struct.unpack_from("!H", frame, 16)[0]
+        return ones_sum(frame[off:end]) == 0xFFFF
+    length = struct.unpack_from("!H", frame, 18)[0]
+    pseudo = frame[22:54] + struct.pack("!IxxxB", length, 58)
+    return ones_sum(pseudo + frame[off:54 + length]) == 0xFFFF
+
+
+def check_icmp_rewrite(family: int, inp: bytes, out: bytes) -> None:
+    """A translated error: same length, MACs swapped, TTL one lower, one
+    outer and one quoted address now the VIP or a real server, and every
+    checksum (outer IPv4, ICMP, quoted IPv4, quoted UDP) valid exactly when
+    it was."""
+    net = NETS[family]
+    ours = {net.vip_ip.packed} | {net.ip(net.real_servers[i]).packed for i in SERVERS}
+    assert len(out) == len(inp)
+    assert out[0:6] == inp[6:12] and out[6:12] == inp[0:6], "MACs not swapped"
+    off = icmp_offset(inp)
+    assert off is not None and icmp_offset(out) == off
+    v4 = family == 4
+    ttl = 22 if v4 else 21
+    assert out[ttl] == inp[ttl] - 1 and inp[ttl] >= 2
+    alen = 4 if v4 else 16
+    q = off + 8  # the quoted IP header
+    qsrc = slice(q + 12, q + 16) if v4 else slice(q + 8, q + 24)
+    qdst = slice(q + 16, q + 20) if v4 else slice(q + 24, q + 40)
+    outer = [slice(26, 30), slice(30, 34)] if v4 else [slice(22, 38), slice(38, 54)]
+    changed_quoted = [sl for sl in (qsrc, qdst) if inp[sl] != out[sl]]
+    assert len(changed_quoted) == 1 and out[changed_quoted[0]] in ours
+    assert all(len(out[sl]) == alen for sl in outer)
+    if v4:
+        assert ipv4_header_ok(out) == ipv4_header_ok(inp), "outer IP checksum"
+        qihl = (inp[q] & 0x0F) * 4
+        quoted_ok = ones_sum(inp[q:q + qihl]) == 0xFFFF
+        assert (ones_sum(out[q:q + qihl]) == 0xFFFF) == quoted_ok, "quoted IP checksum"
+        qudp = q + qihl
+    else:
+        qudp = q + 40
+    assert icmp_ok(out) == icmp_ok(inp), "ICMP checksum"
+    old = int.from_bytes(inp[qudp + 6:qudp + 8], "big")
+    new = int.from_bytes(out[qudp + 6:qudp + 8], "big")
+    if old == 0 and v4:
+        assert new == 0
+    else:
+        sl = changed_quoted[0]
+        assert new == expected_udp_check(old, inp[sl], out[sl]), "quoted UDP checksum"
 
 
 def check_rewrite(family: int, inp: bytes, out: bytes) -> None:
@@ -267,6 +343,30 @@ def fragmented(draw: st.DrawFn, family: int) -> list[bytes]:
 
 
 @st.composite
+def icmp_errors(draw: st.DrawFn, family: int) -> tuple[bytes, bytes]:
+    """A client's datagram to the VIP (it makes an association), then an
+    ICMP error of a random kind between random addresses, quoting a random
+    flow (often that association's), maybe cut short."""
+    net = NETS[family]
+    client = draw(st.sampled_from(net.clients))
+    cport = draw(st.integers(1, 65535))
+    first = bytes(udp(net, client, net.vip, cport, PORT))
+    qsrc, qdst = draw(addresses(family)), draw(addresses(family))
+    qsport, qdport = draw(st.sampled_from([cport, PORT])), draw(st.sampled_from([cport, PORT]))
+    if draw(st.booleans()):  # quote exactly what a real server received / a client sent
+        qsrc, qdst, qsport, qdport = draw(st.sampled_from([
+            (client, draw(st.sampled_from(net.real_servers[:3])), cport, PORT),
+            (net.vip, client, PORT, cport)]))
+    quote = quoted(net, qsrc, qdst, qsport, qdport, ttl=draw(st.integers(1, 255)))
+    if draw(st.booleans()):
+        quote = quote[:draw(st.integers(1, len(quote)))]
+    kind = draw(st.sampled_from(["unreachable", "too-big", "time-exceeded"]))
+    error = icmp_error(net, draw(addresses(family)), draw(addresses(family)), quote, kind,
+                       ttl=draw(st.integers(0, 255)))
+    return first, error
+
+
+@st.composite
 def mutated(draw: st.DrawFn, family: int) -> bytes:
     """A valid packet with a few bytes overwritten, and maybe cut short."""
     frame = bytearray(draw(udp_packets(family)))
@@ -303,6 +403,17 @@ def test_fuzz_mutated_packets(fuzzed: dict[int, Dataplane], family: int) -> None
     @given(mutated(family))
     def run(frame: bytes) -> None:
         check(fuzzed[family], family, frame)
+
+    run()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_fuzz_icmp_errors(fuzzed: dict[int, Dataplane], family: int) -> None:
+    @FUZZ
+    @given(icmp_errors(family))
+    def run(frames: tuple[bytes, bytes]) -> None:
+        for frame in frames:
+            check(fuzzed[family], family, frame)
 
     run()
 

@@ -24,6 +24,8 @@
 #include "parsing.h"
 #include "csum.h"
 #include "nat.h"
+#include <linux/icmp.h>
+#include <linux/icmpv6.h>
 
 /* ---- map accessors (declared in maps.h) ---- */
 
@@ -125,6 +127,7 @@ static __always_inline void emit_event(__u32 type,
 #endif
 
 #include "lb.h"
+#include "icmp.h"
 
 /* ---- the packet walk ---- */
 
@@ -134,6 +137,8 @@ static __always_inline int stat_action(__u32 stat)
 	switch (stat) {
 	case SBULB_STAT_TX_INGRESS:
 	case SBULB_STAT_TX_EGRESS:
+	case SBULB_STAT_TX_ICMP_INGRESS:
+	case SBULB_STAT_TX_ICMP_EGRESS:
 		return XDP_TX;
 	case SBULB_STAT_DROP_NO_REAL_SERVER:
 	case SBULB_STAT_DROP_NOT_ASSOCIATED:
@@ -147,6 +152,122 @@ static __always_inline int stat_action(__u32 stat)
 static __always_inline int is_tx(__u32 stat)
 {
 	return stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS;
+}
+
+/*
+ * An ICMP error (icmp.h): the outer header, then the quoted IPv4 header and
+ * the first 8 bytes of the quoted UDP datagram.
+ */
+static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
+					     void *data_end, struct iphdr *iph)
+{
+	struct flow outer = {}, quoted = {};
+	struct sbulb_addr to = {};
+	struct sbulb_cfg *cfg;
+	struct icmphdr *icmp;
+	struct udphdr *qudp;
+	struct iphdr *qip;
+	__be32 server;
+	__u32 stat;
+	int proto;
+
+	if (ipv4_is_fragment(iph))
+		return SBULB_STAT_PASS_NOT_BALANCED; /* leave those to the kernel */
+	icmp = nh->pos;
+	if ((void *)(icmp + 1) > data_end)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (!icmp4_is_error(icmp->type))
+		return SBULB_STAT_PASS_NOT_UDP;
+	nh->pos = icmp + 1;
+	proto = parse_iphdr(nh, data_end, &qip);
+	if (proto < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (proto != IPPROTO_UDP || ipv4_is_later_fragment(qip))
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	qudp = nh->pos;
+	if ((void *)(qudp + 1) > data_end)
+		return SBULB_STAT_PASS_MALFORMED;
+
+	cfg = cfg_get();
+	if (!cfg)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	addr_from_v4(&outer.src, iph->saddr);
+	addr_from_v4(&outer.dst, iph->daddr);
+	addr_from_v4(&quoted.src, qip->saddr);
+	addr_from_v4(&quoted.dst, qip->daddr);
+	quoted.sport = qudp->source;
+	quoted.dport = qudp->dest;
+	stat = icmp_classify(&outer, &quoted, cfg, &to);
+	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
+		return stat;
+	if (iph->ttl < SBULB_MIN_TTL)
+		return SBULB_STAT_PASS_TTL;
+	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
+		icmp4_nat_quoted(icmp, qip, qudp, &qip->saddr, to.a[3]);
+		nat_v4(iph, NULL, &iph->daddr, to.a[3]);
+	} else {
+		server = qip->daddr;
+		icmp4_nat_quoted(icmp, qip, qudp, &qip->daddr, to.a[3]);
+		/* from the server itself: from the VIP; from a router: as is */
+		nat_v4(iph, NULL, &iph->saddr,
+		       iph->saddr == server ? to.a[3] : iph->saddr);
+	}
+	return stat;
+}
+
+/* An ICMPv6 error, as for IPv4; the quoted IPv6 header must be followed
+ * by UDP directly. */
+static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
+					     void *data_end,
+					     struct ipv6hdr *ip6h,
+					     struct flow *outer,
+					     struct sbulb_cfg *cfg)
+{
+	struct sbulb_addr to = {}, server;
+	struct flow quoted = {};
+	struct icmp6hdr *icmp6;
+	struct ipv6hdr *qip6;
+	struct udphdr *qudp;
+	__u32 stat;
+	int proto;
+
+	icmp6 = nh->pos;
+	if ((void *)(icmp6 + 1) > data_end)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (!icmp6_is_error(icmp6->icmp6_type))
+		return SBULB_STAT_PASS_NOT_UDP;
+	nh->pos = icmp6 + 1;
+	proto = parse_ip6hdr(nh, data_end, &qip6);
+	if (proto < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	if (proto != IPPROTO_UDP)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	qudp = nh->pos;
+	if ((void *)(qudp + 1) > data_end)
+		return SBULB_STAT_PASS_MALFORMED;
+
+	__builtin_memcpy(&quoted.src, &qip6->saddr, sizeof(quoted.src));
+	__builtin_memcpy(&quoted.dst, &qip6->daddr, sizeof(quoted.dst));
+	quoted.sport = qudp->source;
+	quoted.dport = qudp->dest;
+	stat = icmp_classify(outer, &quoted, cfg, &to);
+	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
+		return stat;
+	if (ip6h->hop_limit < SBULB_MIN_TTL)
+		return SBULB_STAT_PASS_TTL;
+	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
+		icmp6_nat_quoted(icmp6, qudp, &qip6->saddr, &to);
+		icmp6_nat_outer(ip6h, icmp6, &ip6h->daddr, &to);
+	} else {
+		server = quoted.dst;
+		icmp6_nat_quoted(icmp6, qudp, &qip6->daddr, &to);
+		/* from the server itself: from the VIP; from a router: as is */
+		if (addr_eq(&outer->src, &server))
+			icmp6_nat_outer(ip6h, icmp6, &ip6h->saddr, &to);
+		else
+			ip6h->hop_limit--;
+	}
+	return stat;
 }
 
 /*
@@ -169,6 +290,8 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 	proto = parse_iphdr(nh, data_end, &iph);
 	if (proto < 0)
 		return SBULB_STAT_PASS_MALFORMED;
+	if (proto == IPPROTO_ICMP)
+		return process_icmp_v4(nh, data_end, iph);
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
 	/* the IP total length covers the headers and lies in the frame
@@ -253,7 +376,7 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 	}
 	if (ipv6_is_ext_header(proto) && !(fh && ipv6_is_later_fragment(fh)))
 		return SBULB_STAT_PASS_IPV6_EXT; /* more than we walk */
-	if (proto != IPPROTO_UDP)
+	if (proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6)
 		return SBULB_STAT_PASS_NOT_UDP;
 	/* the payload (extension headers included) lies in the frame */
 	payload_len = bpf_ntohs(ip6h->payload_len);
@@ -268,6 +391,9 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 	/* would collide with the IPv4 addresses of the maps */
 	if (addr_is_v4_mapped(&f.src) || addr_is_v4_mapped(&f.dst))
 		return SBULB_STAT_PASS_NOT_BALANCED;
+	if (proto == IPPROTO_ICMPV6)
+		return fh ? SBULB_STAT_PASS_NOT_BALANCED /* left to the kernel */
+			  : process_icmp_v6(nh, data_end, ip6h, &f, cfg);
 
 	if (fh) {
 		fkey.src = f.src;

@@ -83,7 +83,9 @@ enum sbulb_stat {
 	SBULB_STAT_ASSOC_SERVER = 13,       /* association created by a real server */
 	SBULB_STAT_ASSOC_REPICK = 14,       /* association moved: its server was removed */
 	SBULB_STAT_DROP_FRAG_UNKNOWN = 15,  /* later fragment before its first (ours) */
-	SBULB_STAT_MAX = 16,
+	SBULB_STAT_TX_ICMP_INGRESS = 16,    /* ICMP error about an answer -> real server */
+	SBULB_STAT_TX_ICMP_EGRESS = 17,     /* ICMP error about a datagram -> client */
+	SBULB_STAT_MAX = 18,
 };
 
 /* Types of struct sbulb_event. */
