@@ -50,6 +50,7 @@ from sbulb.config import IPAddress
 
 PREFIX = "sblab"
 PORT = 5683  # balanced by the lab's sbulb
+CLOSED_PORT = 5699  # may be balanced too, but no real server listens there
 UNBALANCED_PORT = 7777
 START_TIMEOUT = 120.0  # compile + load on a slow machine
 STOP_TIMEOUT = 30.0
@@ -438,8 +439,13 @@ class Lab:
         for ns in [self.client_ns, self.router_ns, self.lb_ns, *self.server_ns]:
             self._add_ns(ns)
         r = self.router_ns
+        # The router may itself be the one that sends "fragmentation needed"
+        # to the VIP; sbulb hands that error back to it, on its way to the
+        # real server, still with the router's own source address, which
+        # Linux drops as a martian unless accept_local is set.
         for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
+                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"):
             in_ns(r, "sysctl", "-qw", key)
 
         self._link(self.client_ns, "eth0", r, "to-clients")
@@ -515,9 +521,13 @@ class Lab:
         self._processes.append(process)
         return process
 
-    def sbulb_args(self, family: int, config: Path, *extra: str) -> list[str]:
+    def sbulb_args(self, family: int, config: Path, *extra: str,
+                   ports: Sequence[int] = (PORT,)) -> list[str]:
         return [self.lb_interface, "-vs", str(self.addresses(family).vip), "-cfg", str(config),
-                "-p", str(PORT), *extra]
+                "-p", *map(str, ports), *extra]
+
+    def set_mtu(self, ns: str, ifname: str, mtu: int) -> None:
+        sh("ip", "-n", ns, "link", "set", "dev", ifname, "mtu", str(mtu))
 
     def xdp_programs(self, ns: str | None = None, ifname: str | None = None) -> list[str]:
         """Names of the XDP programs on an interface (default: the LB's)."""

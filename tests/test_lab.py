@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from sbulb.lab import PORT, UNBALANCED_PORT, Lab, SbulbProcess, sh
+from sbulb.lab import CLOSED_PORT, PORT, UNBALANCED_PORT, Lab, SbulbProcess, sh
 from tests.conftest import require_root
 
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
@@ -35,7 +35,8 @@ def balancer(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
     family = request.node.callspec.params["family"]
     conf = tmp_path / "sbulb.conf"
     lab.write_config(conf, family, [0, 1, 2])
-    process = lab.start_sbulb(lab.sbulb_args(family, conf, "-l", "INFO"), tmp_path)
+    process = lab.start_sbulb(
+        lab.sbulb_args(family, conf, "-l", "INFO", ports=(PORT, CLOSED_PORT)), tmp_path)
     process.config = conf  # type: ignore[attr-defined]
     process.wait_ready()
     yield process
@@ -177,3 +178,43 @@ def test_ipv4_options_datagram(lab: Lab, balancer: SbulbProcess, family: int) ->
     assert client.sock.getsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, 40) == options
     reply = client.exchange(vip, PORT, b"with options")
     assert reply.server.startswith("rs") and reply.source == vip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_port_unreachable_from_a_server_reaches_the_client(lab: Lab, balancer: SbulbProcess,
+                                                          family: int) -> None:
+    """Nobody listens on the balanced CLOSED_PORT: the real server's ICMP
+    port unreachable, translated to quote the VIP, reaches the client's
+    connected socket as ECONNREFUSED."""
+    vip = lab.addresses(family).vip
+    client = lab.client(family)
+    client.sock.connect((str(vip), CLOSED_PORT))
+    client.sock.settimeout(5)
+    client.sock.send(b"anyone there?")
+    with pytest.raises(ConnectionRefusedError):
+        client.sock.recv(100)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_path_mtu_discovery_through_the_balancer(lab: Lab, balancer: SbulbProcess,
+                                                 family: int) -> None:
+    """The clients' link shrinks to 1400: the router's fragmentation needed
+    / packet too big about the server's 1482-byte answer is sent to the VIP;
+    sbulb hands it to that server, which learns the path MTU and sends its
+    next answers in fragments that fit."""
+    a = lab.addresses(family)
+    client = lab.client(family)
+    assert client.exchange(a.vip, PORT, b"small").server == "rs0"
+    rs0 = lab.server_ns[0]
+    try:
+        lab.set_mtu(lab.router_ns, "to-clients", 1400)
+        lab.set_mtu(lab.client_ns, "eth0", 1400)
+        big = b"p" * 1450  # the answer, 1454 bytes of UDP, needs 1482 on the wire
+        reply = client.exchange(a.vip, PORT, big, timeout=2.0, attempts=3)
+        assert (reply.server, reply.source) == ("rs0", a.vip)
+        route = sh("ip", "-n", rs0, f"-{family}", "route", "get", str(client.address)).stdout
+        assert "mtu 1400" in route, route
+    finally:
+        lab.set_mtu(lab.router_ns, "to-clients", 1500)
+        lab.set_mtu(lab.client_ns, "eth0", 1500)
+        sh("ip", "-n", rs0, f"-{family}", "route", "flush", "cache", check=False)

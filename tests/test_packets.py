@@ -322,7 +322,7 @@ def flows(n: Net) -> dict[str, list[Step]]:
     if n.family == 4:
         result.update(_v4_flows(n, ingress, passes))
     else:
-        result.update(_v6_flows(n, passes))
+        result.update(_v6_flows(n, ingress, passes))
     return result
 
 
@@ -386,7 +386,7 @@ def _retot(pkt: Packet, delta: int) -> Packet:
     return Ether(bytes(out))
 
 
-def _v6_flows(n: Net, passes) -> dict[str, list[Step]]:
+def _v6_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
     V, RS, C = n.vip, n.real_servers, n.clients
     eth = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER)
 
@@ -434,11 +434,34 @@ def _v6_flows(n: Net, passes) -> dict[str, list[Step]]:
             Assocs({}),
             Counts({Stat.PASS_NOT_BALANCED: 2}),
         ],
+        "icmpv6_error_quoting_a_first_fragment": [
+            ingress(0, 1000, 0),
+            Send("packet too big about the server's fragmented answer: to that server",
+                 Ether(icmp_error(n, n.stranger, V, quoted_fragment(V, C[0], PORT, 1000), "too-big")),
+                 TX,
+                 icmp_error(n, n.stranger, RS[0], quoted_fragment(RS[0], C[0], PORT, 1000),
+                            "too-big", macs_swapped=True, ttl=63)),
+            passes("about a later fragment: no ports to match",
+                   Ether(icmp_error(n, n.stranger, V, quoted_fragment(V, C[0], PORT, 1000, 8),
+                                    "too-big"))),
+            Counts({Stat.TX_INGRESS: 1, Stat.ASSOC_CLIENT: 1, Stat.TX_ICMP_INGRESS: 1,
+                    Stat.PASS_NOT_BALANCED: 1}),
+        ],
         "icmpv6_untouched": [
             passes("echo request", eth / IPv6(src=C[0], dst=V, nh=58) / Raw(b"\x80\x00" + bytes(6))),
             Counts({Stat.PASS_NOT_UDP: 1}),
         ],
     }
+
+
+def quoted_fragment(src: str, dst: str, sport: int, dport: int, offset: int = 0) -> bytes:
+    """The quote of an IPv6 fragment of a UDP datagram (the first one holds
+    the UDP header)."""
+    frag = IPv6ExtHdrFragment(id=5, m=1, offset=offset)
+    body = UDP(sport=sport, dport=dport) / Raw(b"start of a big answer")
+    if offset:
+        body = Raw(b"the middle of a big answer")
+    return bytes(IPv6(src=src, dst=dst, hlim=60) / frag / body)
 
 
 def _v6_plen(pkt: Packet, delta: int) -> Packet:

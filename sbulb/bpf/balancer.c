@@ -215,8 +215,9 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 	return stat;
 }
 
-/* An ICMPv6 error, as for IPv4; the quoted IPv6 header must be followed
- * by UDP directly. */
+/* An ICMPv6 error, as for IPv4. The quoted IPv6 header is followed by
+ * UDP, or by the fragment header of a first fragment and then UDP (a
+ * server's too-big answer is often a fragment already). */
 static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 					     void *data_end,
 					     struct ipv6hdr *ip6h,
@@ -224,6 +225,7 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 					     struct sbulb_cfg *cfg)
 {
 	struct sbulb_addr to = {}, server;
+	struct sbulb_ip6_frag *qfh;
 	struct flow quoted = {};
 	struct icmp6hdr *icmp6;
 	struct ipv6hdr *qip6;
@@ -240,6 +242,15 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 	proto = parse_ip6hdr(nh, data_end, &qip6);
 	if (proto < 0)
 		return SBULB_STAT_PASS_MALFORMED;
+	if (proto == IPPROTO_FRAGMENT) {
+		qfh = nh->pos;
+		if ((void *)(qfh + 1) > data_end)
+			return SBULB_STAT_PASS_MALFORMED;
+		if (ipv6_is_later_fragment(qfh))
+			return SBULB_STAT_PASS_NOT_BALANCED;
+		proto = qfh->nexthdr;
+		nh->pos = qfh + 1;
+	}
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	qudp = nh->pos;
