@@ -17,6 +17,8 @@ from sbulb.config import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_MAX_PORTS,
     DEFAULT_MAX_REAL_SERVERS,
+    FORWARD_MODES,
+    XDP_MODES,
     Config,
     ConfigError,
     IPAddress,
@@ -41,6 +43,7 @@ A config file lists the real servers and is reloaded when it changes
 
 examples:
   sbulb eth0 -vs 10.188.7.99 -rs 10.188.100.163 10.188.100.230 -p 5683 5684
+  sbulb eth0 eth1 -vs 10.188.7.99 -cfg /etc/sbulb/sbulb.conf -p 5683 --forward fib
   sbulb eth0 -vs 10.188.7.99 -cfg /etc/sbulb/sbulb.conf -p 5683 -l INFO
   sbulb eth0 -vs 2001:db8::99 -rs 2001:db8::2 2001:db8::3 -p 5683
 """
@@ -88,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("ifnet", help="network interface to load balance (e.g. eth0)")
+    parser.add_argument(
+        "ifnet",
+        nargs="+",
+        help="network interface(s) to load balance (e.g. eth0); with --forward fib, "
+        "traffic may leave through any of them",
+    )
     parser.add_argument(
         "-vs",
         "--virtual_server",
@@ -158,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
         "This defined the maximum number of foreign peers supported at the same time.",
     )
     parser.add_argument(
+        "--forward",
+        choices=FORWARD_MODES,
+        default="fib",
+        help="how rewritten packets leave: 'fib' asks the kernel's routing table and "
+        "neighbours for the next hop (out of the same interface, or another one sbulb "
+        "is attached to), falling back to 'mac-swap' when the host does not forward "
+        "(IP forwarding off); 'mac-swap' sends every packet back to the neighbour it "
+        "came from, as sbulb does. (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--xdp-mode",
+        choices=XDP_MODES,
+        default="auto",
+        help="'native' (in the driver), 'generic' (in the kernel's stack, slower, works "
+        "everywhere) or 'auto': native, else generic with a warning. (default: %(default)s)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the configuration, compile and load the XDP program "
@@ -185,7 +210,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     else:
         real_servers = tuple(args.real_server)
     return Config(
-        interface=args.ifnet,
+        interfaces=tuple(args.ifnet),
         virtual_server=vip,
         ports=tuple(args.port),
         real_servers=real_servers,
@@ -193,6 +218,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         debug=args.debug,
         log_level=args.loglevel,
         limits=limits,
+        forward=args.forward,
+        xdp_mode=args.xdp_mode,
     )
 
 
@@ -222,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = Service(config)
         if args.check:
             service.check()
-            print(f"sbulb: configuration OK, program verified for {config.interface}")
+            print(f"sbulb: configuration OK, program verified for {', '.join(config.interfaces)}")
             return EXIT_OK
         return service.run()
     except StartError as e:

@@ -27,6 +27,10 @@ DEFAULT_MAX_PORTS = 16
 DEFAULT_MAX_REAL_SERVERS = 32
 DEFAULT_MAX_ASSOCIATIONS = 1048576
 
+FORWARD_MODES = ("fib", "mac-swap")
+XDP_MODES = ("native", "generic", "auto")
+MAX_INTERFACES = 64
+
 # Upper bounds: a u16 port count, a real-server table that stays cheap to
 # rewrite, and an association map that fits in the kernel's u32 sizes.
 LIMIT_MAX_PORTS = 65535
@@ -56,7 +60,7 @@ class Limits:
 class Config:
     """Everything one sbulb instance needs to run."""
 
-    interface: str
+    interfaces: tuple[str, ...]
     virtual_server: IPAddress
     ports: tuple[int, ...]
     real_servers: tuple[IPAddress, ...]
@@ -64,10 +68,20 @@ class Config:
     debug: int = 0
     log_level: str = "ERROR"
     limits: Limits = field(default_factory=Limits)
+    forward: str = "fib"
+    xdp_mode: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.interface:
-            raise ConfigError("network interface name is empty")
+        if not self.interfaces or not all(self.interfaces):
+            raise ConfigError("no network interface")
+        if len(set(self.interfaces)) != len(self.interfaces):
+            raise ConfigError("a network interface is listed twice")
+        if len(self.interfaces) > MAX_INTERFACES:
+            raise ConfigError(f"more than {MAX_INTERFACES} network interfaces")
+        if self.forward not in FORWARD_MODES:
+            raise ConfigError(f"unknown forwarding mode '{self.forward}'")
+        if self.xdp_mode not in XDP_MODES:
+            raise ConfigError(f"unknown XDP mode '{self.xdp_mode}'")
         check_virtual_server(self.virtual_server)
         check_ports(self.ports, self.limits)
         check_real_servers(self.real_servers, self.virtual_server, self.limits)

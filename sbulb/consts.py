@@ -30,14 +30,21 @@ class Stat(enum.IntEnum):
     DROP_FRAG_UNKNOWN = 15
     TX_ICMP_INGRESS = 16
     TX_ICMP_EGRESS = 17
+    FWD_FIB_TX = 18
+    FWD_FIB_REDIRECT = 19
+    FWD_FIB_PASS = 20
+    FWD_NO_NEIGH_SWAP = 21
+    FWD_NO_NEIGH_PASS = 22
+    FWD_MAC_SWAP = 23
 
     @property
     def is_verdict(self) -> bool:
-        """True for slots that count packets (one per packet), not changes."""
-        return not self.name.startswith("ASSOC_")
+        """True for slots that count packets (one per packet); ASSOC_* count
+        association changes, FWD_* how rewritten packets left."""
+        return not self.name.startswith(("ASSOC_", "FWD_"))
 
 
-STAT_MAX = 18
+STAT_MAX = 24
 
 
 class EventType(enum.IntEnum):

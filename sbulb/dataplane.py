@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sbulb.config import IPAddress, Limits
+from sbulb.config import MAX_INTERFACES, IPAddress, Limits
 from sbulb.consts import EVENTS_NONE, STAT_MAX, EventType, Stat, XdpAction
 
 log = logging.getLogger(__name__)
@@ -291,10 +291,12 @@ class Dataplane:
         events: int = EVENTS_NONE,
         debug: int = 0,
         sources: Path | None = None,
+        forward: str = "fib",
     ) -> None:
         self.limits = limits
         self.events = events
         self.debug = debug
+        self.forward = forward
         self._sources = sources
         self._bpf = None  # bcc.BPF, once loaded
         self._fn = None  # bcc function (the program fd)
@@ -302,6 +304,7 @@ class Dataplane:
         self._slots: dict[IPAddress, int] = {}  # real server -> slot (1..)
         self._ring: list[IPAddress] = []
         self._attached: dict[str, tuple[int, int]] = {}  # ifname -> (ifindex, flags)
+        self._ifslots: dict[int, int] = {}  # ifindex -> devmap slot
         self._events: list[Event] = []
 
     # -- build
@@ -314,6 +317,8 @@ class Dataplane:
             f"-DSBULB_MAX_REAL_SERVERS={self.limits.max_real_servers}",
             f"-DSBULB_MAX_ASSOCIATIONS={self.limits.max_associations}",
             f"-DSBULB_EVENTS={self.events}",
+            f"-DSBULB_FORWARD_FIB={int(self.forward == 'fib')}",
+            f"-DSBULB_MAX_INTERFACES={MAX_INTERFACES}",
         ]
 
     def load(self) -> None:
@@ -548,31 +553,75 @@ class Dataplane:
         finally:
             os.close(fd)
 
-    def attach(self, ifname: str, flags: int = 0) -> None:
-        """Attach to an interface that has no XDP program."""
+    def attach(self, ifname: str, mode: str = "auto") -> None:
+        """Attach to an interface that has no XDP program, in `mode`: native
+        (in the driver), generic (in the stack) or auto (native, else generic
+        with a warning). The interface becomes a redirect target."""
         ifindex = interface_index(ifname)
-        opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=0)
-        ret = libbpf().bpf_xdp_attach(
-            ifindex, self.prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, ct.byref(opts)
-        )
-        if ret < 0:
-            if -ret == errno.EBUSY or -ret == errno.EEXIST:
+        modes = {"native": [XDP_FLAGS_DRV_MODE], "generic": [XDP_FLAGS_SKB_MODE],
+                 "auto": [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE]}[mode]
+        for flags in modes:
+            opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=0)
+            ret = libbpf().bpf_xdp_attach(
+                ifindex, self.prog_fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST, ct.byref(opts)
+            )
+            if ret >= 0:
+                break
+            if -ret in (errno.EBUSY, errno.EEXIST):
                 raise DataplaneError(f"interface {ifname} already has an XDP program attached")
-            raise DataplaneError(f"cannot attach XDP to {ifname}: {_errstr(ret)}")
+            if flags == XDP_FLAGS_DRV_MODE and mode == "auto":
+                log.warning(
+                    "dataplane.generic_xdp interface=%s reason=native XDP refused (%s): "
+                    "falling back to generic XDP, which is slower",
+                    ifname,
+                    _errstr(ret),
+                )
+                continue
+            raise DataplaneError(
+                f"cannot attach XDP ({mode}) to {ifname}: {_errstr(ret)}"
+                + (" (try --xdp-mode generic)" if mode == "native" else "")
+            )
         self._attached[ifname] = (ifindex, flags)
-        log.info("dataplane.attached interface=%s ifindex=%d", ifname, ifindex)
+        slot = min(set(range(MAX_INTERFACES)) - set(self._ifslots.values()))
+        self._put("sbulb_devmap", struct.pack("i", slot), struct.pack("i", ifindex))
+        self._put("sbulb_ifslot", struct.pack("I", ifindex), struct.pack("I", slot))
+        self._ifslots[ifindex] = slot
+        log.info(
+            "dataplane.attached interface=%s ifindex=%d mode=%s",
+            ifname,
+            ifindex,
+            "native" if flags == XDP_FLAGS_DRV_MODE else "generic",
+        )
 
     def detach(self, ifname: str) -> None:
         """Detach our program from an interface (if it is still ours there)."""
         if ifname not in self._attached:
             return
         ifindex, flags = self._attached.pop(ifname)
+        slot = self._ifslots.pop(ifindex, None)
+        if slot is not None and self._bpf is not None:
+            self._delete("sbulb_ifslot", struct.pack("I", ifindex))
         opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=self.prog_fd)
         ret = libbpf().bpf_xdp_detach(ifindex, flags, ct.byref(opts))
         if ret < 0:
             log.warning("dataplane.detach_failed interface=%s error=%s", ifname, _errstr(ret))
         else:
             log.info("dataplane.detached interface=%s", ifname)
+
+    def take_neighbour_misses(self) -> list[tuple[IPAddress, int]]:
+        """Next hops (address, ifindex) the FIB had no neighbour for since the
+        last call; they are forgotten once taken."""
+        table = self._table("sbulb_neigh_miss")
+        misses = []
+        for key in list(table.keys()):
+            raw = bytes(key)
+            (ifindex,) = struct.unpack_from("I", raw, ADDR_SIZE)
+            misses.append((addr_from_bytes(raw[:ADDR_SIZE]), ifindex))
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        return misses
 
     def detach_all(self) -> None:
         for ifname in list(self._attached):
@@ -588,9 +637,11 @@ class Dataplane:
 
     # -- test runs
 
-    def test_run(self, frame: bytes, repeat: int = 1) -> TestRun:
+    def test_run(self, frame: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> TestRun:
         """Run the program on one frame with BPF_PROG_TEST_RUN (no interface
-        needed). The maps are the live ones: state carries over."""
+        needed; with ingress_ifindex, as if received there, in the calling
+        thread's network namespace). The maps are the live ones: state
+        carries over."""
         data_in = ct.create_string_buffer(frame, len(frame))
         size_out = len(frame) + 512
         data_out = ct.create_string_buffer(size_out)
@@ -602,6 +653,11 @@ class Dataplane:
             data_size_out=size_out,
             repeat=repeat,
         )
+        if ingress_ifindex:
+            # struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+            ctx = ct.create_string_buffer(struct.pack("6I", 0, len(frame), 0, ingress_ifindex, 0, 0))
+            opts.ctx_in = ct.cast(ctx, ct.c_void_p)
+            opts.ctx_size_in = 24
         ret = libbpf().bpf_prog_test_run_opts(self.prog_fd, ct.byref(opts))
         if ret < 0:
             raise DataplaneError(f"BPF_PROG_TEST_RUN failed: {_errstr(ret)}")

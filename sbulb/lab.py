@@ -367,6 +367,7 @@ class Lab:
         self.server_ns = [f"{self.id}-rs{i}" for i in range(servers)]
         self.server_names = [f"rs{i}" for i in range(servers)]
         self.lb_interface = "eth0"
+        self.lb_interfaces = ["eth0"]  # what sbulb is started on
         self.services: list[UdpService] = []
         self._namespaces: list[str] = []
         self._processes: list[SbulbProcess] = []
@@ -523,8 +524,20 @@ class Lab:
 
     def sbulb_args(self, family: int, config: Path, *extra: str,
                    ports: Sequence[int] = (PORT,)) -> list[str]:
-        return [self.lb_interface, "-vs", str(self.addresses(family).vip), "-cfg", str(config),
-                "-p", *map(str, ports), *extra]
+        return [*self.lb_interfaces, "-vs", str(self.addresses(family).vip), "-cfg",
+                str(config), "-p", *map(str, ports), *extra]
+
+    def forwarded_by_kernel(self, family: int, ns: str | None = None) -> int:
+        """Datagrams the kernel of a namespace (default: the load
+        balancer's) has forwarded: what XDP did not."""
+        if family == 4:
+            lines = in_ns(ns or self.lb_ns, "cat", "/proc/net/snmp").stdout.splitlines()
+            ip_lines = [line.split() for line in lines if line.startswith("Ip:")]
+            return int(dict(zip(ip_lines[0], ip_lines[1]))["ForwDatagrams"])
+        for line in in_ns(ns or self.lb_ns, "cat", "/proc/net/snmp6").stdout.splitlines():
+            if line.startswith("Ip6OutForwDatagrams"):
+                return int(line.split()[1])
+        raise LabError("no Ip6OutForwDatagrams in /proc/net/snmp6")
 
     def set_mtu(self, ns: str, ifname: str, mtu: int) -> None:
         sh("ip", "-n", ns, "link", "set", "dev", ifname, "mtu", str(mtu))
@@ -540,6 +553,88 @@ def xdp_programs(ns: str, ifname: str) -> list[tuple[int, str]]:
     xdp = json.loads(out)[0].get("xdp", {})
     attached = xdp.get("attached") or ([{"prog": xdp["prog"]}] if "prog" in xdp else [])
     return [(a["prog"]["id"], a["prog"]["name"]) for a in attached]
+
+
+def plan_routed(family: int, servers: int) -> Addresses:
+    """Addresses of RoutedLab: the load balancer is the clients' gateway
+    (router_client_side) and the servers' (routers_for_servers)."""
+    if family == 4:
+        lb_client, lb_server = ip("10.79.1.1"), ip("10.79.2.1")
+        return Addresses(4, ip("10.79.100.1"), (ip("10.79.1.10"), ip("10.79.1.11")),
+                         lb_client, lb_server, lb_client,
+                         tuple(ip(f"10.79.2.{10 + i}") for i in range(servers)),
+                         (lb_server,) * servers, "10.79.1.0/24", 24)
+    lb_client, lb_server = ip("fd79:1::1"), ip("fd79:2::1")
+    return Addresses(6, ip("fd79:100::1"), (ip("fd79:1::10"), ip("fd79:1::11")),
+                     lb_client, lb_server, lb_client,
+                     tuple(ip(f"fd79:2::{10 + i:x}") for i in range(servers)),
+                     (lb_server,) * servers, "fd79:1::/64", 64)
+
+
+class RoutedLab(Lab):
+    """The load balancer as a two-interface router, for --forward fib:
+
+        clients ── eth0 [load balancer] eth1 ── switch (bridge) ─┬─ rs0
+                                                                  ├─ rs1
+                                                                  └─ ...
+
+    It routes (IP forwarding on) and is the gateway of both sides; sbulb
+    runs on eth0 and eth1, and what it rewrites leaves by the interface the
+    kernel's FIB names (XDP_REDIRECT between them)."""
+
+    def __init__(self, servers: int = 3, say: Callable[[str], None] | None = None) -> None:
+        super().__init__(servers, say)
+        self.v4 = plan_routed(4, servers)
+        self.v6 = plan_routed(6, servers)
+        self.switch_ns = f"{self.id}-switch"
+        self.router_ns = self.lb_ns  # the load balancer routes
+        self.lb_interfaces = ["eth0", "eth1"]
+
+    def _build(self) -> None:
+        self.say(f"lab: building namespaces {self.id}-{{client,lb,switch,rs0..rs"
+                 f"{self.server_count - 1}}} (the load balancer routes)")
+        for ns in [self.client_ns, self.lb_ns, self.switch_ns, *self.server_ns]:
+            self._add_ns(ns)
+        lb = self.lb_ns
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
+            in_ns(lb, "sysctl", "-qw", key)
+        self._link(self.client_ns, "eth0", lb, "eth0")
+        self._link(lb, "eth1", self.switch_ns, "to-lb")
+        sh("ip", "-n", self.switch_ns, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch_ns, "link", "set", "br0", "up")
+        sh("ip", "-n", self.switch_ns, "link", "set", "to-lb", "master", "br0")
+        for i, ns in enumerate(self.server_ns):
+            self._link(ns, "eth0", self.switch_ns, f"to-rs{i}")
+            sh("ip", "-n", self.switch_ns, "link", "set", f"to-rs{i}", "master", "br0")
+
+        for a in (self.v4, self.v6):
+            fam = f"-{a.family}"
+            for client in a.clients:
+                self._addr(self.client_ns, "eth0", client, a.prefix)
+            self._route(self.client_ns, fam, "route", "add", "default", "via",
+                        str(a.router_client_side))
+            self._addr(lb, "eth0", a.router_client_side, a.prefix)
+            self._addr(lb, "eth1", a.routers_for_servers[0], a.prefix)
+            vip_len = "32" if a.family == 4 else "128"
+            sh("ip", "-n", lb, "addr", "add", f"{a.vip}/{vip_len}", "dev", "lo")
+            for i, ns in enumerate(self.server_ns):
+                self._addr(ns, "eth0", a.real_servers[i], a.prefix)
+                self._route(ns, fam, "route", "add", "default", "via",
+                            str(a.routers_for_servers[i]))
+
+        # what sbulb redirects into a veth is only delivered if its peer runs XDP
+        from sbulb.dataplane import attach_pass_program
+
+        with netns(self.client_ns):
+            attach_pass_program("eth0")
+        with netns(self.switch_ns):
+            attach_pass_program("to-lb")
+        self.say("lab: attached pass-through XDP programs to the peers of the load "
+                 "balancer's two interfaces (veth delivers XDP frames only to XDP peers)")
+        for name, ns in zip(self.server_names, self.server_ns):
+            self.services.append(UdpService(ns, name, [PORT]))
+        self.services.append(UdpService(lb, "lb-local", [PORT, UNBALANCED_PORT]))
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:

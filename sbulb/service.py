@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from sbulb import neigh
 from sbulb.config import Config, ConfigError, IPAddress, endpoint, read_real_servers
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
@@ -146,7 +147,7 @@ class _InterfaceLock:
 
 
 class Service:
-    """One sbulb instance: a loaded program attached to an interface."""
+    """One sbulb instance: a loaded program attached to its interfaces."""
 
     def __init__(
         self,
@@ -157,7 +158,10 @@ class Service:
     ) -> None:
         self.config = config
         self.dataplane = dataplane or Dataplane(
-            config.limits, events=events_level(config.log_level), debug=config.debug
+            config.limits,
+            events=events_level(config.log_level),
+            debug=config.debug,
+            forward=config.forward,
         )
         self.notifier = notifier or SystemdNotifier()
         self.real_servers: tuple[IPAddress, ...] = config.real_servers
@@ -166,7 +170,7 @@ class Service:
         self._reload_requested = False
         self._file_changed_at: float | None = None
         self._watcher: ConfigWatcher | None = None
-        self._lock = _InterfaceLock(config.interface, lock_dir)
+        self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
 
     # -- requests (any thread, signal handlers)
 
@@ -201,7 +205,8 @@ class Service:
         if problem:
             raise StartError(problem)
         try:
-            interface_index(self.config.interface)
+            for name in self.config.interfaces:
+                interface_index(name)
         except DataplaneError as e:
             raise StartError(str(e)) from None
 
@@ -226,23 +231,26 @@ class Service:
             self.dataplane.close()
 
     def _attach(self) -> None:
-        interface = self.config.interface
         try:
-            for program in self.dataplane.attached_programs(interface):
-                if program.name != PROG_NAME:
-                    raise StartError(
-                        f"interface {interface} already runs XDP program '{program.name}' "
-                        f"(id {program.id}); sbulb will not replace it: remove it with "
-                        f"`ip link set dev {interface} xdp off`"
+            # refuse before touching anything if any interface is taken
+            for interface in self.config.interfaces:
+                for program in self.dataplane.attached_programs(interface):
+                    if program.name != PROG_NAME:
+                        raise StartError(
+                            f"interface {interface} already runs XDP program "
+                            f"'{program.name}' (id {program.id}); sbulb will not replace "
+                            f"it: remove it with `ip link set dev {interface} xdp off`"
+                        )
+            for interface in self.config.interfaces:
+                for program in self.dataplane.attached_programs(interface):
+                    log.warning(
+                        "start.replacing_leftover interface=%s prog_id=%d "
+                        "(left by an sbulb that did not stop cleanly)",
+                        interface,
+                        program.id,
                     )
-                log.warning(
-                    "start.replacing_leftover interface=%s prog_id=%d "
-                    "(left by an sbulb that did not stop cleanly)",
-                    interface,
-                    program.id,
-                )
-                self.dataplane.detach_program(interface, program)
-            self.dataplane.attach(interface)
+                    self.dataplane.detach_program(interface, program)
+                self.dataplane.attach(interface, self.config.xdp_mode)
         except DataplaneError as e:
             raise StartError(str(e)) from None
 
@@ -250,8 +258,9 @@ class Service:
         """Load, configure and attach; raises StartError, leaving nothing
         attached."""
         self._check_environment()
-        self._lock.acquire()
         try:
+            for lock in self._locks:
+                lock.acquire()
             if self.config.config_file is not None:
                 # watch from now on, so that edits made while compiling count
                 self._watcher = ConfigWatcher(self.config.config_file, self._on_file_event)
@@ -270,8 +279,9 @@ class Service:
             self._shutdown()
             raise
         log.info(
-            "start.ready interface=%s vip=%s ports=%s real_servers=%s",
-            self.config.interface,
+            "start.ready interfaces=%s forward=%s vip=%s ports=%s real_servers=%s",
+            ",".join(self.config.interfaces),
+            self.config.forward,
             self.config.virtual_server,
             ",".join(map(str, self.config.ports)),
             ",".join(map(str, self.real_servers)),
@@ -283,18 +293,19 @@ class Service:
             self._watcher.stop()
             self._watcher = None
         self.dataplane.close()
-        self._lock.release()
+        for lock in self._locks:
+            lock.release()
 
     def stop(self) -> None:
         self.notifier.notify("STOPPING=1")
         self._shutdown()
-        log.info("stop.done interface=%s", self.config.interface)
+        log.info("stop.done interfaces=%s", ",".join(self.config.interfaces))
 
     def status(self) -> str:
         ports = " ".join(map(str, self.config.ports))
         return (
             f"balancing UDP {self.config.virtual_server} port(s) {ports} over "
-            f"{len(self.real_servers)} real server(s) on {self.config.interface}"
+            f"{len(self.real_servers)} real server(s) on {', '.join(self.config.interfaces)}"
         )
 
     # -- reload
@@ -370,6 +381,8 @@ class Service:
                 self.reload("file")
             for event in self.dataplane.poll_events():
                 log_event(event)
+            if self.config.forward == "fib":
+                neigh.resolve(self.dataplane.take_neighbour_misses())
 
     def run(self, handle_signals: bool = True) -> int:
         """Start, serve until asked to stop, stop. Returns the exit code (0);

@@ -103,7 +103,7 @@ def test_every_flag_short_and_long() -> None:
                  "--port", "5683", "5684", "--debug", "2", "--loglevel", "TRACE",
                  "--max_ports", "4", "--max_realservers", "8", "--max_associations", "1000")
     assert short == long
-    assert short.interface == "eth1"
+    assert short.interfaces == ("eth1",)
     assert short.virtual_server == ip("10.0.0.1")
     assert short.real_servers == (ip("10.0.0.2"), ip("10.0.0.3"))
     assert short.ports == (5683, 5684)
@@ -116,6 +116,15 @@ def test_sbulbs_defaults() -> None:
     config = parse(*V4, "-rs", "10.0.0.2")
     assert config.limits == Limits(max_ports=16, max_real_servers=32, max_associations=1048576)
     assert (config.debug, config.log_level) == (0, "ERROR")
+    assert (config.forward, config.xdp_mode) == ("fib", "auto")
+
+
+def test_several_interfaces_forwarding_and_xdp_mode() -> None:
+    config = parse("eth0", "eth1", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "1",
+                   "--forward", "mac-swap", "--xdp-mode", "generic")
+    assert config.interfaces == ("eth0", "eth1")
+    assert (config.forward, config.xdp_mode) == ("mac-swap", "generic")
+    assert parse(*V4, "-rs", "10.0.0.2", "--xdp-mode", "native").xdp_mode == "native"
 
 
 def test_config_file_flag(tmp_path: Path) -> None:
@@ -164,6 +173,9 @@ def test_ports_1_and_65535_are_valid() -> None:
         (["-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "1"], "required: ifnet"),
         (["eth0", "-rs", "10.0.0.2", "-p", "1"], "required: -vs/--virtual_server"),
         (["eth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2"], "required: -p/--port"),
+        (["eth0", "eth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "1"], "listed twice"),
+        ([*V4, "-rs", "10.0.0.2", "--forward", "ecmp"], "invalid choice: 'ecmp'"),
+        ([*V4, "-rs", "10.0.0.2", "--xdp-mode", "offload"], "invalid choice: 'offload'"),
     ],
 )
 def test_invalid_command_lines(capsys: pytest.CaptureFixture[str], argv: list[str], reason: str) -> None:
@@ -194,7 +206,8 @@ def test_help_lists_every_sbulb_flag() -> None:
                  "--real_server", "-cfg CONFIG_FILE, --config_file", "-p PORT", "--port",
                  "-d {0,1,2,3,4}, --debug", "-l {CRITICAL,ERROR,WARNING,INFO,DEBUG,TRACE}",
                  "--loglevel", "-mp MAX_PORTS, --max_ports", "-mrs MAX_REALSERVERS, --max_realservers",
-                 "-ma MAX_ASSOCIATIONS, --max_associations", "[Real Servers]"]:
+                 "-ma MAX_ASSOCIATIONS, --max_associations", "[Real Servers]",
+                 "--forward {fib,mac-swap}", "--xdp-mode {native,generic,auto}"]:
         assert flag in result.stdout, flag
 
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from sbulb.lab import CLOSED_PORT, PORT, UNBALANCED_PORT, Lab, SbulbProcess, sh
+from sbulb.lab import CLOSED_PORT, PORT, UNBALANCED_PORT, Lab, RoutedLab, SbulbProcess, sh
 from tests.conftest import require_root
 
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
@@ -218,3 +218,65 @@ def test_path_mtu_discovery_through_the_balancer(lab: Lab, balancer: SbulbProces
         lab.set_mtu(lab.router_ns, "to-clients", 1500)
         lab.set_mtu(lab.client_ns, "eth0", 1500)
         sh("ip", "-n", rs0, f"-{family}", "route", "flush", "cache", check=False)
+
+
+@pytest.fixture(scope="module")
+def routed_lab() -> Iterator[RoutedLab]:
+    require_root()
+    with RoutedLab(servers=3) as built:
+        yield built
+    assert built.id not in sh("ip", "netns", "list").stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fib_forwarding_through_a_two_interface_router(routed_lab: RoutedLab, tmp_path: Path,
+                                                       family: int) -> None:
+    """sbulb on both interfaces of a router (--forward fib, the default):
+    clients on one side, servers on the other. After the first packets (the
+    kernel forwards those whose neighbour it does not know yet, and learns
+    it), XDP redirects every packet itself: the kernel forwards none."""
+    lab, vip = routed_lab, routed_lab.addresses(family).vip
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, family, [0, 1, 2])
+    process = lab.start_sbulb(lab.sbulb_args(family, conf), tmp_path)
+    assert "on eth0, eth1" in process.wait_ready()
+    clients = [lab.client(family) for _ in range(6)]
+    owner = [c.exchange(vip, PORT, b"hello").server for c in clients]
+    assert owner == ["rs0", "rs1", "rs2", "rs0", "rs1", "rs2"]
+    before = lab.forwarded_by_kernel(family)
+    for round_ in range(10):
+        for client, server in zip(clients, owner):
+            reply = client.exchange(vip, PORT, b"round %d" % round_)
+            assert (reply.server, reply.source) == (server, vip)
+    assert lab.forwarded_by_kernel(family) - before == 0
+    assert process.stop() == 0
+    assert lab.xdp_programs(ifname="eth0") == [] and lab.xdp_programs(ifname="eth1") == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unknown_next_hop_is_resolved_by_the_daemon(lab: Lab, balancer: SbulbProcess,
+                                                    family: int) -> None:
+    """A one-armed host that forwards: the FIB path, MAC addresses from the
+    kernel's neighbour table. When the router's entry is gone, datagrams
+    still flow (MAC swap) and sbulb gets the kernel to resolve it again."""
+    import time
+
+    a = lab.addresses(family)
+    sysctl = ("net.ipv4.conf.all.forwarding" if family == 4 else "net.ipv6.conf.all.forwarding")
+    lab_sh = ["ip", "netns", "exec", lab.lb_ns, "sysctl", "-qw"]
+    sh(*lab_sh, f"{sysctl}=1")
+    try:
+        client = lab.client(family)
+        assert client.exchange(a.vip, PORT, b"warm").server.startswith("rs")
+        sh("ip", "-n", lab.lb_ns, f"-{family}", "neigh", "flush", "dev", "eth0")
+        assert client.exchange(a.vip, PORT, b"no neighbour").server.startswith("rs")
+        deadline = time.monotonic() + 5
+        while True:
+            out = sh("ip", "-n", lab.lb_ns, f"-{family}", "neigh", "show",
+                     str(a.router_lb_side), "dev", "eth0").stdout
+            if any(state in out for state in ("REACHABLE", "STALE", "DELAY", "PROBE")):
+                break
+            assert time.monotonic() < deadline, f"router not resolved: {out!r}"
+            time.sleep(0.1)  # polling the kernel's table, bounded by the deadline
+    finally:
+        sh(*lab_sh, f"{sysctl}=0")

@@ -190,3 +190,37 @@ def test_console_script(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert located.stdout.strip().startswith(str(venv)), located
+
+
+def test_xdp_modes(ns: str, tmp_path: Path) -> None:
+    """generic and native where asked; auto falls back to generic, with a
+    warning, where native is refused (a namespace's lo); native refused is a
+    one-line error."""
+    lo_args = ["lo", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "5683"]
+    with sbulb(ns, [*V4_ARGS, "--xdp-mode", "generic"], tmp_path) as lb:
+        lb.wait_ready()
+        assert "xdpgeneric" in run("ip", "-n", ns, "-d", "link", "show", "veth0").stdout
+        assert lb.stop() == 0
+    with sbulb(ns, [*V4_ARGS, "--xdp-mode", "native"], tmp_path) as lb:
+        lb.wait_ready()
+        assert "xdpgeneric" not in run("ip", "-n", ns, "-d", "link", "show", "veth0").stdout
+        assert [name for _, name in xdp_programs(ns)] == ["sbulb_xdp"]
+        assert lb.stop() == 0
+    with sbulb(ns, [*lo_args, "-l", "WARNING"], tmp_path) as lb:
+        lb.wait_ready()
+        assert [name for _, name in xdp_programs(ns, "lo")] == ["sbulb_xdp"]
+        assert lb.stop() == 0
+    assert "dataplane.generic_xdp interface=lo" in lb.stderr
+    with sbulb(ns, [*lo_args, "--xdp-mode", "native"], tmp_path) as lb:
+        assert lb.wait() == 1
+        assert_one_line_error(lb.stderr, "cannot attach XDP (native) to lo", "--xdp-mode generic")
+    assert xdp_programs(ns, "lo") == []
+
+
+def test_several_interfaces(ns: str, tmp_path: Path) -> None:
+    with sbulb(ns, ["veth0", "veth1", *V4_ARGS[1:]], tmp_path) as lb:
+        assert "on veth0, veth1" in lb.wait_ready()
+        assert [name for _, name in xdp_programs(ns, "veth0")] == ["sbulb_xdp"]
+        assert [name for _, name in xdp_programs(ns, "veth1")] == ["sbulb_xdp"]
+        assert lb.stop() == 0
+    assert xdp_programs(ns, "veth0") == [] and xdp_programs(ns, "veth1") == []

@@ -80,13 +80,16 @@ class FakeDataplane:
     def attached_programs(self, ifname: str) -> list[AttachedProgram]:
         return []
 
-    def attach(self, ifname: str, flags: int = 0) -> None:
+    def attach(self, ifname: str, mode: str = "auto") -> None:
         self.attached.append(ifname)
 
     def close(self) -> None:
         self.closed = True
 
     def poll_events(self) -> list:
+        return []
+
+    def take_neighbour_misses(self) -> list:
         return []
 
 
@@ -138,7 +141,7 @@ def conf(tmp_path: Path) -> Path:
 
 def make_config(conf: Path, interface: str = "lo") -> Config:
     return Config(
-        interface=interface,
+        interfaces=(interface,),
         virtual_server=ip("10.0.0.1"),
         ports=(PORT,),
         real_servers=read_real_servers(conf, ip("10.0.0.1"), Limits()),

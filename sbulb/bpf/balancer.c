@@ -6,11 +6,12 @@
  * picked round robin and stored when there is none), the destination becomes
  * that server. Egress (from a real server's balanced port): the source
  * becomes the VIP; the association is created if missing (server-initiated),
- * and a server that is not the associated one is dropped. Balanced packets
- * leave the way they came (MAC swap, XDP_TX), with checksums updated
- * incrementally and the TTL / hop limit decremented. Everything else goes to
- * the kernel untouched (XDP_PASS). Each packet is counted in exactly one
- * verdict slot of sbulb_stats.
+ * and a server that is not the associated one is dropped. Rewritten packets
+ * get their checksums updated incrementally and their TTL / hop limit
+ * decremented; forward.h says how they leave. Fragments follow their first
+ * fragment, ICMP errors about balanced datagrams are translated (icmp.h).
+ * Everything else goes to the kernel untouched (XDP_PASS). Each packet is
+ * counted in exactly one verdict slot of sbulb_stats.
  *
  * This file also defines the map accessors declared in maps.h: bcc rewrites
  * map operations only in the main source file.
@@ -92,6 +93,25 @@ static __always_inline void frag_store(struct sbulb_frag_key *key,
 	sbulb_frags.update(key, val);
 }
 
+static __always_inline int redirect_to(__u32 ifindex)
+{
+	__u32 *slot = sbulb_ifslot.lookup(&ifindex);
+
+	if (!slot)
+		return -1;
+	return sbulb_devmap.redirect_map(*slot, 0);
+}
+
+static __always_inline void neigh_miss(struct sbulb_neigh *key)
+{
+	__u64 one = 1, *seen = sbulb_neigh_miss.lookup(key);
+
+	if (seen)
+		*seen += 1;
+	else
+		sbulb_neigh_miss.update(key, &one);
+}
+
 /* Per-CPU array, softirq context: a plain increment needs no atomic. */
 static __always_inline void count(__u32 stat)
 {
@@ -128,6 +148,7 @@ static __always_inline void emit_event(__u32 type,
 
 #include "lb.h"
 #include "icmp.h"
+#include "forward.h"
 
 /* ---- the packet walk ---- */
 
@@ -454,10 +475,12 @@ int sbulb_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	struct hdr_cursor nh = { .pos = data };
 	struct ethhdr *eth;
+	void *l3;
 	__u32 stat;
 	int proto, action;
 
 	proto = parse_ethhdr(&nh, data_end, &eth);
+	l3 = nh.pos;
 	if (proto < 0)
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else if (proto == bpf_htons(ETH_P_IP))
@@ -469,7 +492,7 @@ int sbulb_xdp(struct xdp_md *ctx)
 
 	action = stat_action(stat);
 	if (action == XDP_TX)
-		swap_macs(eth);
+		action = forward(ctx, eth, l3, data_end, proto);
 	count(stat);
 	return action;
 }

@@ -44,6 +44,26 @@
  * no segment left, destination options, fragment). */
 #define SBULB_MAX_IPV6_EXT 4
 
+/*
+ * How rewritten packets leave: 1 (--forward fib) asks the kernel's FIB for
+ * the next hop, 0 (--forward mac-swap) swaps the MAC addresses (sbulb).
+ */
+#ifndef SBULB_FORWARD_FIB
+#define SBULB_FORWARD_FIB 1
+#endif
+
+/* Interfaces sbulb can be attached to at once (redirect targets). */
+#ifndef SBULB_MAX_INTERFACES
+#define SBULB_MAX_INTERFACES 64
+#endif
+
+/* Next hops the FIB had no neighbour for, kept for the daemon to resolve. */
+#define SBULB_MAX_NEIGH_MISSES 256
+
+/* Address families for bpf_fib_lookup (linux/socket.h). */
+#define SBULB_AF_INET 2
+#define SBULB_AF_INET6 10
+
 /* Pages of the event ring buffer (a power of two). */
 #ifndef SBULB_EVENT_PAGES
 #define SBULB_EVENT_PAGES 64
@@ -85,7 +105,14 @@ enum sbulb_stat {
 	SBULB_STAT_DROP_FRAG_UNKNOWN = 15,  /* later fragment before its first (ours) */
 	SBULB_STAT_TX_ICMP_INGRESS = 16,    /* ICMP error about an answer -> real server */
 	SBULB_STAT_TX_ICMP_EGRESS = 17,     /* ICMP error about a datagram -> client */
-	SBULB_STAT_MAX = 18,
+	/* how TX packets left (on top of their verdict slot): */
+	SBULB_STAT_FWD_FIB_TX = 18,         /* FIB: out of the same interface */
+	SBULB_STAT_FWD_FIB_REDIRECT = 19,   /* FIB: out of another sbulb interface */
+	SBULB_STAT_FWD_FIB_PASS = 20,       /* FIB: out of another interface: kernel */
+	SBULB_STAT_FWD_NO_NEIGH_SWAP = 21,  /* no neighbour yet, same interface: MAC swap */
+	SBULB_STAT_FWD_NO_NEIGH_PASS = 22,  /* no neighbour yet, other interface: kernel */
+	SBULB_STAT_FWD_MAC_SWAP = 23,       /* mac-swap mode, or the host does not forward */
+	SBULB_STAT_MAX = 24,
 };
 
 /* Types of struct sbulb_event. */

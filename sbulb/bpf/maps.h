@@ -48,6 +48,17 @@ BPF_TABLE("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc, sbulb_assoc,
 BPF_TABLE("lru_hash", struct sbulb_frag_key, struct sbulb_frag, sbulb_frags,
 	  SBULB_MAX_FRAGMENTED);
 
+/* Redirect targets: slot -> ifindex of an interface sbulb is attached to. */
+BPF_DEVMAP(sbulb_devmap, SBULB_MAX_INTERFACES);
+
+/* ifindex -> its slot in sbulb_devmap. */
+BPF_HASH(sbulb_ifslot, __u32, __u32, SBULB_MAX_INTERFACES);
+
+/* Next hops without a neighbour entry -> packets that met it; the daemon
+ * asks the kernel to resolve them and deletes the entry. */
+BPF_TABLE("lru_hash", struct sbulb_neigh, __u64, sbulb_neigh_miss,
+	  SBULB_MAX_NEIGH_MISSES);
+
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
 
@@ -70,6 +81,9 @@ static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbul
 static __always_inline int assoc_update(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
 static __always_inline struct sbulb_frag *frag_lookup(struct sbulb_frag_key *key);
 static __always_inline void frag_store(struct sbulb_frag_key *key, struct sbulb_frag *val);
+/* XDP_REDIRECT to one of our interfaces, or -1 if it is not one */
+static __always_inline int redirect_to(__u32 ifindex);
+static __always_inline void neigh_miss(struct sbulb_neigh *key);
 /* add one to a counter slot (enum sbulb_stat) */
 static __always_inline void count(__u32 stat);
 

@@ -58,6 +58,13 @@ struct sbulb_frag {
 	__u32 stat;           /* the first fragment's verdict slot (enum sbulb_stat) */
 };
 
+/* Key of sbulb_neigh_miss: a next hop the kernel has no neighbour for. */
+struct sbulb_neigh {
+	struct sbulb_addr addr; /* next hop (gateway or destination) */
+	__u32 ifindex;          /* interface it is reached through */
+	__u32 pad;              /* zero */
+};
+
 /*
  * One data-path event (ring buffer, SBULB_EVENTS > 0 only). Python decodes it
  * with bcc's table.event(), which only knows bcc's plain integer type names

@@ -1,0 +1,43 @@
+"""Get the kernel to resolve next hops the data path met without a neighbour
+entry (forward.h notes them): an RTM_NEWNEIGH with NTF_USE makes the kernel
+start ARP / neighbour discovery for the address, as if it had a packet for
+it. With --forward fib, a packet whose next hop is out of the interface it
+came in has been sent with a MAC swap meanwhile; once the neighbour is
+known, the FIB path takes over."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from sbulb.config import IPAddress
+
+log = logging.getLogger(__name__)
+
+NTF_USE = 0x01  # uapi linux/neighbour.h
+
+
+def resolve(misses: Iterable[tuple[IPAddress, int]]) -> int:
+    """Ask for each (address, ifindex); returns how many were asked. Never
+    raises: a failure is logged (the next miss will ask again)."""
+    asked = 0
+    misses = list(misses)
+    if not misses:
+        return 0
+    try:
+        with IPRoute() as ipr:
+            for address, ifindex in misses:
+                try:
+                    ipr.neigh("replace", dst=str(address), ifindex=ifindex, flags=NTF_USE,
+                              state=0)
+                    asked += 1
+                    log.debug("neigh.resolve address=%s ifindex=%d", address, ifindex)
+                except NetlinkError as e:
+                    log.warning("neigh.resolve_failed address=%s ifindex=%d error=%s",
+                                address, ifindex, e)
+    except OSError as e:
+        log.warning("neigh.resolve_failed error=%s", e)
+    return asked
