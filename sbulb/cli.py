@@ -22,9 +22,12 @@ from sbulb.config import (
     Config,
     ConfigError,
     IPAddress,
+    FileConfig,
     Limits,
+    RealServer,
     parse_address,
-    read_real_servers,
+    parse_real_server,
+    read_file,
 )
 from sbulb.log import LEVELS
 
@@ -33,12 +36,17 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
 EPILOG = """\
-A config file lists the real servers and is reloaded when it changes
-(or on SIGHUP):
+A config file lists the real servers (an optional weight after '=': 0
+drains a server) and may describe the virtual server; it is reloaded when it
+changes (or on SIGHUP). Command-line values win over the file's.
+
+  [Virtual Server]
+  address = 10.0.0.1
+  ports = 5683 5684
 
   [Real Servers]
   10.0.0.4
-  10.0.0.2
+  10.0.0.2 = 3
   10.0.0.6
 
 examples:
@@ -59,6 +67,13 @@ class _Parser(argparse.ArgumentParser):
 def _address(text: str) -> IPAddress:
     try:
         return parse_address(text, "IP")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _real_server(text: str) -> RealServer:
+    try:
+        return parse_real_server(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -101,16 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-vs",
         "--virtual_server",
         type=_address,
-        required=True,
-        help="<Required> Virtual server address (e.g. 10.40.0.1)",
+        help="<Required> Virtual server address (e.g. 10.40.0.1); may come from the "
+        "config file's [Virtual Server] section instead",
     )
     servers = parser.add_mutually_exclusive_group(required=True)
     servers.add_argument(
         "-rs",
         "--real_server",
-        type=_address,
+        type=_real_server,
         nargs="+",
-        help="<Required> Real server address(es) (e.g. 10.40.0.2 10.40.0.3)",
+        help="<Required> Real server address(es) (e.g. 10.40.0.2 10.40.0.3), each "
+        "optionally with a weight (10.40.0.2=3; 0 drains)",
     )
     servers.add_argument(
         "-cfg",
@@ -125,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=_port,
         nargs="+",
-        required=True,
-        help="<Required> UDP port(s) to load balance",
+        help="<Required> UDP port(s) to load balance; may come from the config file's "
+        "[Virtual Server] section instead",
     )
     parser.add_argument(
         "-d",
@@ -199,28 +215,47 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_real_servers=args.max_realservers,
         max_associations=args.max_associations,
     )
-    vip: IPAddress = args.virtual_server
+    cli_ports = tuple(args.port) if args.port else None
     config_file: Path | None = args.config_file
     if config_file is not None:
         config_file = config_file.absolute()
         try:
-            real_servers = read_real_servers(config_file, vip, limits)
+            file = read_file(config_file)
         except ConfigError as e:
             raise ConfigError(f"config file {config_file}: {e}") from None
     else:
-        real_servers = tuple(args.real_server)
-    return Config(
-        interfaces=tuple(args.ifnet),
-        virtual_server=vip,
-        ports=tuple(args.port),
-        real_servers=real_servers,
-        config_file=config_file,
-        debug=args.debug,
-        log_level=args.loglevel,
-        limits=limits,
-        forward=args.forward,
-        xdp_mode=args.xdp_mode,
-    )
+        file = FileConfig(tuple(args.real_server))
+    vip: IPAddress | None = args.virtual_server or file.virtual_server
+    if vip is None:
+        raise ConfigError(
+            "the following arguments are required: -vs/--virtual_server (or an address in "
+            "the config file's [Virtual Server])"
+        )
+    ports = cli_ports or file.ports
+    if ports is None:
+        raise ConfigError(
+            "the following arguments are required: -p/--port (or ports in the config "
+            "file's [Virtual Server])"
+        )
+    try:
+        return Config(
+            interfaces=tuple(args.ifnet),
+            virtual_server=vip,
+            ports=ports,
+            real_servers=file.real_servers,
+            config_file=config_file,
+            debug=args.debug,
+            log_level=args.loglevel,
+            limits=limits,
+            forward=args.forward,
+            xdp_mode=args.xdp_mode,
+            cli_virtual_server=args.virtual_server,
+            cli_ports=cli_ports,
+        )
+    except ConfigError as e:
+        if config_file is not None:
+            raise ConfigError(f"config file {config_file}: {e}") from None
+        raise
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sbulb.config import MAX_INTERFACES, IPAddress, Limits
+from sbulb.config import (
+    MAX_INTERFACES,
+    RING_SIZE,
+    IPAddress,
+    Limits,
+    RealServer,
+    smooth_weighted_order,
+)
 from sbulb.consts import EVENTS_NONE, STAT_MAX, EventType, Stat, XdpAction
 
 log = logging.getLogger(__name__)
@@ -95,10 +102,11 @@ class ServerChange:
     added: tuple[IPAddress, ...]
     removed: tuple[IPAddress, ...]
     kept: tuple[IPAddress, ...]
+    reordered: bool = False  # weights or order changed the round-robin cycle
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.removed)
+        return bool(self.added or self.removed or self.reordered)
 
 
 @dataclass(frozen=True)
@@ -400,23 +408,28 @@ class Dataplane:
     def _write_cfg(self) -> None:
         self._put("sbulb_cfg", struct.pack("I", 0), self._vip_bytes + struct.pack("II", len(self._ring), 0))
 
-    def set_real_servers(self, servers: Sequence[IPAddress]) -> ServerChange:
-        """Make `servers` the real servers, in this round-robin order.
+    def set_real_servers(self, servers: Sequence[RealServer | IPAddress]) -> ServerChange:
+        """Make `servers` the real servers (an address alone has weight 1).
 
-        Servers that stay keep their slot and their associations. Writes are
-        ordered so that a packet never reads a slot that is not filled: the
-        new servers' slots (there is room for old and new at once), then the
-        ring, its unused tail pointing at servers that stay, then its length,
-        and the removals last. A client whose server is removed moves to
-        another server with its next packet."""
-        if len(servers) > self.limits.max_real_servers:
+        Servers that stay keep their slot and their associations; drained
+        ones (weight 0) too, but leave the ring. Writes are ordered so that a
+        packet never reads a slot that is not filled: the new servers' slots
+        (there is room for old and new at once), then the ring (one smooth
+        weighted cycle, its unused tail pointing at servers of the new ring),
+        then its length, and the removals last. A client whose server is
+        removed moves to another server with its next packet."""
+        wanted = [s if isinstance(s, RealServer) else RealServer(s) for s in servers]
+        addresses = [s.address for s in wanted]
+        if len(wanted) > self.limits.max_real_servers:
             raise DataplaneError(f"more than {self.limits.max_real_servers} real servers")
-        if len(set(servers)) != len(servers):
+        if len(set(addresses)) != len(addresses):
             raise DataplaneError("a real server is listed twice")
-        wanted = set(servers)
-        added = tuple(s for s in servers if s not in self._slots)
-        removed = tuple(s for s in self._slots if s not in wanted)
-        kept = tuple(s for s in servers if s in self._slots)
+        order = smooth_weighted_order(wanted)
+        if len(order) > RING_SIZE:
+            raise DataplaneError(f"a round-robin cycle of {len(order)} is longer than {RING_SIZE}")
+        added = tuple(a for a in addresses if a not in self._slots)
+        removed = tuple(a for a in self._slots if a not in set(addresses))
+        kept = tuple(a for a in addresses if a in self._slots)
 
         # plan every slot before writing anything
         used = set(self._slots.values())
@@ -424,38 +437,42 @@ class Dataplane:
         slots = dict(self._slots)
         slots.update(zip(added, free))
 
-        for server in added:
-            raw = addr_to_bytes(server)
-            self._put("sbulb_rs", struct.pack("I", slots[server]), raw)
-            self._put("sbulb_rs_index", raw, struct.pack("I", slots[server]))
-            self._slots[server] = slots[server]
-        old_len = len(self._ring)
-        for index in range(max(old_len, len(servers))):
+        for address in added:
+            raw = addr_to_bytes(address)
+            self._put("sbulb_rs", struct.pack("I", slots[address]), raw)
+            self._put("sbulb_rs_index", raw, struct.pack("I", slots[address]))
+            self._slots[address] = slots[address]
+        old_ring = self._ring
+        for index in range(max(len(old_ring), len(order))):
             # past the new end, stale readers of the old length find a server too
-            server = servers[index % len(servers)] if servers else None
-            slot = slots[server] if server is not None else 0
+            slot = slots[order[index % len(order)]] if order else 0
+            if index < len(old_ring) and index < len(order) and old_ring[index] == order[index]:
+                continue  # unchanged
             self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", slot))
-        self._ring = list(servers)
+        self._ring = order
         self._write_cfg()
-        for server in removed:
-            slot = self._slots.pop(server)
-            self._delete("sbulb_rs_index", addr_to_bytes(server))
+        for address in removed:
+            slot = self._slots.pop(address)
+            self._delete("sbulb_rs_index", addr_to_bytes(address))
             self._put("sbulb_rs", struct.pack("I", slot), bytes(ADDR_SIZE))
-        return ServerChange(added=added, removed=removed, kept=kept)
+        return ServerChange(added=added, removed=removed, kept=kept,
+                            reordered=order != old_ring)
 
     # -- state
 
     def real_servers(self) -> list[IPAddress]:
-        """The real servers as the maps hold them, in round-robin order."""
+        """The real servers the maps hold (drained ones included), by slot."""
+        index = self._table("sbulb_rs_index")
+        members = sorted((value.value, addr_from_bytes(bytes(key))) for key, value in index.items())
+        return [address for _, address in members]
+
+    def ring(self) -> list[IPAddress]:
+        """The round-robin cycle as the maps hold it."""
         cfg = bytes(self._table("sbulb_cfg")[self._table("sbulb_cfg").Key(0)])
         (ring_len,) = struct.unpack_from("I", cfg, ADDR_SIZE)
         ring = self._table("sbulb_ring")
         rs = self._table("sbulb_rs")
-        servers = []
-        for index in range(ring_len):
-            slot = ring[ring.Key(index)].value
-            servers.append(addr_from_bytes(bytes(rs[rs.Key(slot)])))
-        return servers
+        return [addr_from_bytes(bytes(rs[rs.Key(ring[ring.Key(i)].value)])) for i in range(ring_len)]
 
     def associations(self) -> dict[tuple[IPAddress, int], IPAddress]:
         """(client ip, client port) -> real server, as the LRU map holds them."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sbulb import neigh
-from sbulb.config import Config, ConfigError, IPAddress, endpoint, read_real_servers
+from sbulb.config import Config, ConfigError, IPAddress, RealServer, endpoint, read_file
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
@@ -164,7 +164,7 @@ class Service:
             forward=config.forward,
         )
         self.notifier = notifier or SystemdNotifier()
-        self.real_servers: tuple[IPAddress, ...] = config.real_servers
+        self.real_servers: tuple[RealServer, ...] = config.real_servers
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_requested = False
         self._reload_requested = False
@@ -286,6 +286,7 @@ class Service:
             ",".join(map(str, self.config.ports)),
             ",".join(map(str, self.real_servers)),
         )
+        self._warn_if_all_drained()
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
     def _shutdown(self) -> None:
@@ -300,6 +301,11 @@ class Service:
         self.notifier.notify("STOPPING=1")
         self._shutdown()
         log.info("stop.done interfaces=%s", ",".join(self.config.interfaces))
+
+    def _warn_if_all_drained(self) -> None:
+        if not any(server.weight for server in self.real_servers):
+            log.warning("config.all_drained: every real server has weight 0; new clients "
+                        "are dropped until one has a weight")
 
     def status(self) -> str:
         ports = " ".join(map(str, self.config.ports))
@@ -321,8 +327,16 @@ class Service:
         self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
         applied = False
         try:
-            servers = read_real_servers(path, self.config.virtual_server, self.config.limits)
-            change = self.dataplane.set_real_servers(servers)
+            new = self.config.with_file(read_file(path))
+            if new.family != self.config.family:
+                raise ConfigError(
+                    "the virtual server cannot change address family at run time: restart sbulb"
+                )
+            if (new.virtual_server, new.ports) != (self.config.virtual_server, self.config.ports):
+                self.dataplane.configure(new.virtual_server, new.ports)
+                log.info("config.virtual_server vip=%s ports=%s", new.virtual_server,
+                         ",".join(map(str, new.ports)))
+            change = self.dataplane.set_real_servers(new.real_servers)
         except ConfigError as e:
             log.error(
                 "config.rejected file=%s reason=%s; keeping the running configuration "
@@ -334,19 +348,21 @@ class Service:
         except Exception as e:  # a map write failed: keep serving, say so
             log.error("config.not_applied file=%s reason=%s", path, " ".join(str(e).split()))
         else:
-            self.real_servers = servers
+            self.config = new
+            self.real_servers = new.real_servers
             applied = True
             if change.changed:
                 log.info(
-                    "config.applied file=%s trigger=%s added=%s removed=%s real_servers=%d",
+                    "config.applied file=%s trigger=%s added=%s removed=%s real_servers=%s",
                     path,
                     trigger,
                     ",".join(map(str, change.added)) or "-",
                     ",".join(map(str, change.removed)) or "-",
-                    len(servers),
+                    ",".join(map(str, new.real_servers)),
                 )
             else:
                 log.info("config.unchanged file=%s trigger=%s", path, trigger)
+            self._warn_if_all_drained()
         status = self.status() if applied else f"{self.status()} (last reload rejected)"
         self.notifier.notify(f"READY=1\nSTATUS={status}")
         return applied

@@ -15,8 +15,11 @@ from sbulb.config import (
     Config,
     ConfigError,
     Limits,
+    RealServer,
+    parse_real_server,
     parse_real_servers,
     read_real_servers,
+    smooth_weighted_order,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,25 +44,36 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 # ---- the INI file
 
 
+def rs(*specs: str) -> tuple[RealServer, ...]:
+    return tuple(parse_real_server(spec) for spec in specs)
+
+
 def test_sbulbs_ini_file_works_unchanged() -> None:
     text = "[Real Servers]\n10.0.0.4\n10.0.0.2\n10.0.0.6\n"
-    assert parse_real_servers(text) == (ip("10.0.0.4"), ip("10.0.0.2"), ip("10.0.0.6"))
+    assert parse_real_servers(text) == rs("10.0.0.4", "10.0.0.2", "10.0.0.6")
+    assert all(server.weight == 1 for server in parse_real_servers(text))
 
 
 def test_ini_file_ipv6_comments_and_blank_lines() -> None:
     text = "# servers\n[Real Servers]\n2001:db8::2  # web1\n\n; spare\n2001:DB8::3 ;web2\n"
-    assert parse_real_servers(text) == (ip("2001:db8::2"), ip("2001:db8::3"))
+    assert parse_real_servers(text) == rs("2001:db8::2", "2001:db8::3")
 
 
 @pytest.mark.parametrize(
     "text,reason",
     [
         ("10.0.0.4\n", "no section headers"),
-        ("[Servers]\n10.0.0.4\n", "no [Real Servers] section"),
+        ("[Servers]\n10.0.0.4\n", "unknown section [Servers]"),
+        ("[Virtual Server]\naddress = 10.0.0.1\n", "no [Real Servers] section"),
         ("[Real Servers]\n10.0.0.300\n", "invalid real server address '10.0.0.300'"),
         ("[Real Servers]\nserver-a\n", "invalid real server address 'server-a'"),
         ("[Real Servers]\n10.0.0.4\n10.0.0.4\n", "listed twice"),
-        ("[Real Servers]\n10.0.0.4 = 3\n", "unexpected value"),
+        ("[Real Servers]\n10.0.0.4 = heavy\n", "invalid weight 'heavy' for real server 10.0.0.4"),
+        ("[Real Servers]\n10.0.0.4 = 1001\n", "weight of real server 10.0.0.4 must be between 0 and 1000"),
+        ("[Real Servers]\n10.0.0.4 = -1\n", "must be between 0 and 1000"),
+        ("[Virtual Server]\nvip = 10.0.0.1\n[Real Servers]\n10.0.0.4\n", "unknown key 'vip'"),
+        ("[Virtual Server]\nports = 5683 coap\n[Real Servers]\n10.0.0.4\n", "invalid UDP port 'coap'"),
+        ("[Virtual Server]\naddress\n[Real Servers]\n10.0.0.4\n", "no value for 'address'"),
         ("[Real Servers\n10.0.0.4\n", "no section headers"),
     ],
 )
@@ -105,7 +119,7 @@ def test_every_flag_short_and_long() -> None:
     assert short == long
     assert short.interfaces == ("eth1",)
     assert short.virtual_server == ip("10.0.0.1")
-    assert short.real_servers == (ip("10.0.0.2"), ip("10.0.0.3"))
+    assert short.real_servers == rs("10.0.0.2", "10.0.0.3")
     assert short.ports == (5683, 5684)
     assert (short.debug, short.log_level) == (2, "TRACE")
     assert short.limits == Limits(max_ports=4, max_real_servers=8, max_associations=1000)
@@ -131,7 +145,7 @@ def test_config_file_flag(tmp_path: Path) -> None:
     path = tmp_path / "sbulb.conf"
     path.write_text("[Real Servers]\n10.0.0.4\n10.0.0.2\n")
     config = parse(*V4, "-cfg", str(path))
-    assert config.real_servers == (ip("10.0.0.4"), ip("10.0.0.2"))
+    assert config.real_servers == rs("10.0.0.4", "10.0.0.2")
     assert config.config_file == path
     assert parse(*V4, "--config_file", str(path)) == config
 
@@ -149,7 +163,8 @@ def test_ports_1_and_65535_are_valid() -> None:
     "argv,reason",
     [
         (["lo", "-vs", "300.1.1.1", "-rs", "10.0.0.1", "-p", "5683"], "invalid IP address '300.1.1.1'"),
-        ([*V4, "-rs", "10.0.0.x"], "invalid IP address '10.0.0.x'"),
+        ([*V4, "-rs", "10.0.0.x"], "invalid real server address '10.0.0.x'"),
+        ([*V4, "-rs", "10.0.0.2=x"], "invalid weight 'x' for real server 10.0.0.2"),
         ([*V4, "-rs", "2001:db8::2"], "is IPv6 but the virtual server 10.0.0.1 is IPv4"),
         (["eth0", "-vs", "2001:db8::1", "-rs", "10.0.0.2", "-p", "1"], "is IPv4 but the virtual"),
         ([*V4[:3], "-rs", "10.0.0.2", "-p", "0"], "UDP port 0 is not between 1 and 65535"),
@@ -229,7 +244,7 @@ def test_cli_module_has_no_import_time_effects() -> None:
 def test_packaged_example_config_and_unit_agree_with_sbulb() -> None:
     systemd = REPO / "packaging" / "systemd"
     servers = parse_real_servers((systemd / "sbulb.conf").read_text())
-    assert servers and all(s.version == 4 for s in servers)
+    assert servers and all(s.address.version == 4 for s in servers)
     unit = (systemd / "sbulb.service").read_text()
     for line in ["Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID",
                  "ExecStart=/usr/bin/python3 -m sbulb $SBULB_OPTS"]:
@@ -254,3 +269,53 @@ def test_debug_logging_does_not_log_watchdogs_inotify_events() -> None:
         assert logging.getLogger("sbulb.service").isEnabledFor(logging.DEBUG)
     finally:
         log.setup("ERROR")
+
+
+
+def test_weights_and_drain_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Real Servers]\n10.0.0.4 = 3\n10.0.0.2\n10.0.0.6 = 0  # draining\n")
+    config = parse(*V4, "-cfg", str(path))
+    assert [(str(s.address), s.weight) for s in config.real_servers] == [
+        ("10.0.0.4", 3), ("10.0.0.2", 1), ("10.0.0.6", 0)]
+    config = parse(*V4, "-rs", "10.0.0.4=3", "10.0.0.2", "10.0.0.6=0")
+    assert [s.weight for s in config.real_servers] == [3, 1, 0]
+
+
+def test_smooth_weighted_round_robin_interleaves() -> None:
+    a, b, c = ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")
+    assert smooth_weighted_order([RealServer(a, 3), RealServer(b, 1)]) == [a, b, a, a]
+    assert smooth_weighted_order([RealServer(a, 6), RealServer(b, 2)]) == [a, b, a, a]
+    assert smooth_weighted_order([RealServer(a), RealServer(b), RealServer(c)]) == [a, b, c]
+    assert smooth_weighted_order([RealServer(a, 2), RealServer(b, 0)]) == [a]
+    assert smooth_weighted_order([RealServer(a, 0)]) == []
+    five = smooth_weighted_order([RealServer(a, 5), RealServer(b, 1), RealServer(c, 1)])
+    assert five == [a, a, b, a, c, a, a]
+
+
+def test_ring_length_is_bounded() -> None:
+    servers = tuple(RealServer(ip(f"10.0.1.{i}"), 997 if i % 2 else 1000) for i in range(1, 100))
+    with pytest.raises(ConfigError, match="weights add up to .* at most 65536"):
+        Config(("eth0",), ip("10.0.0.1"), (1,), servers, limits=Limits(max_real_servers=100))
+
+
+def test_virtual_server_section_describes_the_instance(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 5683, 5684\n\n"
+                    "[Real Servers]\n10.0.0.4\n")
+    config = parse("eth0", "-cfg", str(path))
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.1"), (5683, 5684))
+    assert (config.cli_virtual_server, config.cli_ports) == (None, None)
+    # the command line wins
+    config = parse("eth0", "-vs", "10.0.0.9", "-p", "7000", "-cfg", str(path))
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.9"), (7000,))
+
+
+def test_without_vip_or_ports_anywhere(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Real Servers]\n10.0.0.4\n")
+    assert "-vs/--virtual_server" in usage_error(capsys, "eth0", "-p", "1", "-cfg", str(path))
+    assert "-p/--port" in usage_error(capsys, "eth0", "-vs", "10.0.0.1", "-cfg", str(path))
+    path.write_text("[Virtual Server]\naddress = 2001:db8::1\nports = 1\n[Real Servers]\n10.0.0.4\n")
+    assert f"config file {path}: real server 10.0.0.4 is IPv4" in usage_error(
+        capsys, "eth0", "-cfg", str(path))

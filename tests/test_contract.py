@@ -84,6 +84,13 @@ def test_event_layout_matches() -> None:
         dp.close()
 
 
+def test_ring_size_matches() -> None:
+    from sbulb.config import RING_SIZE
+
+    text = (BPF_DIR / "consts.h").read_text()
+    assert re.search(rf"#define SBULB_RING_SIZE {RING_SIZE}\b", text)
+
+
 @pytest.mark.parametrize("define,value", [
     ("SBULB_MAX_PORTS", 16), ("SBULB_MAX_REAL_SERVERS", 32),
     ("SBULB_MAX_ASSOCIATIONS", 1048576),

@@ -280,3 +280,30 @@ def test_unknown_next_hop_is_resolved_by_the_daemon(lab: Lab, balancer: SbulbPro
             time.sleep(0.1)  # polling the kernel's table, bounded by the deadline
     finally:
         sh(*lab_sh, f"{sysctl}=0")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weights_and_drain_through_the_config_file(lab: Lab, balancer: SbulbProcess,
+                                                  family: int) -> None:
+    """rs0 = 3, rs1 = 1 (rs2 left out): 400 new clients split 3:1 within 5%.
+    Then rs0 is drained (weight 0): its clients stay, new ones go elsewhere."""
+    vip = lab.addresses(family).vip
+    servers = lab.addresses(family).real_servers
+    conf: Path = balancer.config  # type: ignore[attr-defined]
+    conf.write_text(f"[Real Servers]\n{servers[0]} = 3\n{servers[1]}\n")
+    wait_reload(balancer)
+    picks = []
+    for _ in range(400):
+        client = lab.client(family)
+        picks.append(client.exchange(vip, PORT, b"weighted").server)
+        client.close()  # 400 sockets: give each port back
+    assert abs(picks.count("rs0") - 300) <= 20 and abs(picks.count("rs1") - 100) <= 20, picks
+
+    regulars = [lab.client(family) for _ in range(8)]
+    owner = {c.port: c.exchange(vip, PORT, b"before").server for c in regulars}
+    conf.write_text(f"[Real Servers]\n{servers[0]} = 0\n{servers[1]}\n{servers[2]}\n")
+    wait_reload(balancer)
+    for client in regulars:
+        assert client.exchange(vip, PORT, b"after").server == owner[client.port]
+    newcomers = [lab.client(family).exchange(vip, PORT, b"new").server for _ in range(12)]
+    assert "rs0" not in newcomers and {"rs1", "rs2"} <= set(newcomers)

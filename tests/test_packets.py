@@ -660,7 +660,7 @@ def test_replace_every_server_at_the_limit(loaded: Dataplane) -> None:
     port = 40000
     for servers in (first, second, mixed, first[:1], second):
         change = loaded.set_real_servers(servers)
-        assert loaded.real_servers() == servers
+        assert set(loaded.real_servers()) == set(servers) and loaded.ring() == servers
         assert set(change.added) | set(change.kept) == set(servers)
         for _ in servers:  # new clients land on the new list only
             port += 1
@@ -694,3 +694,42 @@ def test_only_our_fragments_are_tracked(loaded: Dataplane, family: int) -> None:
     for frame in fragments(bytes(big_udp(net, net.clients[0], net.vip, 1, PORT))):
         assert loaded.test_run(frame).action == TX
     assert loaded.fragments_tracked() == 1
+
+
+def test_weights_split_new_clients_smoothly(loaded: Dataplane) -> None:
+    """3:1 over 400 new clients: 300/100, interleaved a b a a."""
+    from sbulb.config import RealServer
+
+    net = NETS[4]
+    configure(loaded, net)
+    a, b = net.rs_ips(0, 1)
+    loaded.set_real_servers([RealServer(a, 3), RealServer(b, 1)])
+    assert loaded.ring() == [a, b, a, a]
+    picks = []
+    for port in range(1, 401):
+        out = Ether(loaded.test_run(bytes(udp(net, net.clients[0], net.vip, port, PORT))).frame)
+        picks.append(net.ip(out[IP].dst))
+    assert picks[:8] == [a, b, a, a, a, b, a, a]
+    assert (picks.count(a), picks.count(b)) == (300, 100)
+
+
+def test_drained_server_keeps_its_clients_and_gets_no_new_one(loaded: Dataplane) -> None:
+    from sbulb.config import RealServer
+
+    net = NETS[6]
+    configure(loaded, net)
+    rs0, rs1 = net.rs_ips(0, 1)
+    loaded.set_real_servers([RealServer(rs0), RealServer(rs1)])
+    run = lambda frame: loaded.test_run(bytes(frame))  # noqa: E731
+    assert run(udp(net, net.clients[0], net.vip, 1, PORT)).action == TX  # -> rs0
+    loaded.set_real_servers([RealServer(rs0, 0), RealServer(rs1)])
+    assert loaded.ring() == [rs1] and set(loaded.real_servers()) == {rs0, rs1}
+    for port in range(2, 12):  # new clients: rs1 only
+        out = Ether(run(udp(net, net.clients[0], net.vip, port, PORT)).frame)
+        assert net.ip(out[IPv6].dst) == rs1
+    # rs0's client stays with it, both ways, and rs0 may still start a conversation
+    out = Ether(run(udp(net, net.clients[0], net.vip, 1, PORT)).frame)
+    assert net.ip(out[IPv6].dst) == rs0
+    assert run(udp(net, net.real_servers[0], net.clients[0], PORT, 1)).action == TX
+    assert run(udp(net, net.real_servers[0], net.clients[1], PORT, 7)).action == TX
+    assert loaded.associations()[(net.ip(net.clients[1]), 7)] == rs0

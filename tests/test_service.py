@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from sbulb.config import Config, IPAddress, Limits, read_real_servers
+from sbulb.config import Config, IPAddress, Limits, RealServer, read_real_servers
 from sbulb.consts import XdpAction
 from sbulb.dataplane import AttachedProgram, Dataplane, ServerChange
 from sbulb.service import Service
@@ -68,9 +68,11 @@ class FakeDataplane:
     def configure(self, vip: IPAddress, ports: Sequence[int]) -> None:
         self.vip, self.ports = vip, list(ports)
 
-    def set_real_servers(self, servers: Sequence[IPAddress]) -> ServerChange:
+    def set_real_servers(self, servers: Sequence[RealServer]) -> ServerChange:
         old = self.servers
-        self.servers = list(servers)
+        self.servers = [s.address for s in servers]
+        self.weights = [s.weight for s in servers]
+        servers = self.servers
         return ServerChange(
             added=tuple(s for s in servers if s not in old),
             removed=tuple(s for s in old if s not in servers),

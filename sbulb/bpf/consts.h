@@ -35,6 +35,10 @@
 #define SBULB_EVENTS 0
 #endif
 
+/* Entries of the round-robin ring: one smooth weighted round-robin cycle
+ * (sum of the weights divided by their gcd; sbulb/config.py RING_SIZE). */
+#define SBULB_RING_SIZE 65536
+
 /* Size of the LRU map that makes later fragments follow their first. */
 #ifndef SBULB_MAX_FRAGMENTED
 #define SBULB_MAX_FRAGMENTED 16384

@@ -33,8 +33,10 @@ BPF_ARRAY(sbulb_rs, struct sbulb_addr, 2 * SBULB_MAX_REAL_SERVERS + 1);
 /* Real server address -> slot: "is this a real server?" (2*max, as above) */
 BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, 2 * SBULB_MAX_REAL_SERVERS);
 
-/* Round-robin order: ring index -> real server slot. */
-BPF_ARRAY(sbulb_ring, __u32, SBULB_MAX_REAL_SERVERS);
+/* Round-robin order, one smooth weighted cycle: ring index -> real server
+ * slot. A server of weight 3 appears three times; a drained one (weight 0)
+ * not at all, though it stays in sbulb_rs_index. */
+BPF_ARRAY(sbulb_ring, __u32, SBULB_RING_SIZE);
 
 /* [0]: the round-robin cursor and its lock. */
 BPF_ARRAY(sbulb_rr, struct sbulb_rr, 1);
