@@ -36,6 +36,9 @@ class Stat(enum.IntEnum):
     FWD_NO_NEIGH_SWAP = 21
     FWD_NO_NEIGH_PASS = 22
     FWD_MAC_SWAP = 23
+    FWD_FIB_DROP = 24
+    FWD_FIB_LOCAL = 25
+    FWD_FRAG_NEEDED = 26
 
     @property
     def is_verdict(self) -> bool:
@@ -44,7 +47,7 @@ class Stat(enum.IntEnum):
         return not self.name.startswith(("ASSOC_", "FWD_"))
 
 
-STAT_MAX = 24
+STAT_MAX = 27
 
 
 class EventType(enum.IntEnum):

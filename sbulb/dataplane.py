@@ -110,6 +110,16 @@ class ServerChange:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """Packets and frame bytes of one real server, both directions."""
+
+    packets_to: int = 0
+    bytes_to: int = 0
+    packets_from: int = 0
+    bytes_from: int = 0
+
+
+@dataclass(frozen=True)
 class AttachedProgram:
     """An XDP program attached to an interface."""
 
@@ -300,11 +310,13 @@ class Dataplane:
         debug: int = 0,
         sources: Path | None = None,
         forward: str = "fib",
+        defines: dict[str, int] | None = None,
     ) -> None:
         self.limits = limits
         self.events = events
         self.debug = debug
         self.forward = forward
+        self._defines = dict(defines or {})  # more -D, for tests
         self._sources = sources
         self._bpf = None  # bcc.BPF, once loaded
         self._fn = None  # bcc function (the program fd)
@@ -327,6 +339,7 @@ class Dataplane:
             f"-DSBULB_EVENTS={self.events}",
             f"-DSBULB_FORWARD_FIB={int(self.forward == 'fib')}",
             f"-DSBULB_MAX_INTERFACES={MAX_INTERFACES}",
+            *(f"-D{name}={value}" for name, value in self._defines.items()),
         ]
 
     def load(self) -> None:
@@ -451,10 +464,13 @@ class Dataplane:
             self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", slot))
         self._ring = order
         self._write_cfg()
+        stats = self._table("sbulb_rs_stats")
         for address in removed:
             slot = self._slots.pop(address)
             self._delete("sbulb_rs_index", addr_to_bytes(address))
             self._put("sbulb_rs", struct.pack("I", slot), bytes(ADDR_SIZE))
+            for index in (2 * slot, 2 * slot + 1):  # the next server there starts at 0
+                stats.clearitem(stats.Key(index))
         return ServerChange(added=added, removed=removed, kept=kept,
                             reordered=order != old_ring)
 
@@ -465,6 +481,19 @@ class Dataplane:
         index = self._table("sbulb_rs_index")
         members = sorted((value.value, addr_from_bytes(bytes(key))) for key, value in index.items())
         return [address for _, address in members]
+
+    def server_traffic(self) -> dict[IPAddress, Traffic]:
+        """Traffic per real server (drained ones included), summed over CPUs."""
+        index = self._table("sbulb_rs_index")
+        stats = self._table("sbulb_rs_stats")
+        result = {}
+        for key, slot in index.items():
+            sums = []
+            for direction in (0, 1):  # enum sbulb_direction
+                per_cpu = stats.getvalue(stats.Key(2 * slot.value + direction))
+                sums.append((sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu)))
+            result[addr_from_bytes(bytes(key))] = Traffic(*sums[0], *sums[1])
+        return result
 
     def ring(self) -> list[IPAddress]:
         """The round-robin cycle as the maps hold it."""
@@ -506,6 +535,9 @@ class Dataplane:
             stats.clearitem(stats.Key(index))
         rr = self._table("sbulb_rr")
         rr[rr.Key(0)] = rr.Leaf()
+        traffic = self._table("sbulb_rs_stats")
+        for index in range(len(traffic)):
+            traffic.clearitem(traffic.Key(index))
 
     # -- events
 

@@ -596,8 +596,11 @@ class RoutedLab(Lab):
         for ns in [self.client_ns, self.lb_ns, self.switch_ns, *self.server_ns]:
             self._add_ns(ns)
         lb = self.lb_ns
+        # accept_local: until the kernel knows a client's MAC, sbulb lets it
+        # forward the answers, whose source, the VIP, is a local address
         for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
+                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"):
             in_ns(lb, "sysctl", "-qw", key)
         self._link(self.client_ns, "eth0", lb, "eth0")
         self._link(lb, "eth1", self.switch_ns, "to-lb")

@@ -250,9 +250,31 @@ class Service:
                         program.id,
                     )
                     self.dataplane.detach_program(interface, program)
-                self.dataplane.attach(interface, self.config.xdp_mode)
+            self._attach_all()
         except DataplaneError as e:
             raise StartError(str(e)) from None
+
+    def _attach_all(self) -> None:
+        """Attach everywhere in one XDP mode: a redirect from a native
+        interface to one in generic mode is dropped, so with auto, one
+        interface refusing native XDP makes them all generic."""
+        interfaces, mode = self.config.interfaces, self.config.xdp_mode
+        if mode != "auto" or len(interfaces) == 1:
+            for interface in interfaces:
+                self.dataplane.attach(interface, mode)
+            return
+        try:
+            for interface in interfaces:
+                self.dataplane.attach(interface, "native")
+        except DataplaneError as e:
+            log.warning(
+                "start.generic_xdp reason=%s: using generic XDP on every interface "
+                "(redirects between native and generic XDP are dropped)",
+                e,
+            )
+            self.dataplane.detach_all()
+            for interface in interfaces:
+                self.dataplane.attach(interface, "generic")
 
     def start(self) -> None:
         """Load, configure and attach; raises StartError, leaving nothing

@@ -25,10 +25,13 @@ def require_root() -> None:
 
 @pytest.fixture(scope="module")
 def loaded() -> Iterator[Dataplane]:
-    """The program as sbulb builds it by default (no events), small maps;
-    loaded once per module, never attached."""
+    """The program as sbulb builds it by default (no events), small maps, with
+    sbulb's MAC swap: test runs without an interface would otherwise ask
+    this host's FIB (tests/test_forward.py covers that path). Loaded once
+    per module, never attached."""
     require_root()
-    dp = Dataplane(Limits(max_ports=4, max_real_servers=8, max_associations=4096))
+    dp = Dataplane(Limits(max_ports=4, max_real_servers=8, max_associations=4096),
+                   forward="mac-swap")
     dp.load()
     try:
         yield dp

@@ -133,13 +133,14 @@ def test_fib_paths(ns: str, fib_plane: Dataplane, family: int) -> None:
     assert result.action == XdpAction.REDIRECT
     assert result.frame == with_macs(natted(pkt, src=V), mac_of(ns, "y0"), GW_MAC)
 
-    # to a client behind z0, where sbulb is not: the kernel forwards it
+    # to a client behind z0, where sbulb is not: the kernel forwards it, so
+    # the frame stays addressed to this host
     pkt = udp(net, C[1], V, 2000, PORT)
     assert dp.test_run(bytes(pkt), ingress_ifindex=x0).action == XdpAction.TX  # rs0
     pkt = udp(net, RS[0], C[1], PORT, 2000)
     result = dp.test_run(bytes(pkt), ingress_ifindex=x0)
     assert result.action == XdpAction.PASS
-    assert result.frame == with_macs(natted(pkt, src=V), mac_of(ns, "z0"), OTHER_GW_MAC)
+    assert result.frame == with_macs(natted(pkt, src=V), pkt[Ether].src, pkt[Ether].dst)
 
     stats = dp.stats()
     assert (stats[Stat.FWD_FIB_TX], stats[Stat.FWD_NO_NEIGH_SWAP], stats[Stat.FWD_FIB_REDIRECT],
@@ -166,6 +167,36 @@ def test_no_neighbour_on_another_interface_goes_to_the_kernel(ns: str, fib_plane
     finally:
         sh("ip", "-n", ns, "neigh", "replace", gw, "lladdr", GW_MAC, "dev", "y0", "nud",
            "permanent")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_too_big_for_the_egress_and_no_route(ns: str, fib_plane: Dataplane, family: int) -> None:
+    """Bigger than the egress MTU: the kernel gets it (to fragment it or to
+    answer); no route: dropped. Neither is sent blindly."""
+    dp, net = fib_plane, NETS[family]
+    configure_plane(dp, family)
+    x0 = interface_index("x0")
+    C, V, RS = net.clients, net.vip, net.real_servers
+    assert dp.test_run(bytes(udp(net, C[0], V, 1, PORT)), ingress_ifindex=x0).action == XdpAction.TX
+    sh("ip", "-n", ns, "link", "set", "dev", "y0", "mtu", "1280")
+    try:
+        big = udp(net, RS[0], C[0], PORT, 1, payload=bytes(1300))
+        result = dp.test_run(bytes(big), ingress_ifindex=x0)
+        assert result.action == XdpAction.PASS
+        assert Ether(result.frame)[Ether].dst == big[Ether].dst
+        assert dp.stats()[Stat.FWD_FRAG_NEEDED] == 1
+    finally:
+        sh("ip", "-n", ns, "link", "set", "dev", "y0", "mtu", "1500")
+    unreachable = "192.0.2.3" if family == 4 else "2001:db8:c::3"
+    sh("ip", "-n", ns, "route", "add", "unreachable", unreachable)
+    try:
+        assert dp.test_run(bytes(udp(net, unreachable, V, 3, PORT)),
+                           ingress_ifindex=x0).action == XdpAction.TX  # second client: rs1
+        result = dp.test_run(bytes(udp(net, RS[1], unreachable, PORT, 3)), ingress_ifindex=x0)
+        assert result.action == XdpAction.DROP
+        assert dp.stats()[Stat.FWD_FIB_DROP] == 1
+    finally:
+        sh("ip", "-n", ns, "route", "del", "unreachable", unreachable)
 
 
 def test_host_that_does_not_forward_gets_sbulbs_mac_swap(ns: str, fib_plane: Dataplane) -> None:

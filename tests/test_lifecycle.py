@@ -224,3 +224,13 @@ def test_several_interfaces(ns: str, tmp_path: Path) -> None:
         assert [name for _, name in xdp_programs(ns, "veth1")] == ["sbulb_xdp"]
         assert lb.stop() == 0
     assert xdp_programs(ns, "veth0") == [] and xdp_programs(ns, "veth1") == []
+
+
+def test_auto_mode_never_mixes_native_and_generic(ns: str, tmp_path: Path) -> None:
+    """lo refuses native XDP: with auto, veth0 goes generic too, since a
+    redirect from native to generic XDP would be dropped."""
+    with sbulb(ns, ["veth0", "lo", *V4_ARGS[1:], "-l", "WARNING"], tmp_path) as lb:
+        lb.wait_ready()
+        assert "xdpgeneric" in run("ip", "-n", ns, "-d", "link", "show", "veth0").stdout
+        assert lb.stop() == 0
+    assert "start.generic_xdp" in lb.stderr

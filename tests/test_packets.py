@@ -447,11 +447,50 @@ def _v6_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
             Counts({Stat.TX_INGRESS: 1, Stat.ASSOC_CLIENT: 1, Stat.TX_ICMP_INGRESS: 1,
                     Stat.PASS_NOT_BALANCED: 1}),
         ],
+        "ipv6_fragments_with_destination_options_inside": [
+            *[Send(f"fragment {i}", Ether(frame), TX, out) for i, (frame, out) in
+              enumerate(zip(fragments(bytes(dstopt_big(n, C[0], V, 6000))),
+                            fragments(natted(dstopt_big(n, C[0], V, 6000), dst=RS[0]))))],
+            Counts({Stat.TX_INGRESS: 3, Stat.ASSOC_CLIENT: 1}),
+        ],
+        "ipv6_first_fragment_malformed_later_ones_follow_it": [
+            *[passes(f"fragment {i} (UDP checksum 0: not ours to rewrite)", Ether(frame))
+              for i, frame in enumerate(fragments(bytes(zero_sum_big(n, RS[0], C[0]))))],
+            Counts({Stat.PASS_MALFORMED: 3}),
+        ],
+        "ipv6_later_fragments_of_other_protocols_pass": [
+            passes("a TCP fragment to the VIP", eth / IPv6(src=C[0], dst=V)
+                   / IPv6ExtHdrFragment(id=9, offset=100, nh=6) / Raw(b"tcp data")),
+            Counts({Stat.PASS_NOT_UDP: 1}),
+        ],
+        "icmpv6_quoting_ipv4_mapped_addresses_untouched": [
+            ingress(0, 1000, 0),
+            passes("mapped quote", Ether(icmp_error(n, RS[0], C[0], bytes(
+                IPv6(src="::ffff:192.0.2.1", dst="::ffff:10.0.0.2") / UDP(sport=1000, dport=PORT)),
+                "unreachable"))),
+            Counts({Stat.TX_INGRESS: 1, Stat.ASSOC_CLIENT: 1, Stat.PASS_NOT_BALANCED: 1}),
+        ],
         "icmpv6_untouched": [
             passes("echo request", eth / IPv6(src=C[0], dst=V, nh=58) / Raw(b"\x80\x00" + bytes(6))),
             Counts({Stat.PASS_NOT_UDP: 1}),
         ],
     }
+
+
+def dstopt_big(n: Net, src: str, dst: str, sport: int) -> Packet:
+    """A fragmented datagram whose fragmentable part starts with
+    destination options: later fragments name those, not UDP."""
+    return Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IPv6(src=src, dst=dst, hlim=64) / (
+        IPv6ExtHdrFragment(id=33) / IPv6ExtHdrDestOpt() / UDP(sport=sport, dport=PORT)
+        / Raw(bytes(range(256)) * 12))
+
+
+def zero_sum_big(n: Net, src: str, dst: str) -> Packet:
+    """A fragmented IPv6 datagram with a zero UDP checksum (RFC 6935
+    tunnels): its first fragment is passed, and so must the rest be."""
+    pkt = Ether(bytes(big_udp(n, src, dst, PORT, 8000, 34)))
+    pkt[UDP].chksum = 0
+    return Ether(bytes(pkt))
 
 
 def quoted_fragment(src: str, dst: str, sport: int, dport: int, offset: int = 0) -> bytes:
@@ -570,7 +609,7 @@ def test_truncated_frames_pass_untouched(loaded: Dataplane, family: int, directi
 @pytest.fixture(scope="module")
 def tiny_lru() -> Iterator[Dataplane]:
     require_root()
-    dp = Dataplane(Limits(max_associations=8))
+    dp = Dataplane(Limits(max_associations=8), forward="mac-swap")
     dp.load()
     try:
         yield dp
@@ -612,7 +651,7 @@ def test_events_report_association_changes_and_drops() -> None:
     require_root()
     from sbulb.consts import EVENTS_ALL, EventType
 
-    dp = Dataplane(Limits(), events=EVENTS_ALL)
+    dp = Dataplane(Limits(), events=EVENTS_ALL, forward="mac-swap")
     dp.load()
     try:
         net = NETS[6]
@@ -733,3 +772,46 @@ def test_drained_server_keeps_its_clients_and_gets_no_new_one(loaded: Dataplane)
     assert run(udp(net, net.real_servers[0], net.clients[0], PORT, 1)).action == TX
     assert run(udp(net, net.real_servers[0], net.clients[1], PORT, 7)).action == TX
     assert loaded.associations()[(net.ip(net.clients[1]), 7)] == rs0
+
+
+def test_fragment_verdicts_expire() -> None:
+    """IP ids repeat: a later fragment must not follow an old datagram's
+    verdict. Built with a 0 ns lifetime, every remembered verdict is stale."""
+    require_root()
+    dp = Dataplane(Limits(max_associations=64), forward="mac-swap",
+                   defines={"SBULB_FRAG_TIMEOUT_NS": 0})
+    dp.load()
+    try:
+        net = NETS[4]
+        configure(dp, net)
+        frames = fragments(bytes(big_udp(net, net.clients[0], net.vip, 1, PORT)))
+        assert dp.test_run(frames[0]).action == TX
+        assert dp.test_run(frames[1]).action == DROP
+        assert dp.stats()[Stat.DROP_FRAG_UNKNOWN] == 1
+    finally:
+        dp.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_traffic_counted_per_server_and_direction(loaded: Dataplane, family: int) -> None:
+    from sbulb.dataplane import Traffic
+
+    net = NETS[family]
+    configure(loaded, net)
+    rs0, rs1, rs2 = net.rs_ips(0, 1, 2)
+    to0 = bytes(udp(net, net.clients[0], net.vip, 1, PORT, payload=b"x" * 10))
+    from0 = bytes(udp(net, net.real_servers[0], net.clients[0], PORT, 1, payload=b"y" * 30))
+    for _ in range(3):
+        assert loaded.test_run(to0).action == TX
+    for _ in range(2):
+        assert loaded.test_run(from0).action == TX
+    to1 = bytes(udp(net, net.clients[0], net.vip, 2, PORT))
+    assert loaded.test_run(to1).action == TX
+    traffic = loaded.server_traffic()
+    assert traffic[rs0] == Traffic(3, 3 * len(to0), 2, 2 * len(from0))
+    assert traffic[rs1] == Traffic(1, len(to1), 0, 0)
+    assert traffic[rs2] == Traffic()
+    # a removed server's slot starts from zero for the next one
+    loaded.set_real_servers(net.rs_ips(1, 2))
+    loaded.set_real_servers(net.rs_ips(1, 2, 3))
+    assert loaded.server_traffic()[net.ip(net.real_servers[3])] == Traffic()

@@ -281,7 +281,7 @@ def veth() -> Iterator[str]:
 
 def test_real_maps_follow_the_file_and_keep_associations(conf: Path, tmp_path: Path, veth: str) -> None:
     net = NETS[4]
-    dp = Dataplane(Limits(max_real_servers=4, max_associations=1024))
+    dp = Dataplane(Limits(max_real_servers=4, max_associations=1024), forward="mac-swap")
     recorder = Recorder()
     write_servers(conf, net.real_servers[:3])
     service = Service(make_config(conf, veth), dp, recorder, lock_dir=tmp_path / "run")

@@ -93,12 +93,17 @@ static __always_inline void frag_store(struct sbulb_frag_key *key,
 	sbulb_frags.update(key, val);
 }
 
+static __always_inline int is_redirect_target(__u32 ifindex)
+{
+	return sbulb_ifslot.lookup(&ifindex) != NULL;
+}
+
 static __always_inline int redirect_to(__u32 ifindex)
 {
 	__u32 *slot = sbulb_ifslot.lookup(&ifindex);
 
 	if (!slot)
-		return -1;
+		return XDP_PASS;
 	return sbulb_devmap.redirect_map(*slot, 0);
 }
 
@@ -110,6 +115,23 @@ static __always_inline void neigh_miss(struct sbulb_neigh *key)
 		*seen += 1;
 	else
 		sbulb_neigh_miss.update(key, &one);
+}
+
+static __always_inline void count_server(struct sbulb_addr *server, __u32 dir,
+					__u64 bytes)
+{
+	struct sbulb_traffic *t;
+	__u32 *slot, idx;
+
+	slot = sbulb_rs_index.lookup(server);
+	if (!slot)
+		return;
+	idx = *slot * 2 + dir;
+	t = sbulb_rs_stats.lookup(&idx);
+	if (t) {
+		t->packets += 1;
+		t->bytes += bytes;
+	}
 }
 
 /* Per-CPU array, softirq context: a plain increment needs no atomic. */
@@ -175,12 +197,24 @@ static __always_inline int is_tx(__u32 stat)
 	return stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS;
 }
 
+/* Count a rewritten datagram (or fragment) against its real server: the
+ * destination written for ingress, the source for egress. */
+static __always_inline void count_tx(__u32 stat, struct sbulb_addr *to,
+				     struct sbulb_addr *src, __u64 len)
+{
+	if (stat == SBULB_STAT_TX_INGRESS)
+		count_server(to, SBULB_DIR_TO_SERVER, len);
+	else if (stat == SBULB_STAT_TX_EGRESS)
+		count_server(src, SBULB_DIR_FROM_SERVER, len);
+}
+
 /*
  * An ICMP error (icmp.h): the outer header, then the quoted IPv4 header and
  * the first 8 bytes of the quoted UDP datagram.
  */
 static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
-					     void *data_end, struct iphdr *iph)
+					     void *data_end, struct iphdr *iph,
+					     __u64 len)
 {
 	struct flow outer = {}, quoted = {};
 	struct sbulb_addr to = {};
@@ -224,9 +258,11 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 	if (iph->ttl < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL;
 	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
+		count_server(&to, SBULB_DIR_TO_SERVER, len);
 		icmp4_nat_quoted(icmp, qip, qudp, &qip->saddr, to.a[3]);
 		nat_v4(iph, NULL, &iph->daddr, to.a[3]);
 	} else {
+		count_server(&quoted.dst, SBULB_DIR_FROM_SERVER, len);
 		server = qip->daddr;
 		icmp4_nat_quoted(icmp, qip, qudp, &qip->daddr, to.a[3]);
 		/* from the server itself: from the VIP; from a router: as is */
@@ -243,7 +279,7 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 					     void *data_end,
 					     struct ipv6hdr *ip6h,
 					     struct flow *outer,
-					     struct sbulb_cfg *cfg)
+					     struct sbulb_cfg *cfg, __u64 len)
 {
 	struct sbulb_addr to = {}, server;
 	struct sbulb_ip6_frag *qfh;
@@ -280,6 +316,8 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 
 	__builtin_memcpy(&quoted.src, &qip6->saddr, sizeof(quoted.src));
 	__builtin_memcpy(&quoted.dst, &qip6->daddr, sizeof(quoted.dst));
+	if (addr_is_v4_mapped(&quoted.src) || addr_is_v4_mapped(&quoted.dst))
+		return SBULB_STAT_PASS_NOT_BALANCED;
 	quoted.sport = qudp->source;
 	quoted.dport = qudp->dest;
 	stat = icmp_classify(outer, &quoted, cfg, &to);
@@ -288,10 +326,12 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 	if (ip6h->hop_limit < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL;
 	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
+		count_server(&to, SBULB_DIR_TO_SERVER, len);
 		icmp6_nat_quoted(icmp6, qudp, &qip6->saddr, &to);
 		icmp6_nat_outer(ip6h, icmp6, &ip6h->daddr, &to);
 	} else {
 		server = quoted.dst;
+		count_server(&server, SBULB_DIR_FROM_SERVER, len);
 		icmp6_nat_quoted(icmp6, qudp, &qip6->daddr, &to);
 		/* from the server itself: from the VIP; from a router: as is */
 		if (addr_eq(&outer->src, &server))
@@ -303,19 +343,52 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 }
 
 /*
- * IPv4. A fragmented datagram is decided by its first fragment (which holds
- * the UDP header); later fragments follow that verdict through sbulb_frags,
- * keyed by (source, destination, id, protocol) as they arrive.
+ * A whole UDP datagram or its first fragment, after the IP header(s): is it
+ * well formed, and what becomes of it. *udp is set when it is well formed.
+ * ip_payload: bytes after the IP header(s), per the IP header; fragment:
+ * the datagram is fragmented (then only its start is here).
  */
-static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
+static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
+					 struct flow *f, struct sbulb_cfg *cfg,
+					 __u32 ip_payload, int fragment, int v6,
+					 __u8 ttl, struct udphdr **udp,
+					 struct sbulb_addr *to)
+{
+	struct udphdr *u;
+
+	if (parse_udphdr(nh, data_end, &u) < 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	/* a whole datagram is exactly the IP payload; a first fragment holds
+	 * only the start of it. A zero UDP checksum is invalid on IPv6 (RFC
+	 * 8200 8.1; tunnels that may use it, RFC 6935, are not balanced). */
+	if (fragment ? ip_payload > bpf_ntohs(u->len) :
+		       ip_payload != bpf_ntohs(u->len))
+		return SBULB_STAT_PASS_MALFORMED;
+	if (v6 && u->check == 0)
+		return SBULB_STAT_PASS_MALFORMED;
+	*udp = u;
+	f->sport = u->source;
+	f->dport = u->dest;
+	return decide(f, cfg, ttl, to);
+}
+
+/*
+ * IPv4. A fragmented datagram is decided by its first fragment (which holds
+ * the UDP header); whatever that verdict is, when the datagram could be ours
+ * it is remembered in sbulb_frags, keyed by (source, destination, id,
+ * protocol) as they arrive, and the later fragments follow it.
+ */
+static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
+					__u64 len)
 {
 	struct sbulb_frag_key fkey = {};
+	struct udphdr *udp = NULL;
 	struct sbulb_addr to = {};
 	struct sbulb_cfg *cfg;
-	struct udphdr *udp;
 	struct iphdr *iph;
 	struct flow f = {};
-	__u16 tot_len;
+	__u16 tot_len, hdr_len;
+	__be32 *field;
 	__u32 stat;
 	int proto;
 
@@ -323,16 +396,9 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 	if (proto < 0)
 		return SBULB_STAT_PASS_MALFORMED;
 	if (proto == IPPROTO_ICMP)
-		return process_icmp_v4(nh, data_end, iph);
+		return process_icmp_v4(nh, data_end, iph, len);
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
-	/* the IP total length covers the headers and lies in the frame
-	 * (which Ethernet may pad) */
-	tot_len = bpf_ntohs(iph->tot_len);
-	if (tot_len < iph->ihl * 4 + (ipv4_is_later_fragment(iph) ? 0 : 8) ||
-	    (void *)iph + tot_len > data_end)
-		return SBULB_STAT_PASS_MALFORMED;
-
 	cfg = cfg_get();
 	if (!cfg)
 		return SBULB_STAT_PASS_NOT_BALANCED;
@@ -343,55 +409,53 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end)
 	fkey.id = iph->id;
 	fkey.proto = IPPROTO_UDP;
 
-	if (ipv4_is_later_fragment(iph)) {
+	/* the IP total length covers the header and lies in the frame (which
+	 * Ethernet may pad) */
+	tot_len = bpf_ntohs(iph->tot_len);
+	hdr_len = iph->ihl * 4;
+	if (tot_len < hdr_len || (void *)iph + tot_len > data_end)
+		stat = SBULB_STAT_PASS_MALFORMED;
+	else if (ipv4_is_later_fragment(iph))
 		stat = frag_follow(&fkey, &f, cfg, &to);
-		if (!is_tx(stat))
-			return stat;
-		if (iph->ttl < SBULB_MIN_TTL)
-			return SBULB_STAT_PASS_TTL;
-		nat_v4(iph, NULL,
-		       stat == SBULB_STAT_TX_INGRESS ? &iph->daddr : &iph->saddr,
-		       to.a[3]);
-		return stat;
-	}
-
-	if (parse_udphdr(nh, data_end, &udp) < 0)
-		return SBULB_STAT_PASS_MALFORMED;
-	/* a whole datagram is exactly the IP payload; a first fragment holds
-	 * only the start of it */
-	if (ipv4_is_fragment(iph) ?
-		    tot_len - iph->ihl * 4 > bpf_ntohs(udp->len) :
-		    tot_len != iph->ihl * 4 + bpf_ntohs(udp->len))
-		return SBULB_STAT_PASS_MALFORMED;
-	f.sport = udp->source;
-	f.dport = udp->dest;
-
-	stat = decide(&f, cfg, iph->ttl, &to);
-	if (ipv4_is_fragment(iph))
+	else
+		stat = udp_verdict(nh, data_end, &f, cfg, tot_len - hdr_len,
+				   ipv4_is_fragment(iph), 0, iph->ttl, &udp, &to);
+	if (ipv4_is_fragment(iph) && !ipv4_is_later_fragment(iph))
 		frag_remember(&fkey, &f, cfg, stat, &to);
-	if (stat == SBULB_STAT_TX_INGRESS)
-		nat_v4(iph, &udp->check, &iph->daddr, to.a[3]);
-	else if (stat == SBULB_STAT_TX_EGRESS)
-		nat_v4(iph, &udp->check, &iph->saddr, to.a[3]);
+	if (!is_tx(stat))
+		return stat;
+	if (iph->ttl < SBULB_MIN_TTL)
+		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
+	count_tx(stat, &to, &f.src, len);
+	field = stat == SBULB_STAT_TX_INGRESS ? &iph->daddr : &iph->saddr;
+	/* two calls, not `udp ? &udp->check : NULL`: LLVM 14 folds that into
+	 * one pointer the 6.18 verifier then sees as a scalar (2026-11) */
+	if (udp)
+		nat_v4(iph, &udp->check, field, to.a[3]);
+	else
+		nat_v4(iph, NULL, field, to.a[3]);
 	return stat;
 }
 
 /*
  * IPv6. Extension headers are walked (a bounded, unrolled loop); the
  * fragment header, if any, plays the part of IPv4's fragment fields, with
- * its 32-bit identification.
+ * its 32-bit identification; the key's protocol is the fragment header's
+ * next header, which every fragment carries.
  */
-static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
+static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
+					__u64 len)
 {
 	struct sbulb_ip6_frag *fh = NULL;
 	struct sbulb_frag_key fkey = {};
+	struct udphdr *udp = NULL;
 	struct sbulb_addr to = {};
+	struct in6_addr *field6;
 	struct sbulb_cfg *cfg;
 	struct ipv6hdr *ip6h;
-	struct udphdr *udp;
 	struct flow f = {};
 	__u32 stat, payload_len;
-	int proto, i;
+	int proto, i, later;
 
 	proto = parse_ip6hdr(nh, data_end, &ip6h);
 	if (proto < 0)
@@ -406,14 +470,14 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 		if (proto == -2)
 			return SBULB_STAT_PASS_IPV6_EXT;
 	}
-	if (ipv6_is_ext_header(proto) && !(fh && ipv6_is_later_fragment(fh)))
-		return SBULB_STAT_PASS_IPV6_EXT; /* more than we walk */
-	if (proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6)
+	later = fh && ipv6_is_later_fragment(fh);
+	/* a later fragment of anything but UDP (possibly behind more
+	 * extension headers) is none of ours */
+	if (later && fh->nexthdr != IPPROTO_UDP && !ipv6_is_ext_header(fh->nexthdr))
 		return SBULB_STAT_PASS_NOT_UDP;
-	/* the payload (extension headers included) lies in the frame */
-	payload_len = bpf_ntohs(ip6h->payload_len);
-	if ((void *)(ip6h + 1) + payload_len > data_end)
-		return SBULB_STAT_PASS_MALFORMED;
+	if (!later && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 &&
+	    !ipv6_is_ext_header(proto))
+		return SBULB_STAT_PASS_NOT_UDP;
 
 	cfg = cfg_get();
 	if (!cfg)
@@ -423,49 +487,40 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end)
 	/* would collide with the IPv4 addresses of the maps */
 	if (addr_is_v4_mapped(&f.src) || addr_is_v4_mapped(&f.dst))
 		return SBULB_STAT_PASS_NOT_BALANCED;
-	if (proto == IPPROTO_ICMPV6)
-		return fh ? SBULB_STAT_PASS_NOT_BALANCED /* left to the kernel */
-			  : process_icmp_v6(nh, data_end, ip6h, &f, cfg);
-
 	if (fh) {
 		fkey.src = f.src;
 		fkey.dst = f.dst;
 		fkey.id = fh->identification;
-		fkey.proto = IPPROTO_UDP;
-		if (ipv6_is_later_fragment(fh)) {
-			stat = frag_follow(&fkey, &f, cfg, &to);
-			if (!is_tx(stat))
-				return stat;
-			if (ip6h->hop_limit < SBULB_MIN_TTL)
-				return SBULB_STAT_PASS_TTL;
-			nat_v6(ip6h, NULL,
-			       stat == SBULB_STAT_TX_INGRESS ? &ip6h->daddr :
-							       &ip6h->saddr,
-			       &to);
-			return stat;
-		}
+		fkey.proto = fh->nexthdr;
 	}
 
-	if (parse_udphdr(nh, data_end, &udp) < 0)
-		return SBULB_STAT_PASS_MALFORMED;
-	/* a whole datagram is exactly what follows the extension headers; a
-	 * first fragment holds only the start of it. A zero UDP checksum is
-	 * invalid on IPv6 (RFC 8200 8.1). */
-	payload_len -= (void *)udp - (void *)(ip6h + 1);
-	if ((fh ? payload_len > bpf_ntohs(udp->len) :
-		  payload_len != bpf_ntohs(udp->len)) ||
-	    udp->check == 0)
-		return SBULB_STAT_PASS_MALFORMED;
-	f.sport = udp->source;
-	f.dport = udp->dest;
-
-	stat = decide(&f, cfg, ip6h->hop_limit, &to);
-	if (fh)
+	/* the payload (extension headers included) lies in the frame */
+	payload_len = bpf_ntohs(ip6h->payload_len);
+	if ((void *)(ip6h + 1) + payload_len > data_end)
+		stat = SBULB_STAT_PASS_MALFORMED;
+	else if (later)
+		stat = frag_follow(&fkey, &f, cfg, &to);
+	else if (ipv6_is_ext_header(proto))
+		stat = SBULB_STAT_PASS_IPV6_EXT; /* more than we walk */
+	else if (proto == IPPROTO_ICMPV6)
+		stat = fh ? SBULB_STAT_PASS_NOT_BALANCED /* left to the kernel */
+			  : process_icmp_v6(nh, data_end, ip6h, &f, cfg, len);
+	else
+		stat = udp_verdict(nh, data_end, &f, cfg,
+				   payload_len - (nh->pos - (void *)(ip6h + 1)),
+				   fh != NULL, 1, ip6h->hop_limit, &udp, &to);
+	if (fh && !later)
 		frag_remember(&fkey, &f, cfg, stat, &to);
-	if (stat == SBULB_STAT_TX_INGRESS)
-		nat_v6(ip6h, &udp->check, &ip6h->daddr, &to);
-	else if (stat == SBULB_STAT_TX_EGRESS)
-		nat_v6(ip6h, &udp->check, &ip6h->saddr, &to);
+	if (!is_tx(stat))
+		return stat; /* ICMP's TX stats are not is_tx(): done already */
+	if (ip6h->hop_limit < SBULB_MIN_TTL)
+		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
+	count_tx(stat, &to, &f.src, len);
+	field6 = stat == SBULB_STAT_TX_INGRESS ? &ip6h->daddr : &ip6h->saddr;
+	if (udp) /* two calls: see process_v4 */
+		nat_v6(ip6h, &udp->check, field6, &to);
+	else
+		nat_v6(ip6h, NULL, field6, &to);
 	return stat;
 }
 
@@ -484,9 +539,9 @@ int sbulb_xdp(struct xdp_md *ctx)
 	if (proto < 0)
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else if (proto == bpf_htons(ETH_P_IP))
-		stat = process_v4(&nh, data_end);
+		stat = process_v4(&nh, data_end, data_end - data);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		stat = process_v6(&nh, data_end);
+		stat = process_v6(&nh, data_end, data_end - data);
 	else
 		stat = SBULB_STAT_PASS_NOT_IP;
 

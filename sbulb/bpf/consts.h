@@ -44,6 +44,13 @@
 #define SBULB_MAX_FRAGMENTED 16384
 #endif
 
+/* A first fragment's verdict is followed this long (the kernel's
+ * ipfrag_time): IP ids repeat, and a later fragment must not follow the
+ * verdict of another, older datagram. */
+#ifndef SBULB_FRAG_TIMEOUT_NS
+#define SBULB_FRAG_TIMEOUT_NS (30ULL * 1000 * 1000 * 1000)
+#endif
+
 /* IPv6 extension headers walked before giving up (hop-by-hop, routing with
  * no segment left, destination options, fragment). */
 #define SBULB_MAX_IPV6_EXT 4
@@ -116,7 +123,16 @@ enum sbulb_stat {
 	SBULB_STAT_FWD_NO_NEIGH_SWAP = 21,  /* no neighbour yet, same interface: MAC swap */
 	SBULB_STAT_FWD_NO_NEIGH_PASS = 22,  /* no neighbour yet, other interface: kernel */
 	SBULB_STAT_FWD_MAC_SWAP = 23,       /* mac-swap mode, or the host does not forward */
-	SBULB_STAT_MAX = 24,
+	SBULB_STAT_FWD_FIB_DROP = 24,       /* FIB: no route (blackhole, unreachable...) */
+	SBULB_STAT_FWD_FIB_LOCAL = 25,      /* FIB: for this host, or beyond XDP: kernel */
+	SBULB_STAT_FWD_FRAG_NEEDED = 26,    /* FIB: bigger than the egress MTU: kernel */
+	SBULB_STAT_MAX = 27,
+};
+
+/* Directions of sbulb_rs_stats: index = slot * 2 + direction. */
+enum sbulb_direction {
+	SBULB_DIR_TO_SERVER = 0,   /* client -> real server (and errors to it) */
+	SBULB_DIR_FROM_SERVER = 1, /* real server -> client (and errors about it) */
 };
 
 /* Types of struct sbulb_event. */

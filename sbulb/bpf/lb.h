@@ -227,7 +227,8 @@ static __always_inline int frag_is_ours(struct flow *f, struct sbulb_cfg *cfg)
 	return addr_eq(&f->dst, &cfg->vip) || addr_is_real_server(&f->src);
 }
 
-/* A first fragment: remember its verdict for the later ones. */
+/* A first fragment: remember its verdict, whatever it is (pass and drop
+ * too), for the later ones, if the datagram could be ours. */
 static __always_inline void frag_remember(struct sbulb_frag_key *key,
 					  struct flow *f, struct sbulb_cfg *cfg,
 					  __u32 stat, struct sbulb_addr *to)
@@ -236,6 +237,7 @@ static __always_inline void frag_remember(struct sbulb_frag_key *key,
 
 	if (!frag_is_ours(f, cfg))
 		return;
+	val.seen_ns = bpf_ktime_get_ns();
 	val.stat = stat;
 	if (stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS)
 		val.to = *to;
@@ -250,7 +252,7 @@ static __always_inline __u32 frag_follow(struct sbulb_frag_key *key,
 {
 	struct sbulb_frag *val = frag_lookup(key);
 
-	if (!val)
+	if (!val || bpf_ktime_get_ns() - val->seen_ns > SBULB_FRAG_TIMEOUT_NS)
 		return frag_is_ours(f, cfg) ? SBULB_STAT_DROP_FRAG_UNKNOWN
 					    : SBULB_STAT_PASS_NOT_BALANCED;
 	*to = val->to;

@@ -61,6 +61,10 @@ BPF_HASH(sbulb_ifslot, __u32, __u32, SBULB_MAX_INTERFACES);
 BPF_TABLE("lru_hash", struct sbulb_neigh, __u64, sbulb_neigh_miss,
 	  SBULB_MAX_NEIGH_MISSES);
 
+/* Per-CPU traffic per real server slot and direction (slot * 2 + dir). */
+BPF_PERCPU_ARRAY(sbulb_rs_stats, struct sbulb_traffic,
+		 2 * (2 * SBULB_MAX_REAL_SERVERS + 1));
+
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
 
@@ -83,9 +87,13 @@ static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbul
 static __always_inline int assoc_update(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
 static __always_inline struct sbulb_frag *frag_lookup(struct sbulb_frag_key *key);
 static __always_inline void frag_store(struct sbulb_frag_key *key, struct sbulb_frag *val);
-/* XDP_REDIRECT to one of our interfaces, or -1 if it is not one */
+/* is this ifindex one of the interfaces sbulb is attached to? */
+static __always_inline int is_redirect_target(__u32 ifindex);
+/* XDP_REDIRECT to one of our interfaces (XDP_PASS if it is not one) */
 static __always_inline int redirect_to(__u32 ifindex);
 static __always_inline void neigh_miss(struct sbulb_neigh *key);
+/* count a packet of `bytes` to/from a real server (enum sbulb_direction) */
+static __always_inline void count_server(struct sbulb_addr *server, __u32 dir, __u64 bytes);
 /* add one to a counter slot (enum sbulb_stat) */
 static __always_inline void count(__u32 stat);
 

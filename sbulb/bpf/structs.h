@@ -56,6 +56,14 @@ struct sbulb_frag_key {
 struct sbulb_frag {
 	struct sbulb_addr to; /* address written (SBULB_STAT_TX_* only) */
 	__u32 stat;           /* the first fragment's verdict slot (enum sbulb_stat) */
+	__u32 pad;            /* zero */
+	__u64 seen_ns;        /* when (bpf_ktime_get_ns), to let old ones expire */
+};
+
+/* Value of sbulb_rs_stats: traffic of one real server in one direction. */
+struct sbulb_traffic {
+	__u64 packets;
+	__u64 bytes; /* frame bytes, Ethernet header included */
 };
 
 /* Key of sbulb_neigh_miss: a next hop the kernel has no neighbour for. */
