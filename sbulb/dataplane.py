@@ -516,6 +516,21 @@ class Dataplane:
         """Fragmented datagrams whose later fragments the program follows."""
         return sum(1 for _ in self._table("sbulb_frags").keys())
 
+    def delete_association(self, client: IPAddress, port: int) -> bool:
+        """Forget one client's association; whether there was one."""
+        table = self._table("sbulb_assoc")
+        key = table.Key.from_buffer_copy(addr_to_bytes(client) + struct.pack("!HH", port, 0))
+        try:
+            del table[key]
+        except KeyError:
+            return False
+        return True
+
+    def attached_modes(self) -> dict[str, str]:
+        """interface -> 'native' or 'generic'."""
+        return {name: "native" if flags == XDP_FLAGS_DRV_MODE else "generic"
+                for name, (_, flags) in self._attached.items()}
+
     def set_association(self, client: IPAddress, port: int, server: IPAddress) -> None:
         key = addr_to_bytes(client) + struct.pack("!HH", port, 0)
         self._put("sbulb_assoc", key, addr_to_bytes(server))

@@ -16,8 +16,17 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from sbulb import neigh
-from sbulb.config import Config, ConfigError, IPAddress, RealServer, endpoint, read_file
+from sbulb import __version__, neigh
+from sbulb.config import (
+    Config,
+    ConfigError,
+    IPAddress,
+    RealServer,
+    endpoint,
+    parse_address,
+    read_file,
+)
+from sbulb.control import RUN_DIR, ControlError, ControlServer
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
@@ -35,7 +44,7 @@ log = logging.getLogger(__name__)
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a file event: editors write in steps
 EVENT_INTERVAL = 0.1  # how often data-path events are read, when compiled in
 IDLE_INTERVAL = 1.0  # wake-up period otherwise
-LOCK_DIR = Path("/run/sbulb")
+LOCK_DIR = RUN_DIR
 
 
 class StartError(Exception):
@@ -171,6 +180,8 @@ class Service:
         self._file_changed_at: float | None = None
         self._watcher: ConfigWatcher | None = None
         self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
+        self._run_dir = lock_dir
+        self._control: ControlServer | None = None
 
     # -- requests (any thread, signal handlers)
 
@@ -297,6 +308,11 @@ class Service:
             if self._stop_requested:
                 return
             self._attach()
+            try:
+                self._control = ControlServer(self.config.interfaces, self.handle_control,
+                                              self._run_dir)
+            except OSError as e:
+                raise StartError(f"cannot create the control socket: {e.strerror or e}") from None
         except BaseException:
             self._shutdown()
             raise
@@ -312,6 +328,9 @@ class Service:
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
     def _shutdown(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -389,6 +408,80 @@ class Service:
         self.notifier.notify(f"READY=1\nSTATUS={status}")
         return applied
 
+    # -- control requests (sbulbctl), served from the main loop
+
+    def handle_control(self, command: str, args: dict) -> object:
+        if command == "status":
+            return self.status_report()
+        if command == "associations.list":
+            client = _address_arg(args, "client")
+            server = _address_arg(args, "server")
+            limit = int(args.get("limit") or 0)
+            entries = sorted(self.dataplane.associations().items(),
+                             key=lambda item: (item[0][0].packed, item[0][1]))
+            found = [
+                {"client": str(c), "port": p, "server": str(s)}
+                for (c, p), s in entries
+                if (client is None or c == client) and (server is None or s == server)
+            ]
+            return {"total": len(found), "associations": found[:limit] if limit else found}
+        if command == "associations.count":
+            return len(self.dataplane.associations())
+        if command in ("associations.get", "associations.delete"):
+            client = _address_arg(args, "client", required=True)
+            port = _port_arg(args)
+            assert client is not None
+            if command == "associations.delete":
+                deleted = self.dataplane.delete_association(client, port)
+                log.info("assoc.deleted client=%s by=sbulbctl found=%s", endpoint(client, port),
+                         deleted)
+                return deleted
+            server = self.dataplane.associations().get((client, port))
+            return None if server is None else str(server)
+        if command == "associations.flush":
+            server = _address_arg(args, "server", required=True)
+            count = 0
+            for (client, port), owner in self.dataplane.associations().items():
+                if owner == server:
+                    count += self.dataplane.delete_association(client, port)
+            log.info("assoc.flushed server=%s count=%d by=sbulbctl", server, count)
+            return count
+        raise ControlError(f"unknown command '{command}'")
+
+    def status_report(self) -> dict:
+        """What sbulbctl status shows."""
+        traffic = self.dataplane.server_traffic()
+        per_server: dict = {}
+        associations = self.dataplane.associations()
+        for server in associations.values():
+            per_server[server] = per_server.get(server, 0) + 1
+        servers = []
+        for rs in self.real_servers:
+            t = traffic.get(rs.address)
+            servers.append({
+                "address": str(rs.address),
+                "weight": rs.weight,
+                "state": "active" if rs.weight else "drained",
+                "associations": per_server.get(rs.address, 0),
+                "packets_to": t.packets_to if t else 0,
+                "bytes_to": t.bytes_to if t else 0,
+                "packets_from": t.packets_from if t else 0,
+                "bytes_from": t.bytes_from if t else 0,
+            })
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "interfaces": self.dataplane.attached_modes(),
+            "forward": self.config.forward,
+            "virtual_server": str(self.config.virtual_server),
+            "ports": list(self.config.ports),
+            "config_file": str(self.config.config_file) if self.config.config_file else None,
+            "associations": len(associations),
+            "max_associations": self.config.limits.max_associations,
+            "real_servers": servers,
+            "counters": {stat.name: value for stat, value in self.dataplane.stats().items()},
+        }
+
     # -- main loop
 
     def _timeout(self) -> float:
@@ -405,8 +498,13 @@ class Service:
 
     def loop(self) -> None:
         while not self._stop_requested:
-            select.select([self._wake_r], [], [], self._timeout())
+            waiting: list = [self._wake_r]
+            if self._control is not None:
+                waiting.append(self._control)
+            readable, _, _ = select.select(waiting, [], [], self._timeout())
             self._drain_wake_pipe()
+            if self._control is not None and self._control in readable:
+                self._control.serve_one()
             if self._stop_requested:
                 break
             if self._reload_requested:
@@ -444,3 +542,25 @@ class Service:
             os.close(self._wake_r)
             os.close(self._wake_w)
         return 0
+
+
+def _address_arg(args: dict, name: str, required: bool = False) -> IPAddress | None:
+    value = args.get(name)
+    if value is None:
+        if required:
+            raise ControlError(f"{name} is required")
+        return None
+    try:
+        return parse_address(str(value), name)
+    except ConfigError as e:
+        raise ControlError(str(e)) from None
+
+
+def _port_arg(args: dict) -> int:
+    try:
+        port = int(args.get("port"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ControlError("a client port is required") from None
+    if not 1 <= port <= 65535:
+        raise ControlError(f"port {port} is not between 1 and 65535")
+    return port

@@ -181,6 +181,9 @@ def test_console_script(tmp_path: Path) -> None:
     script = venv / "bin" / "sbulb"
     help_text = subprocess.run([str(script), "-h"], capture_output=True, text=True, cwd=tmp_path)
     assert help_text.returncode == 0 and "--max_associations" in help_text.stdout
+    ctl = subprocess.run([str(venv / "bin" / "sbulbctl"), "-h"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert ctl.returncode == 0 and "associations" in ctl.stdout
     bad = subprocess.run([str(script), "lo", "-vs", "300.1.1.1", "-rs", "10.0.0.1", "-p", "5683"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

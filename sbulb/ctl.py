@@ -1,0 +1,222 @@
+"""sbulbctl: look at, and act on, a running sbulb daemon.
+
+    sbulbctl status
+    sbulbctl associations list [--client IP] [--server IP] [--limit N]
+    sbulbctl associations count | get IP:PORT | delete IP:PORT | flush --server IP
+    sbulbctl top [--interval S] [--count N]
+
+It talks to the daemon through its control socket (sbulb/control.py), as
+root. Read commands take --json. Exit codes: 0 ok, 1 error (no daemon, a
+refused request), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence, TextIO
+
+from sbulb import control
+from sbulb.config import ConfigError, parse_address
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sbulbctl", description="Look at and act on a running sbulb.")
+    parser.add_argument("-i", "--interface",
+                        help="the daemon's interface (default: the only sbulb running here)")
+    parser.add_argument("--json", action="store_true", help="JSON output (read commands)")
+    # --json after the command too (it does not reset one given before it)
+    json_too = argparse.ArgumentParser(add_help=False)
+    json_too.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                          help="JSON output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("status", parents=[json_too],
+                        help="VIP, ports, real servers with their traffic, counters")
+    assoc = commands.add_parser("associations", parents=[json_too],
+                                help="client ip:port -> real server")
+    actions = assoc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[json_too], help="list associations")
+    listing.add_argument("--client", help="only this client IP")
+    listing.add_argument("--server", help="only this real server")
+    listing.add_argument("--limit", type=int, default=0, help="at most N (default: all)")
+    actions.add_parser("count", parents=[json_too], help="how many associations")
+    get = actions.add_parser("get", parents=[json_too], help="the real server of one client")
+    get.add_argument("endpoint", metavar="IP:PORT")
+    delete = actions.add_parser("delete", help="forget one client (its next datagram picks anew)")
+    delete.add_argument("endpoint", metavar="IP:PORT")
+    flush = actions.add_parser("flush", help="forget every client of one real server")
+    flush.add_argument("--server", required=True)
+    top = commands.add_parser("top", parents=[json_too],
+                              help="per-server rates, refreshed in place")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds (default: 1)")
+    top.add_argument("--count", type=int, default=0, help="stop after N refreshes")
+    return parser
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """'10.0.0.1:5683' or '[2001:db8::1]:5683'."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"'{text}' is not IP:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"invalid port in '{text}'") from None
+    return str(parse_address(host, "client")), number
+
+
+def find_daemon(interface: str | None) -> Path:
+    running = control.daemons()
+    if interface is not None:
+        return control.socket_path(interface)
+    if not running:
+        raise control.ControlError(
+            f"no sbulb daemon is running in this network namespace (no control socket in "
+            f"{control.RUN_DIR})"
+        )
+    sockets = {path.resolve() for path in running.values()}
+    if len({p.stat().st_ino for p in sockets if p.exists()}) > 1:
+        raise control.ControlError(
+            f"several sbulb daemons run here ({', '.join(sorted(running))}): choose one with -i"
+        )
+    return next(iter(running.values()))
+
+
+def print_status(status: dict[str, Any], out: TextIO) -> None:
+    modes = ", ".join(f"{name} ({mode})" for name, mode in status["interfaces"].items())
+    out.write(f"sbulb {status['version']}, pid {status['pid']}, on {modes}, "
+              f"forward {status['forward']}\n")
+    out.write(f"virtual server {status['virtual_server']} port(s) "
+              f"{' '.join(map(str, status['ports']))}\n")
+    if status["config_file"]:
+        out.write(f"config file {status['config_file']}\n")
+    out.write(f"associations {status['associations']} (at most {status['max_associations']})\n\n")
+    header = ("real server", "weight", "state", "assoc", "pkts to", "bytes to", "pkts from",
+              "bytes from")
+    rows = [header] + [
+        (s["address"], s["weight"], s["state"], s["associations"], s["packets_to"],
+         s["bytes_to"], s["packets_from"], s["bytes_from"])
+        for s in status["real_servers"]
+    ]
+    _table(rows, out)
+    out.write("\ncounters\n")
+    for name, value in status["counters"].items():
+        if value:
+            out.write(f"  {name:<20} {value}\n")
+
+
+def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def top(path: Path, interval: float, count: int, as_json: bool, out: TextIO) -> None:
+    previous = control.request(path, "status")
+    previous_at = time.monotonic()
+    done = 0
+    while not count or done < count:
+        time.sleep(interval)  # the refresh period the operator asked for
+        status = control.request(path, "status")
+        now = time.monotonic()
+        elapsed = max(now - previous_at, 1e-9)
+        before = {s["address"]: s for s in previous["real_servers"]}
+        rates = []
+        for s in status["real_servers"]:
+            old = before.get(s["address"], {})
+            rates.append({
+                "address": s["address"],
+                "weight": s["weight"],
+                "associations": s["associations"],
+                **{f"{key}_per_s": round((s[key] - old.get(key, 0)) / elapsed, 1)
+                   for key in ("packets_to", "bytes_to", "packets_from", "bytes_from")},
+            })
+        if as_json:
+            out.write(json.dumps({"interval": round(elapsed, 3), "real_servers": rates}) + "\n")
+        else:
+            out.write("\x1b[H\x1b[2J")  # refresh in place
+            out.write(f"sbulb on {', '.join(status['interfaces'])}: {status['virtual_server']}, "
+                      f"{status['associations']} associations, every {interval:g}s\n\n")
+            _table([("real server", "weight", "assoc", "pkts/s to", "bytes/s to", "pkts/s from",
+                     "bytes/s from")] + [
+                (r["address"], r["weight"], r["associations"], r["packets_to_per_s"],
+                 r["bytes_to_per_s"], r["packets_from_per_s"], r["bytes_from_per_s"])
+                for r in rates], out)
+        out.flush()
+        previous, previous_at = status, now
+        done += 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "endpoint", None) is not None:
+        try:
+            args.client, args.port = parse_endpoint(args.endpoint)
+        except ConfigError as e:
+            parser.error(str(e))
+    out = sys.stdout
+    try:
+        path = find_daemon(args.interface)
+        if args.command == "status":
+            status = control.request(path, "status")
+            if args.json:
+                json.dump(status, out, indent=2)
+                out.write("\n")
+            else:
+                print_status(status, out)
+        elif args.command == "top":
+            top(path, args.interval, args.count, args.json, out)
+        else:
+            result = associations(path, args)
+            if args.json:
+                out.write(json.dumps(result, indent=2 if isinstance(result, dict) else None) + "\n")
+            elif args.action == "list":
+                for a in result["associations"]:
+                    client = f"[{a['client']}]" if ":" in a["client"] else a["client"]
+                    out.write(f"{client}:{a['port']} -> {a['server']}\n")
+                out.write(f"({len(result['associations'])} of {result['total']})\n")
+            elif args.action == "flush":
+                out.write(f"{result} association(s) of {args.server} forgotten\n")
+            elif args.action == "count":
+                out.write(f"{result}\n")
+            elif result is None or result is False:
+                print(f"sbulbctl: {args.endpoint} has no association", file=sys.stderr)
+                return EXIT_ERROR
+            else:
+                out.write("deleted\n" if result is True else f"{result}\n")
+    except (control.ControlError, ConfigError) as e:
+        print(f"sbulbctl: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def associations(path: Path, args: argparse.Namespace) -> Any:
+    if args.action == "list":
+        query = {"client": args.client, "server": args.server, "limit": args.limit}
+        return control.request(path, "associations.list", query)
+    if args.action == "count":
+        return control.request(path, "associations.count")
+    if args.action == "flush":
+        return control.request(path, "associations.flush", {"server": args.server})
+    return control.request(path, f"associations.{args.action}",
+                           {"client": args.client, "port": args.port})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

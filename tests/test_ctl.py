@@ -1,0 +1,130 @@
+"""sbulbctl against the real daemon in the lab: its numbers against the
+packets sent, its actions against what the data path then does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sbulb.lab import PORT, Client, Lab, SbulbProcess
+from tests.conftest import require_root
+from tests.proc import REPO
+
+
+def sbulbctl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.lb_ns, sys.executable, "-m", "sbulb.ctl", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+
+
+def ctl_json(lab: Lab, *args: str):
+    result = sbulbctl(lab, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_root()
+    with Lab(servers=3) as built:
+        yield built
+
+
+@pytest.fixture
+def balancer(lab: Lab, tmp_path: Path) -> Iterator[SbulbProcess]:
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1, 2])
+    process = lab.start_sbulb(lab.sbulb_args(4, conf), tmp_path)
+    process.wait_ready()
+    yield process
+    process.close()
+
+
+def ping(client: Client, lab: Lab, payload: bytes) -> str:
+    """One datagram, one answer, no retry: counters must match exactly."""
+    client.send(lab.v4.vip, PORT, payload)
+    reply = client.receive(timeout=5)
+    assert reply is not None and reply.payload == payload, "a datagram was lost"
+    return reply.server
+
+
+def test_status_counts_what_was_sent(lab: Lab, balancer: SbulbProcess) -> None:
+    clients = [lab.client(4) for _ in range(5)]  # rs0, rs1, rs2, rs0, rs1
+    sent = {"rs0": 0, "rs1": 0, "rs2": 0}
+    for n, client in enumerate(clients):
+        for _ in range(n + 1):
+            sent[ping(client, lab, b"12345678")] += 1
+    frame = 14 + 20 + 8 + 8
+    status = ctl_json(lab, "status")
+    by_name = {s["address"]: s for s in status["real_servers"]}
+    for name, count in sent.items():
+        address = str(lab.v4.real_servers[int(name[2:])])
+        server = by_name[address]
+        assert (server["packets_to"], server["packets_from"]) == (count, count), name
+        # the answer is longer: "rsN " + payload
+        assert (server["bytes_to"], server["bytes_from"]) == (count * frame, count * (frame + 4))
+        assert (server["weight"], server["state"]) == (1, "active")
+    assert [s["associations"] for s in status["real_servers"]] == [2, 2, 1]
+    assert status["associations"] == 5
+    total = sum(sent.values())
+    assert status["counters"]["TX_INGRESS"] == total and status["counters"]["TX_EGRESS"] == total
+    assert status["counters"]["ASSOC_CLIENT"] == 5
+    assert status["virtual_server"] == str(lab.v4.vip) and status["ports"] == [PORT]
+    assert status["interfaces"] == {"eth0": "native"}
+    human = sbulbctl(lab, "status")
+    assert human.returncode == 0 and str(lab.v4.real_servers[0]) in human.stdout
+
+
+def test_control_socket_is_owner_only(lab: Lab, balancer: SbulbProcess) -> None:
+    netns = subprocess.run(["ip", "netns", "exec", lab.lb_ns, "stat", "-L", "-c", "%i",
+                            "/proc/self/ns/net"], capture_output=True, text=True).stdout.strip()
+    path = Path(f"/run/sbulb/eth0.{netns}.sock")
+    assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_association_commands(lab: Lab, balancer: SbulbProcess) -> None:
+    a, b, c = (lab.client(4) for _ in range(3))  # rs0, rs1, rs2
+    assert [ping(x, lab, b"hi") for x in (a, b, c)] == ["rs0", "rs1", "rs2"]
+    rs0, rs1 = (str(s) for s in lab.v4.real_servers[:2])
+    assert ctl_json(lab, "associations", "count") == 3
+    listed = ctl_json(lab, "associations", "list", "--server", rs0)
+    assert listed["associations"] == [{"client": str(a.address), "port": a.port, "server": rs0}]
+    got = sbulbctl(lab, "associations", "get", f"{b.address}:{b.port}")
+    assert got.returncode == 0 and got.stdout.strip() == rs1
+    # delete a's association: its next datagram is a new client (cursor: rs0)
+    deleted = sbulbctl(lab, "associations", "delete", f"{a.address}:{a.port}")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted"
+    missing = sbulbctl(lab, "associations", "get", f"{a.address}:{a.port}")
+    assert missing.returncode == 1 and "has no association" in missing.stderr
+    assert ping(a, lab, b"again") == "rs0"
+    # flush rs1's clients: b picks anew (cursor: rs1 again)
+    flushed = sbulbctl(lab, "associations", "flush", "--server", rs1)
+    assert flushed.returncode == 0 and flushed.stdout.startswith("1 association")
+    assert ctl_json(lab, "associations", "list", "--server", rs1)["total"] == 0
+    assert ping(b, lab, b"again") == "rs1"
+    assert ping(c, lab, b"again") == "rs2"
+
+
+def test_top_refreshes(lab: Lab, balancer: SbulbProcess) -> None:
+    client = lab.client(4)
+    ping(client, lab, b"x")
+    result = sbulbctl(lab, "top", "--count", "2", "--interval", "0.1", "--json")
+    assert result.returncode == 0, result.stderr
+    frames = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(frames) == 2 and len(frames[0]["real_servers"]) == 3
+    human = sbulbctl(lab, "top", "--count", "1", "--interval", "0.1")
+    assert human.stdout.startswith("\x1b[H\x1b[2J") and "pkts/s to" in human.stdout
+
+
+def test_no_daemon_is_one_clear_line(lab: Lab) -> None:
+    result = sbulbctl(lab, "status")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no sbulb daemon is running" in result.stderr
+    bad = sbulbctl(lab, "associations", "get", "10.0.0.1")
+    assert bad.returncode == 2 and "is not IP:PORT" in bad.stderr
