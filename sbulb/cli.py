@@ -26,6 +26,7 @@ from sbulb.config import (
     Limits,
     RealServer,
     parse_address,
+    parse_listen,
     parse_real_server,
     read_file,
 )
@@ -86,6 +87,13 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"UDP port {port} is not between 1 and 65535")
     return port
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:
@@ -199,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "everywhere) or 'auto': native, else generic with a warning. (default: %(default)s)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        type=_listen,
+        help="serve Prometheus metrics over HTTP on this address (HOST defaults to "
+        "127.0.0.1; off unless given)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the configuration, compile and load the XDP program "
@@ -249,6 +264,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             limits=limits,
             forward=args.forward,
             xdp_mode=args.xdp_mode,
+            metrics=args.metrics,
             cli_virtual_server=args.virtual_server,
             cli_ports=cli_ports,
         )

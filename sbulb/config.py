@@ -105,6 +105,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     forward: str = "fib"
     xdp_mode: str = "auto"
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     # what the command line said (it wins over the config file at reload)
     cli_virtual_server: IPAddress | None = None
     cli_ports: tuple[int, ...] | None = None
@@ -335,6 +336,26 @@ def read_real_servers(path: Path, vip: IPAddress, limits: Limits) -> tuple[RealS
     servers = read_file(path).real_servers
     check_real_servers(servers, vip, limits)
     return servers
+
+
+METRICS_HOST = "127.0.0.1"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'9642', 'HOST:9642' or '[IPv6]:9642'; the host defaults to 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = METRICS_HOST, text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+        if not 1 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"invalid metrics port in '{text}'") from None
+    if not host:
+        raise ConfigError(f"no metrics address in '{text}'")
+    return host, number
 
 
 def endpoint(address: IPAddress, port: int) -> str:

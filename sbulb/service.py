@@ -182,6 +182,7 @@ class Service:
         self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
         self._run_dir = lock_dir
         self._control: ControlServer | None = None
+        self._metrics = None  # sbulb.metrics.MetricsServer, with --metrics
 
     # -- requests (any thread, signal handlers)
 
@@ -313,6 +314,8 @@ class Service:
                                               self._run_dir)
             except OSError as e:
                 raise StartError(f"cannot create the control socket: {e.strerror or e}") from None
+            if self.config.metrics is not None:
+                self._start_metrics(*self.config.metrics)
         except BaseException:
             self._shutdown()
             raise
@@ -327,7 +330,20 @@ class Service:
         self._warn_if_all_drained()
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
+    def _start_metrics(self, host: str, port: int) -> None:
+        try:
+            from sbulb.metrics import MetricsServer
+        except ImportError:
+            raise StartError("python3-prometheus-client is not installed: run `make setup`") from None
+        try:
+            self._metrics = MetricsServer(self, host, port)
+        except OSError as e:
+            raise StartError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+
     def _shutdown(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
         if self._control is not None:
             self._control.close()
             self._control = None

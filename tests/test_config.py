@@ -155,6 +155,13 @@ def test_ipv6_follows_the_vip() -> None:
     assert config.family == 6
 
 
+def test_metrics_address() -> None:
+    assert parse(*V4, "-rs", "10.0.0.2").metrics is None
+    assert parse(*V4, "-rs", "10.0.0.2", "--metrics", "9642").metrics == ("127.0.0.1", 9642)
+    assert parse(*V4, "-rs", "10.0.0.2", "--metrics", "0.0.0.0:9642").metrics == ("0.0.0.0", 9642)
+    assert parse(*V4, "-rs", "10.0.0.2", "--metrics", "[::1]:9642").metrics == ("::1", 9642)
+
+
 def test_ports_1_and_65535_are_valid() -> None:
     assert parse(*V4[:3], "-p", "1", "65535", "-rs", "10.0.0.2").ports == (1, 65535)
 
@@ -191,6 +198,7 @@ def test_ports_1_and_65535_are_valid() -> None:
         (["eth0", "eth0", "-vs", "10.0.0.1", "-rs", "10.0.0.2", "-p", "1"], "listed twice"),
         ([*V4, "-rs", "10.0.0.2", "--forward", "ecmp"], "invalid choice: 'ecmp'"),
         ([*V4, "-rs", "10.0.0.2", "--xdp-mode", "offload"], "invalid choice: 'offload'"),
+        ([*V4, "-rs", "10.0.0.2", "--metrics", "127.0.0.1:http"], "invalid metrics port"),
     ],
 )
 def test_invalid_command_lines(capsys: pytest.CaptureFixture[str], argv: list[str], reason: str) -> None:

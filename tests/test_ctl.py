@@ -128,3 +128,66 @@ def test_no_daemon_is_one_clear_line(lab: Lab) -> None:
     assert result.stderr.count("\n") == 1 and "no sbulb daemon is running" in result.stderr
     bad = sbulbctl(lab, "associations", "get", "10.0.0.1")
     assert bad.returncode == 2 and "is not IP:PORT" in bad.stderr
+
+
+def scrape(lab: Lab, port: int) -> dict:
+    """name{labels} -> value, from the endpoint in the load balancer's netns."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sbulb.lab import netns
+
+    with netns(lab.lb_ns):  # the HTTP socket is made in there
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1, 2])
+    rs0, rs1, rs2 = (str(a) for a in lab.v4.real_servers[:3])
+    conf.write_text(f"[Real Servers]\n{rs0} = 2\n{rs1}\n{rs2} = 0\n")
+    process = lab.start_sbulb(lab.sbulb_args(4, conf, "--metrics", "9642"), tmp_path)
+    process.wait_ready()
+    clients = [lab.client(4) for _ in range(3)]  # rs0, rs1, rs0 (2:1, rs2 drained)
+    assert [ping(c, lab, b"m") for c in clients] == ["rs0", "rs1", "rs0"]
+    ping(clients[0], lab, b"again")
+    m = scrape(lab, 9642)
+    assert m[f"sbulb_packets_total{{direction=to_server,server={rs0}}}"] == 3
+    assert m[f"sbulb_packets_total{{direction=from_server,server={rs0}}}"] == 3
+    assert m[f"sbulb_packets_total{{direction=to_server,server={rs1}}}"] == 1
+    assert m[f"sbulb_bytes_total{{direction=to_server,server={rs1}}}"] == 14 + 20 + 8 + 1
+    assert m[f"sbulb_real_server_weight{{server={rs2}}}"] == 0
+    assert m["sbulb_associations{}"] == 3 and m["sbulb_associations_max{}"] == 1048576
+    assert m["sbulb_associations_created_total{by=client}"] == 3
+    assert m["sbulb_forwarded_total{kind=ingress}"] == 4
+    assert m["sbulb_drops_total{reason=not_associated}"] == 0
+    assert "sbulb_passed_total{reason=not_balanced}" in m
+    assert any(key.startswith("sbulb_info{") for key in m)
+    assert process.stop() == 0
+
+
+def test_metrics_port_taken_is_a_one_line_start_failure(lab: Lab, tmp_path: Path) -> None:
+    import socket
+
+    from sbulb.lab import netns
+
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0])
+    with netns(lab.lb_ns):
+        taken = socket.socket()
+    with taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = lab.start_sbulb(lab.sbulb_args(4, conf, "--metrics", str(port)), tmp_path)
+        assert process.wait() == 1
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in lines[0]
+    assert lab.xdp_programs() == []
