@@ -214,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1; off unless given)",
     )
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the association map in bpffs: a restart then forgets which "
+        "client goes to which server",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the configuration, compile and load the XDP program "
@@ -265,6 +271,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             forward=args.forward,
             xdp_mode=args.xdp_mode,
             metrics=args.metrics,
+            pin=not args.no_pin,
             cli_virtual_server=args.virtual_server,
             cli_ports=cli_ports,
         )

@@ -106,6 +106,7 @@ class Config:
     forward: str = "fib"
     xdp_mode: str = "auto"
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
+    pin: bool = True  # keep the associations in bpffs across restarts
     # what the command line said (it wins over the config file at reload)
     cli_virtual_server: IPAddress | None = None
     cli_ports: tuple[int, ...] | None = None

@@ -58,6 +58,60 @@ ASSOC_SIZE = 16  # struct sbulb_assoc
 EVENT_SIZE = 56  # struct sbulb_event
 
 
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "sbulb"
+ASSOC_PIN = "sbulb_assoc_v1"  # versioned: a new layout gets a new name
+BPF_MAP_TYPE_LRU_HASH = 9
+
+
+NETNS_DIR = Path("/run/netns")
+
+
+def pin_dir(interface: str) -> Path:
+    """Where an instance on `interface` pins its maps: /sys/fs/bpf/sbulb/<if>/;
+    inside a named network namespace (`ip netns add NAME`),
+    /sys/fs/bpf/sbulb/<if>@<NAME>/, since bpffs is shared by all of them."""
+    netns = os.stat("/proc/self/ns/net").st_ino
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            if os.stat(NETNS_DIR / name).st_ino == netns:
+                return PIN_ROOT / f"{interface}@{name}"
+        except OSError:
+            continue
+    return PIN_ROOT / interface
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says of a map (struct bpf_map_info)."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def pinned_map_info(path: Path) -> MapInfo | None:
+    """The layout of a pinned map, or None if there is none there."""
+    lib = libbpf()
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    try:
+        info = ct.create_string_buffer(40)
+        size = ct.c_uint32(40)
+        if lib.bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) < 0:
+            return None
+        kind, _id, key, value, entries = struct.unpack_from("5I", info.raw)
+        return MapInfo(kind, key, value, entries)
+    finally:
+        os.close(fd)
+
+
 class DataplaneError(Exception):
     """The data path cannot be set up. str() is one line for the operator."""
 
@@ -185,6 +239,7 @@ def _libbpf() -> ct.CDLL:
     lib.bpf_xdp_query.argtypes = [ct.c_int, ct.c_int, ct.POINTER(_XdpQueryOpts)]
     lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
     lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    lib.bpf_obj_get.argtypes = [ct.c_char_p]
     lib.bpf_prog_load.argtypes = [
         ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_char_p, ct.c_size_t, ct.c_void_p
     ]
@@ -311,12 +366,14 @@ class Dataplane:
         sources: Path | None = None,
         forward: str = "fib",
         defines: dict[str, int] | None = None,
+        pin: Path | None = None,
     ) -> None:
         self.limits = limits
         self.events = events
         self.debug = debug
         self.forward = forward
         self._defines = dict(defines or {})  # more -D, for tests
+        self.pin = pin  # directory to pin the associations in, or None
         self._sources = sources
         self._bpf = None  # bcc.BPF, once loaded
         self._fn = None  # bcc function (the program fd)
@@ -340,6 +397,7 @@ class Dataplane:
             f"-DSBULB_FORWARD_FIB={int(self.forward == 'fib')}",
             f"-DSBULB_MAX_INTERFACES={MAX_INTERFACES}",
             *(f"-D{name}={value}" for name, value in self._defines.items()),
+            *([f'-DSBULB_ASSOC_PIN="{self.pin / ASSOC_PIN}"'] if self.pin else []),
         ]
 
     def load(self) -> None:
@@ -347,6 +405,8 @@ class Dataplane:
         problem = kernel_headers_problem()
         if problem:
             raise DataplaneError(problem)
+        if self.pin is not None:
+            self._prepare_pin(self.pin)
         sources = self._sources or source_dir()
         try:
             from bcc import BPF  # imported here: importing bcc loads libbcc
@@ -379,6 +439,37 @@ class Dataplane:
         if self.events:
             self._table("sbulb_events").open_ring_buffer(self._on_event)
         log.info("dataplane.loaded prog_fd=%d cflags=%s", fn.fd, " ".join(self.cflags()[1:]))
+
+    def _prepare_pin(self, directory: Path) -> None:
+        """Keep a pinned association map whose layout and size match this
+        build (its clients keep their servers); replace any other, saying
+        why. Without bpffs, run unpinned, saying so."""
+        if not os.path.ismount(BPFFS):
+            log.warning("pin.unavailable reason=bpffs is not mounted at %s: associations will "
+                        "not survive a restart (mount -t bpf bpf %s)", BPFFS, BPFFS)
+            self.pin = None
+            return
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataplaneError(f"cannot create {directory}: {e.strerror}") from None
+        path = directory / ASSOC_PIN
+        if not path.exists():
+            log.info("pin.new path=%s", path)
+            return
+        found = pinned_map_info(path)
+        wanted = MapInfo(BPF_MAP_TYPE_LRU_HASH, ASSOC_KEY_SIZE, ASSOC_SIZE,
+                         self.limits.max_associations)
+        if found == wanted:
+            log.info("pin.reused path=%s (associations kept)", path)
+            return
+        reason = "unreadable" if found is None else ", ".join(
+            f"{field} {getattr(found, field)} != {getattr(wanted, field)}"
+            for field in ("type", "key_size", "value_size", "max_entries")
+            if getattr(found, field) != getattr(wanted, field))
+        log.warning("pin.replaced path=%s reason=%s: the associations it held are lost",
+                    path, reason)
+        path.unlink()
 
     @property
     def loaded(self) -> bool:

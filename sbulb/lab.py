@@ -94,14 +94,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def forget_pins(ns: str) -> None:
+    """Remove what sbulb pinned in bpffs from inside a network namespace
+    (it outlives the namespace: bpffs is shared)."""
+    import shutil
+
+    from sbulb.dataplane import PIN_ROOT
+
+    for directory in PIN_ROOT.glob(f"*@{ns}") if PIN_ROOT.is_dir() else []:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def cleanup_stale() -> list[str]:
-    """Delete lab namespaces whose creating process is gone."""
+    """Delete lab namespaces whose creating process is gone, and the pins
+    of lab namespaces that are gone."""
+    from sbulb.dataplane import PIN_ROOT
+
+    names = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     removed = []
-    for name in sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []:
+    for name in names:
         match = re.match(rf"{PREFIX}-(\d+)-", name)
         if match and not _pid_alive(int(match.group(1))):
+            forget_pins(name)
             sh("ip", "netns", "del", name, check=False)
             removed.append(name)
+    for directory in PIN_ROOT.glob(f"*@{PREFIX}-*") if PIN_ROOT.is_dir() else []:
+        ns = directory.name.partition("@")[2]
+        if ns not in names or ns in removed:
+            forget_pins(ns)
     return removed
 
 
@@ -306,9 +326,12 @@ class SbulbProcess:
             "NOTIFY_SOCKET": str(self.notify.path),
             **(env or {}),
         }
+        # nsenter --net, not `ip netns exec`: the latter also remounts /sys,
+        # which hides bpffs (/sys/fs/bpf) and with it sbulb's pinned maps
         with self.stderr_path.open("w") as stderr:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *prefix, sys.executable, "-m", "sbulb", *args],
+                ["nsenter", f"--net=/run/netns/{ns}", *prefix, sys.executable, "-m", "sbulb",
+                 *args],
                 cwd=workdir,
                 env=environ,
                 stdout=subprocess.DEVNULL,
@@ -405,6 +428,7 @@ class Lab:
         for service in self.services:
             service.close()
         for ns in reversed(self._namespaces):
+            forget_pins(ns)
             sh("ip", "netns", "del", ns, check=False)
         self._namespaces.clear()
         if self._previous_sigterm is not None:
@@ -516,6 +540,11 @@ class Lab:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+    def forget_associations(self) -> None:
+        """Remove the load balancer's pinned associations: the next sbulb
+        starts afresh."""
+        forget_pins(self.lb_ns)
 
     def start_sbulb(self, args: Sequence[str], workdir: Path, **kw: object) -> SbulbProcess:
         process = SbulbProcess(self.lb_ns, args, workdir, **kw)  # type: ignore[arg-type]

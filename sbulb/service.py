@@ -35,6 +35,7 @@ from sbulb.dataplane import (
     Event,
     interface_index,
     missing_privileges,
+    pin_dir,
 )
 from sbulb.log import TRACE
 from sbulb.watcher import ConfigWatcher
@@ -171,6 +172,7 @@ class Service:
             events=events_level(config.log_level),
             debug=config.debug,
             forward=config.forward,
+            pin=pin_dir(config.interfaces[0]) if config.pin else None,
         )
         self.notifier = notifier or SystemdNotifier()
         self.real_servers: tuple[RealServer, ...] = config.real_servers
@@ -235,8 +237,9 @@ class Service:
             raise StartError(f"cannot fill the maps: {' '.join(str(e).split())}") from None
 
     def check(self) -> None:
-        """Dry run: everything but attaching."""
+        """Dry run: everything but attaching (and pinning)."""
         self._check_environment()
+        self.dataplane.pin = None
         try:
             self._prepare()
         finally:

@@ -30,6 +30,7 @@ def namespace() -> Iterator[str]:
         run("ip", "-n", name, "link", "set", "veth1", "up")
         yield name
     finally:
+        lab.forget_pins(name)
         run("ip", "netns", "del", name, check=False)
 
 

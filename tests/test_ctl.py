@@ -40,6 +40,7 @@ def lab() -> Iterator[Lab]:
 def balancer(lab: Lab, tmp_path: Path) -> Iterator[SbulbProcess]:
     conf = tmp_path / "sbulb.conf"
     lab.write_config(conf, 4, [0, 1, 2])
+    lab.forget_associations()  # each test starts from a fresh map
     process = lab.start_sbulb(lab.sbulb_args(4, conf), tmp_path)
     process.wait_ready()
     yield process
@@ -153,6 +154,7 @@ def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
     lab.write_config(conf, 4, [0, 1, 2])
     rs0, rs1, rs2 = (str(a) for a in lab.v4.real_servers[:3])
     conf.write_text(f"[Real Servers]\n{rs0} = 2\n{rs1}\n{rs2} = 0\n")
+    lab.forget_associations()
     process = lab.start_sbulb(lab.sbulb_args(4, conf, "--metrics", "9642"), tmp_path)
     process.wait_ready()
     clients = [lab.client(4) for _ in range(3)]  # rs0, rs1, rs0 (2:1, rs2 drained)

@@ -35,6 +35,7 @@ def balancer(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
     family = request.node.callspec.params["family"]
     conf = tmp_path / "sbulb.conf"
     lab.write_config(conf, family, [0, 1, 2])
+    lab.forget_associations()  # each test starts from a fresh map
     process = lab.start_sbulb(
         lab.sbulb_args(family, conf, "-l", "INFO", ports=(PORT, CLOSED_PORT)), tmp_path)
     process.config = conf  # type: ignore[attr-defined]
@@ -238,6 +239,7 @@ def test_fib_forwarding_through_a_two_interface_router(routed_lab: RoutedLab, tm
     lab, vip = routed_lab, routed_lab.addresses(family).vip
     conf = tmp_path / "sbulb.conf"
     lab.write_config(conf, family, [0, 1, 2])
+    lab.forget_associations()  # each test starts from a fresh map
     process = lab.start_sbulb(lab.sbulb_args(family, conf), tmp_path)
     assert "on eth0, eth1" in process.wait_ready()
     clients = [lab.client(family) for _ in range(6)]
@@ -292,18 +294,74 @@ def test_weights_and_drain_through_the_config_file(lab: Lab, balancer: SbulbProc
     conf: Path = balancer.config  # type: ignore[attr-defined]
     conf.write_text(f"[Real Servers]\n{servers[0]} = 3\n{servers[1]}\n")
     wait_reload(balancer)
+    # explicit ports: a new socket on a port that was used before would be
+    # the same client ip:port to sbulb, with its association
     picks = []
-    for _ in range(400):
-        client = lab.client(family)
+    for port in range(30000, 30400):
+        client = lab.client(family, port=port)
         picks.append(client.exchange(vip, PORT, b"weighted").server)
         client.close()  # 400 sockets: give each port back
     assert abs(picks.count("rs0") - 300) <= 20 and abs(picks.count("rs1") - 100) <= 20, picks
 
-    regulars = [lab.client(family) for _ in range(8)]
+    regulars = [lab.client(family, port=port) for port in range(31000, 31008)]
     owner = {c.port: c.exchange(vip, PORT, b"before").server for c in regulars}
     conf.write_text(f"[Real Servers]\n{servers[0]} = 0\n{servers[1]}\n{servers[2]}\n")
     wait_reload(balancer)
     for client in regulars:
         assert client.exchange(vip, PORT, b"after").server == owner[client.port]
-    newcomers = [lab.client(family).exchange(vip, PORT, b"new").server for _ in range(12)]
+    newcomers = [lab.client(family, port=port).exchange(vip, PORT, b"new").server
+                 for port in range(32000, 32012)]
     assert "rs0" not in newcomers and {"rs1", "rs2"} <= set(newcomers)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_restart_keeps_every_client_on_its_server(lab: Lab, balancer: SbulbProcess,
+                                                  tmp_path: Path, family: int) -> None:
+    """Clients keep sending while sbulb restarts: once the new process is
+    ready, every client is answered, by the server it had before. Only the
+    sending thread uses the client sockets (a second reader would take its
+    answers)."""
+    import threading
+
+    vip = lab.addresses(family).vip
+    clients = [lab.client(family) for _ in range(6)]
+    owner = {c.port: c.exchange(vip, PORT, b"before").server for c in clients}
+    assert sorted(owner.values()) == ["rs0", "rs0", "rs1", "rs1", "rs2", "rs2"]
+
+    ready = threading.Event()  # the new sbulb said READY=1
+    enough = threading.Event()  # three rounds were sent after that
+    moved: list[str] = []
+    lost_after_ready: list[int] = []
+
+    def traffic() -> None:
+        n = rounds_after_ready = 0
+        while rounds_after_ready < 3 and n < 200000:  # bounded in packets
+            was_ready = ready.is_set()
+            # the other way round: a fresh round robin would give them other servers
+            for client in reversed(clients):
+                n += 1
+                payload = b"n%d" % n
+                client.send(vip, PORT, payload)
+                reply = client.receive(timeout=1.0)
+                while reply is not None and reply.payload != payload:
+                    reply = client.receive(timeout=1.0)  # a late answer to an earlier one
+                if not was_ready:
+                    continue  # the restart window: anything goes
+                if reply is None:
+                    lost_after_ready.append(client.port)
+                elif reply.server != owner[client.port]:
+                    moved.append(f"{client.port}: {owner[client.port]} -> {reply.server}")
+            rounds_after_ready += was_ready
+        enough.set()
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    assert balancer.stop() == 0
+    again = lab.start_sbulb(balancer.args, tmp_path)
+    again.wait_ready()
+    ready.set()
+    assert enough.wait(timeout=60), "the sender did not finish"
+    sender.join(timeout=10)
+    assert moved == [] and lost_after_ready == []
+    assert "pin.reused" in again.stderr
+    assert again.stop() == 0

@@ -157,8 +157,8 @@ def test_second_instance_on_the_same_interface_is_refused(ns: str, tmp_path: Pat
 
 
 def test_check_verifies_without_attaching(ns: str, tmp_path: Path) -> None:
-    result = run("ip", "netns", "exec", ns, sys.executable, "-m", "sbulb", *V4_ARGS, "--check",
-                 check=False)
+    result = run("nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "sbulb", *V4_ARGS,
+                 "--check", check=False)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
     assert xdp_programs(ns) == []
@@ -237,3 +237,42 @@ def test_auto_mode_never_mixes_native_and_generic(ns: str, tmp_path: Path) -> No
         assert "xdpgeneric" in run("ip", "-n", ns, "-d", "link", "show", "veth0").stdout
         assert lb.stop() == 0
     assert "start.generic_xdp" in lb.stderr
+
+
+def test_pinned_associations_are_checked_before_reuse(ns: str, tmp_path: Path) -> None:
+    from sbulb.dataplane import ASSOC_PIN, PIN_ROOT
+
+    pin = PIN_ROOT / f"veth0@{ns}" / ASSOC_PIN
+    for ma, expected in (("1024", "pin.new"), ("1024", "pin.reused"),
+                         ("2048", "pin.replaced"), ("2048", "pin.reused")):
+        with sbulb(ns, [*V4_ARGS, "-ma", ma, "-l", "INFO"], tmp_path) as lb:
+            lb.wait_ready()
+            assert lb.stop() == 0
+        assert expected in lb.stderr, (ma, lb.stderr)
+        assert pin.exists()
+    with sbulb(ns, [*V4_ARGS, "-ma", "4096", "-l", "INFO"], tmp_path) as lb:
+        lb.wait_ready()
+        assert lb.stop() == 0
+    assert "pin.replaced" in lb.stderr and "max_entries 2048 != 4096" in lb.stderr
+    with sbulb(ns, [*V4_ARGS, "-ma", "8192", "--no-pin", "-l", "INFO"], tmp_path) as lb:
+        lb.wait_ready()
+        assert lb.stop() == 0
+    assert "pin." not in lb.stderr  # left alone: still the 4096 one
+    result = run("nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "sbulb",
+                 *V4_ARGS, "-ma", "16", "--check", check=False)
+    assert result.returncode == 0
+    from sbulb.dataplane import pinned_map_info
+
+    info = pinned_map_info(pin)
+    assert info is not None and info.max_entries == 4096  # a dry run touches no pin
+
+
+def test_pin_directory_names(ns: str) -> None:
+    """/sys/fs/bpf/sbulb/<interface>, or <interface>@<netns name> inside a
+    named network namespace."""
+    from sbulb.dataplane import PIN_ROOT, pin_dir
+
+    assert pin_dir("eth9") == PIN_ROOT / "eth9"
+    code = "from sbulb.dataplane import pin_dir; print(pin_dir('eth9'))"
+    inside = run("nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", code)
+    assert inside.stdout.strip() == str(PIN_ROOT / f"eth9@{ns}")

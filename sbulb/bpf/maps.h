@@ -41,9 +41,20 @@ BPF_ARRAY(sbulb_ring, __u32, SBULB_RING_SIZE);
 /* [0]: the round-robin cursor and its lock. */
 BPF_ARRAY(sbulb_rr, struct sbulb_rr, 1);
 
-/* Client ip:port -> real server; lives until evicted by a newer one. */
+/*
+ * Client ip:port -> real server; lives until evicted by a newer one. Pinned
+ * (SBULB_ASSOC_PIN, a bpffs path given by the daemon) so that a restart or
+ * an upgrade keeps every client on its server. bcc reuses an existing pin
+ * without checking its layout: dataplane.py checks it before compiling.
+ * The pin's name carries a version: rename it when this layout changes.
+ */
+#ifdef SBULB_ASSOC_PIN
+BPF_TABLE_PINNED("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc,
+		 sbulb_assoc, SBULB_MAX_ASSOCIATIONS, SBULB_ASSOC_PIN);
+#else
 BPF_TABLE("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc, sbulb_assoc,
 	  SBULB_MAX_ASSOCIATIONS);
+#endif
 
 /* Fragmented datagram -> its first fragment's verdict, so that later
  * fragments (no UDP header) follow it. Short-lived: LRU. */
