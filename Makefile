@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test install uninstall
 
 setup:
 	./scripts/setup.sh
@@ -13,3 +13,10 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# DESTDIR=... PREFIX=... as usual (PREFIX defaults to /usr/local)
+install:
+	PYTHON=$(PYTHON) ./scripts/install.sh install
+
+uninstall:
+	PYTHON=$(PYTHON) ./scripts/install.sh uninstall

@@ -71,6 +71,17 @@ class SystemdNotifier:
         self._notifier.notify(state)
 
 
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec= (WATCHDOG_USEC), if it is for us."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    try:
+        if not usec or (pid and int(pid) != os.getpid()):
+            return None
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
 def events_level(log_level: str) -> int:
     """Which data-path events to compile in for a log level."""
     if log_level == "TRACE":
@@ -185,6 +196,8 @@ class Service:
         self._run_dir = lock_dir
         self._control: ControlServer | None = None
         self._metrics = None  # sbulb.metrics.MetricsServer, with --metrics
+        self._watchdog = watchdog_interval()  # seconds between WATCHDOG=1, or None
+        self._next_ping = 0.0
 
     # -- requests (any thread, signal handlers)
 
@@ -504,9 +517,18 @@ class Service:
     # -- main loop
 
     def _timeout(self) -> float:
+        timeout = EVENT_INTERVAL if self.dataplane.events else IDLE_INTERVAL
         if self._file_changed_at is not None:
-            return max(0.0, self._file_changed_at + RELOAD_DEBOUNCE - time.monotonic())
-        return EVENT_INTERVAL if self.dataplane.events else IDLE_INTERVAL
+            timeout = self._file_changed_at + RELOAD_DEBOUNCE - time.monotonic()
+        if self._watchdog is not None:
+            timeout = min(timeout, self._next_ping - time.monotonic())
+        return max(0.0, timeout)
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 when due: proof that the main loop turns."""
+        if self._watchdog is not None and time.monotonic() >= self._next_ping:
+            self.notifier.notify("WATCHDOG=1")
+            self._next_ping = time.monotonic() + self._watchdog
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -517,6 +539,7 @@ class Service:
 
     def loop(self) -> None:
         while not self._stop_requested:
+            self._ping_watchdog()
             waiting: list = [self._wake_r]
             if self._control is not None:
                 waiting.append(self._control)

@@ -327,3 +327,12 @@ def test_without_vip_or_ports_anywhere(capsys: pytest.CaptureFixture[str], tmp_p
     path.write_text("[Virtual Server]\naddress = 2001:db8::1\nports = 1\n[Real Servers]\n10.0.0.4\n")
     assert f"config file {path}: real server 10.0.0.4 is IPv4" in usage_error(
         capsys, "eth0", "-cfg", str(path))
+
+
+def test_template_unit_command_line_with_its_example_config() -> None:
+    """sbulb@eth0 runs `sbulb eth0 -cfg /etc/sbulb/eth0.conf`: the example
+    file alone describes the instance."""
+    example = REPO / "packaging" / "systemd" / "eth0.conf"
+    config = parse("eth0", "-cfg", str(example))
+    assert config.virtual_server == ip("10.188.7.99") and config.ports == (5683, 5684)
+    assert [str(s.address) for s in config.real_servers] == ["10.188.100.163", "10.188.100.230"]

@@ -276,3 +276,66 @@ def test_pin_directory_names(ns: str) -> None:
     code = "from sbulb.dataplane import pin_dir; print(pin_dir('eth9'))"
     inside = run("nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", code)
     assert inside.stdout.strip() == str(PIN_ROOT / f"eth9@{ns}")
+
+
+def test_watchdog_pings_when_systemd_asks(ns: str, tmp_path: Path) -> None:
+    """WatchdogSec= sets WATCHDOG_USEC: WATCHDOG=1 every half of it."""
+    with sbulb(ns, V4_ARGS, tmp_path, env={"WATCHDOG_USEC": "400000"}) as lb:
+        lb.wait_ready()
+        for _ in range(3):
+            lb.notify.wait_for("WATCHDOG=1", 5)
+        assert lb.stop() == 0
+    with sbulb(ns, V4_ARGS, tmp_path) as lb:  # not asked: no pings
+        lb.wait_ready()
+        assert lb.stop() == 0
+        lb.notify.wait_for("STOPPING=1", 5)
+        assert not any("WATCHDOG=1" in m for m in lb.notify.received)
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify passes on both units (the template as an
+    instance)."""
+    systemd = REPO / "packaging" / "systemd"
+    shutil.copy(systemd / "sbulb.service", tmp_path / "sbulb.service")
+    shutil.copy(systemd / "sbulb@.service", tmp_path / "sbulb@eth0.service")
+    result = subprocess.run(["systemd-analyze", "verify", "sbulb.service", "sbulb@eth0.service"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    template = (systemd / "sbulb@.service").read_text()
+    assert "ExecStart=/usr/bin/python3 -m sbulb %i -cfg /etc/sbulb/%i.conf $SBULB_OPTS" in template
+    for unit in (template, (systemd / "sbulb.service").read_text()):
+        for line in ("Type=notify", "WatchdogSec=30s", "ExecReload=/bin/kill -HUP $MAINPID",
+                     "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
+            assert line in unit.splitlines(), line
+
+
+def test_make_install_and_uninstall(tmp_path: Path) -> None:
+    """Staged with DESTDIR: the package where Debian's python3 looks (under
+    PREFIX), both commands, the units, example configs; uninstall removes
+    all of it but a config the operator changed."""
+    root = tmp_path / "root"
+    make = ["make", "-s", "-C", str(REPO), f"DESTDIR={root}", f"PYTHON={sys.executable}"]
+    result = subprocess.run([*make, "install"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    site = root / f"usr/local/lib/python{pyver}/dist-packages"
+    assert f"/usr/local/lib/python{pyver}/dist-packages" in sys.path
+    for path in [site / "sbulb" / "cli.py", site / "sbulb" / "bpf" / "balancer.c",
+                 root / "usr/local/bin/sbulb", root / "usr/local/bin/sbulbctl",
+                 root / "etc/systemd/system/sbulb.service", root / "etc/systemd/system/sbulb@.service",
+                 root / "etc/default/sbulb", root / "etc/sbulb/sbulb.conf",
+                 root / "etc/sbulb/eth0.conf.example"]:
+        assert path.exists(), path
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    ran = subprocess.run([str(root / "usr/local/bin/sbulb"), "-h"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)
+    assert ran.returncode == 0 and "--max_associations" in ran.stdout
+    located = subprocess.run([sys.executable, "-c", "import sbulb.dataplane as d; print(d.source_dir())"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert located.stdout.strip() == str(site / "sbulb" / "bpf")
+    changed = root / "etc/sbulb/sbulb.conf"
+    changed.write_text(changed.read_text() + "10.188.100.231\n")
+    result = subprocess.run([*make, "uninstall"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert left == ["etc/sbulb/sbulb.conf"], left
