@@ -248,7 +248,7 @@ class Client:
         self.sock.settimeout(timeout)
         try:
             data, peer = self.sock.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             return None
         name, _, payload = data.partition(b" ")
         return Reply(name.decode(errors="replace"), payload, ip(peer[0]), peer[1])
@@ -295,7 +295,7 @@ class NotifySocket:
             self.sock.settimeout(remaining)
             try:
                 self.received.append(self.sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     def close(self) -> None:
