@@ -6,7 +6,8 @@ set -eu
 PACKAGES="python3-bpfcc python3-watchdog python3-sdnotify python3-scapy
 python3-pytest python3-pyroute2 python3-hypothesis python3-prometheus-client
 python3-setuptools
-python3-wheel python3-pip python3-venv iproute2 ethtool util-linux"
+python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
+systemd diffutils"
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "setup: run as root (apt-get, /lib/modules, mount)" >&2
