@@ -327,18 +327,6 @@ def read_file(path: Path) -> FileConfig:
     return parse_file(text)
 
 
-def parse_real_servers(text: str) -> tuple[RealServer, ...]:
-    """The real servers of a config file's text."""
-    return parse_file(text).real_servers
-
-
-def read_real_servers(path: Path, vip: IPAddress, limits: Limits) -> tuple[RealServer, ...]:
-    """Read and validate the real servers of a config file."""
-    servers = read_file(path).real_servers
-    check_real_servers(servers, vip, limits)
-    return servers
-
-
 METRICS_HOST = "127.0.0.1"
 
 

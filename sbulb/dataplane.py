@@ -524,15 +524,16 @@ class Dataplane:
         removed moves to another server with its next packet."""
         wanted = [s if isinstance(s, RealServer) else RealServer(s) for s in servers]
         addresses = [s.address for s in wanted]
+        set_of_addresses = set(addresses)
         if len(wanted) > self.limits.max_real_servers:
             raise DataplaneError(f"more than {self.limits.max_real_servers} real servers")
-        if len(set(addresses)) != len(addresses):
+        if len(set_of_addresses) != len(addresses):
             raise DataplaneError("a real server is listed twice")
         order = smooth_weighted_order(wanted)
         if len(order) > RING_SIZE:
             raise DataplaneError(f"a round-robin cycle of {len(order)} is longer than {RING_SIZE}")
         added = tuple(a for a in addresses if a not in self._slots)
-        removed = tuple(a for a in self._slots if a not in set(addresses))
+        removed = tuple(a for a in self._slots if a not in set_of_addresses)
         kept = tuple(a for a in addresses if a in self._slots)
 
         # plan every slot before writing anything
@@ -621,10 +622,6 @@ class Dataplane:
         """interface -> 'native' or 'generic'."""
         return {name: "native" if flags == XDP_FLAGS_DRV_MODE else "generic"
                 for name, (_, flags) in self._attached.items()}
-
-    def set_association(self, client: IPAddress, port: int, server: IPAddress) -> None:
-        key = addr_to_bytes(client) + struct.pack("!HH", port, 0)
-        self._put("sbulb_assoc", key, addr_to_bytes(server))
 
     def stats(self) -> dict[Stat, int]:
         """Counters summed over CPUs."""

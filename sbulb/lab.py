@@ -459,19 +459,30 @@ class Lab:
     def _route(self, ns: str, *args: str) -> None:
         sh("ip", "-n", ns, *args)
 
+    def _make_router(self, ns: str) -> None:
+        """IP forwarding on, reverse-path filter off, and accept_local: a
+        router may get its own packets back through sbulb (its "fragmentation
+        needed" to the VIP, handed on to a real server; or, when it is the
+        load balancer, answers from the VIP it forwards until it knows a
+        client's MAC), which Linux drops as martians without it."""
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"):
+            in_ns(ns, "sysctl", "-qw", key)
+
+    def _start_services(self) -> None:
+        """The UDP service on each real server, and 'lb-local' on the load
+        balancer's own stack (balanced and unbalanced ports)."""
+        for name, ns in zip(self.server_names, self.server_ns):
+            self.services.append(UdpService(ns, name, [PORT]))
+        self.services.append(UdpService(self.lb_ns, "lb-local", [PORT, UNBALANCED_PORT]))
+
     def _build(self) -> None:
         self.say(f"lab: building namespaces {self.id}-{{client,router,lb,rs0..rs{self.server_count - 1}}}")
         for ns in [self.client_ns, self.router_ns, self.lb_ns, *self.server_ns]:
             self._add_ns(ns)
         r = self.router_ns
-        # The router may itself be the one that sends "fragmentation needed"
-        # to the VIP; sbulb hands that error back to it, on its way to the
-        # real server, still with the router's own source address, which
-        # Linux drops as a martian unless accept_local is set.
-        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"):
-            in_ns(r, "sysctl", "-qw", key)
+        self._make_router(r)
 
         self._link(self.client_ns, "eth0", r, "to-clients")
         self._link(self.lb_ns, self.lb_interface, r, "to-lb")
@@ -513,9 +524,7 @@ class Lab:
                  "attached a pass-through XDP program to the router's side of the "
                  "load balancer's link")
 
-        for name, ns in zip(self.server_names, self.server_ns):
-            self.services.append(UdpService(ns, name, [PORT]))
-        self.services.append(UdpService(self.lb_ns, "lb-local", [PORT, UNBALANCED_PORT]))
+        self._start_services()
         self.say(f"lab: UDP services on port {PORT} of {', '.join(self.server_names)} "
                  f"(and 'lb-local' on the load balancer's own stack)")
 
@@ -625,12 +634,7 @@ class RoutedLab(Lab):
         for ns in [self.client_ns, self.lb_ns, self.switch_ns, *self.server_ns]:
             self._add_ns(ns)
         lb = self.lb_ns
-        # accept_local: until the kernel knows a client's MAC, sbulb lets it
-        # forward the answers, whose source, the VIP, is a local address
-        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.default.accept_local=1"):
-            in_ns(lb, "sysctl", "-qw", key)
+        self._make_router(lb)
         self._link(self.client_ns, "eth0", lb, "eth0")
         self._link(lb, "eth1", self.switch_ns, "to-lb")
         sh("ip", "-n", self.switch_ns, "link", "add", "br0", "type", "bridge")
@@ -664,9 +668,7 @@ class RoutedLab(Lab):
             attach_pass_program("to-lb")
         self.say("lab: attached pass-through XDP programs to the peers of the load "
                  "balancer's two interfaces (veth delivers XDP frames only to XDP peers)")
-        for name, ns in zip(self.server_names, self.server_ns):
-            self.services.append(UdpService(ns, name, [PORT]))
-        self.services.append(UdpService(lb, "lb-local", [PORT, UNBALANCED_PORT]))
+        self._start_services()
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:

@@ -17,8 +17,9 @@ from sbulb.config import (
     Limits,
     RealServer,
     parse_real_server,
-    parse_real_servers,
-    read_real_servers,
+    check_real_servers,
+    parse_file,
+    read_file,
     smooth_weighted_order,
 )
 
@@ -42,6 +43,17 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 # ---- the INI file
+
+
+def parse_real_servers(text: str) -> tuple[RealServer, ...]:
+    return parse_file(text).real_servers
+
+
+def read_real_servers(path: Path, vip, limits: Limits) -> tuple[RealServer, ...]:
+    """What a reload does with the servers of a file: read, then validate."""
+    servers = read_file(path).real_servers
+    check_real_servers(servers, vip, limits)
+    return servers
 
 
 def rs(*specs: str) -> tuple[RealServer, ...]:

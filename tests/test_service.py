@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from sbulb.config import Config, IPAddress, Limits, RealServer, read_real_servers
+from sbulb.config import Config, IPAddress, Limits, RealServer, read_file
 from sbulb.consts import XdpAction
 from sbulb.dataplane import AttachedProgram, Dataplane, ServerChange
 from sbulb.service import Service
@@ -146,7 +146,7 @@ def make_config(conf: Path, interface: str = "lo") -> Config:
         interfaces=(interface,),
         virtual_server=ip("10.0.0.1"),
         ports=(PORT,),
-        real_servers=read_real_servers(conf, ip("10.0.0.1"), Limits()),
+        real_servers=read_file(conf).real_servers,
         config_file=conf,
         limits=Limits(max_real_servers=4),
     )
