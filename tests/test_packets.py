@@ -811,6 +811,11 @@ def test_traffic_counted_per_server_and_direction(loaded: Dataplane, family: int
     assert traffic[rs0] == Traffic(3, 3 * len(to0), 2, 2 * len(from0))
     assert traffic[rs1] == Traffic(1, len(to1), 0, 0)
     assert traffic[rs2] == Traffic()
+    # every fragment counts, the later ones too (they carry no port)
+    frames = fragments(bytes(big_udp(net, net.clients[1], net.vip, 9, PORT)))
+    for frame in frames:
+        assert loaded.test_run(frame).action == TX  # third new client: rs2
+    assert loaded.server_traffic()[rs2] == Traffic(len(frames), sum(map(len, frames)), 0, 0)
     # a removed server's slot starts from zero for the next one
     loaded.set_real_servers(net.rs_ips(1, 2))
     loaded.set_real_servers(net.rs_ips(1, 2, 3))

@@ -42,9 +42,11 @@ static __always_inline int port_is_balanced(__be16 port)
 	return sbulb_ports.lookup(&port) != NULL;
 }
 
-static __always_inline int addr_is_real_server(struct sbulb_addr *addr)
+static __always_inline __u32 rs_slot(struct sbulb_addr *addr)
 {
-	return sbulb_rs_index.lookup(addr) != NULL;
+	__u32 *slot = sbulb_rs_index.lookup(addr);
+
+	return slot ? *slot : 0;
 }
 
 static __always_inline __u32 *ring_get(__u32 idx)
@@ -117,16 +119,14 @@ static __always_inline void neigh_miss(struct sbulb_neigh *key)
 		sbulb_neigh_miss.update(key, &one);
 }
 
-static __always_inline void count_server(struct sbulb_addr *server, __u32 dir,
-					__u64 bytes)
+static __always_inline void count_slot(__u32 slot, __u32 dir, __u64 bytes)
 {
 	struct sbulb_traffic *t;
-	__u32 *slot, idx;
+	__u32 idx;
 
-	slot = sbulb_rs_index.lookup(server);
 	if (!slot)
 		return;
-	idx = *slot * 2 + dir;
+	idx = slot * 2 + dir;
 	t = sbulb_rs_stats.lookup(&idx);
 	if (t) {
 		t->packets += 1;
@@ -198,14 +198,17 @@ static __always_inline int is_tx(__u32 stat)
 }
 
 /* Count a rewritten datagram (or fragment) against its real server: the
- * destination written for ingress, the source for egress. */
-static __always_inline void count_tx(__u32 stat, struct sbulb_addr *to,
+ * destination written for ingress, the source for egress. The decision
+ * found the server's slot; a later fragment looks it up. */
+static __always_inline void count_tx(__u32 stat, __u32 slot,
+				     struct sbulb_addr *to,
 				     struct sbulb_addr *src, __u64 len)
 {
-	if (stat == SBULB_STAT_TX_INGRESS)
-		count_server(to, SBULB_DIR_TO_SERVER, len);
-	else if (stat == SBULB_STAT_TX_EGRESS)
-		count_server(src, SBULB_DIR_FROM_SERVER, len);
+	int in = stat == SBULB_STAT_TX_INGRESS;
+
+	if (!slot)
+		slot = rs_slot(in ? to : src);
+	count_slot(slot, in ? SBULB_DIR_TO_SERVER : SBULB_DIR_FROM_SERVER, len);
 }
 
 /*
@@ -352,7 +355,7 @@ static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 					 struct flow *f, struct sbulb_cfg *cfg,
 					 __u32 ip_payload, int fragment, int v6,
 					 __u8 ttl, struct udphdr **udp,
-					 struct sbulb_addr *to)
+					 struct sbulb_addr *to, __u32 *slot)
 {
 	struct udphdr *u;
 
@@ -369,7 +372,7 @@ static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 	*udp = u;
 	f->sport = u->source;
 	f->dport = u->dest;
-	return decide(f, cfg, ttl, to);
+	return decide(f, cfg, ttl, to, slot);
 }
 
 /*
@@ -388,8 +391,8 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 	struct iphdr *iph;
 	struct flow f = {};
 	__u16 tot_len, hdr_len;
+	__u32 stat, slot = 0;
 	__be32 *field;
-	__u32 stat;
 	int proto;
 
 	proto = parse_iphdr(nh, data_end, &iph);
@@ -419,14 +422,14 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 		stat = frag_follow(&fkey, &f, cfg, &to);
 	else
 		stat = udp_verdict(nh, data_end, &f, cfg, tot_len - hdr_len,
-				   ipv4_is_fragment(iph), 0, iph->ttl, &udp, &to);
+				   ipv4_is_fragment(iph), 0, iph->ttl, &udp, &to, &slot);
 	if (ipv4_is_fragment(iph) && !ipv4_is_later_fragment(iph))
 		frag_remember(&fkey, &f, cfg, stat, &to);
 	if (!is_tx(stat))
 		return stat;
 	if (iph->ttl < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
-	count_tx(stat, &to, &f.src, len);
+	count_tx(stat, slot, &to, &f.src, len);
 	field = stat == SBULB_STAT_TX_INGRESS ? &iph->daddr : &iph->saddr;
 	/* two calls, not `udp ? &udp->check : NULL`: LLVM 14 folds that into
 	 * one pointer the 6.18 verifier then sees as a scalar (2026-11) */
@@ -454,7 +457,7 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 	struct sbulb_cfg *cfg;
 	struct ipv6hdr *ip6h;
 	struct flow f = {};
-	__u32 stat, payload_len;
+	__u32 stat, payload_len, slot = 0;
 	int proto, i, later;
 
 	proto = parse_ip6hdr(nh, data_end, &ip6h);
@@ -508,14 +511,14 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 	else
 		stat = udp_verdict(nh, data_end, &f, cfg,
 				   payload_len - (nh->pos - (void *)(ip6h + 1)),
-				   fh != NULL, 1, ip6h->hop_limit, &udp, &to);
+				   fh != NULL, 1, ip6h->hop_limit, &udp, &to, &slot);
 	if (fh && !later)
 		frag_remember(&fkey, &f, cfg, stat, &to);
 	if (!is_tx(stat))
 		return stat; /* ICMP's TX stats are not is_tx(): done already */
 	if (ip6h->hop_limit < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
-	count_tx(stat, &to, &f.src, len);
+	count_tx(stat, slot, &to, &f.src, len);
 	field6 = stat == SBULB_STAT_TX_INGRESS ? &ip6h->daddr : &ip6h->saddr;
 	if (udp) /* two calls: see process_v4 */
 		nat_v6(ip6h, &udp->check, field6, &to);

@@ -50,19 +50,37 @@ static __always_inline int addr_eq(const struct sbulb_addr *x,
 	       x->a[2] == y->a[2] && x->a[3] == y->a[3];
 }
 
+static __always_inline int addr_is_real_server(struct sbulb_addr *addr)
+{
+	return rs_slot(addr) != 0;
+}
+
+/* Count a packet against a real server found by address (ICMP errors). */
+static __always_inline void count_server(struct sbulb_addr *server, __u32 dir,
+					 __u64 bytes)
+{
+	count_slot(rs_slot(server), dir, bytes);
+}
+
+/* Which way a packet goes; for egress, *slot = the sending server's slot. */
 static __always_inline enum direction classify(struct flow *f,
-					       struct sbulb_cfg *cfg)
+					       struct sbulb_cfg *cfg,
+					       __u32 *slot)
 {
 	if (addr_eq(&f->dst, &cfg->vip))
 		return port_is_balanced(f->dport) ? DIR_INGRESS : DIR_NONE;
-	if (port_is_balanced(f->sport) && addr_is_real_server(&f->src))
-		return DIR_EGRESS;
+	if (port_is_balanced(f->sport)) {
+		*slot = rs_slot(&f->src);
+		if (*slot)
+			return DIR_EGRESS;
+	}
 	return DIR_NONE;
 }
 
 /*
- * Next real server in round-robin order, into *out. Returns 0, or -1 when
- * there is none. Only called when an association is created.
+ * Next real server in round-robin order, into *out (its slot into
+ * *out_slot). Returns 0, or -1 when there is none. Only called when an
+ * association is created.
  *
  * The cursor is shared by all CPUs so that new clients alternate strictly.
  * bcc 0.26 (Debian 12) compiles for BPF ISA v1, where LLVM 14 rejects an
@@ -70,7 +88,7 @@ static __always_inline enum direction classify(struct flow *f,
  * return value", 2026-11), so a bpf_spin_lock guards the cursor instead.
  */
 static __always_inline int pick_server(struct sbulb_cfg *cfg,
-				       struct sbulb_addr *out)
+				       struct sbulb_addr *out, __u32 *out_slot)
 {
 	__u32 len = cfg->ring_len, idx;
 	struct sbulb_addr *addr;
@@ -94,13 +112,15 @@ static __always_inline int pick_server(struct sbulb_cfg *cfg,
 	if (!addr)
 		return -1;
 	*out = *addr;
+	*out_slot = *slot;
 	/* a slot being emptied by a concurrent reload reads as zero */
 	return out->a[2] || out->a[3] || out->a[0] || out->a[1] ? 0 : -1;
 }
 
-/* Client -> VIP: find or create the client's association; *to = its server. */
+/* Client -> VIP: find or create the client's association; *to = its
+ * server, *slot = that server's slot. */
 static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
-				     struct sbulb_addr *to)
+				     struct sbulb_addr *to, __u32 *slot)
 {
 	struct sbulb_assoc_key key = {};
 	struct sbulb_addr old = {};
@@ -113,7 +133,8 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
 	as = assoc_lookup(&key);
 	if (as) {
 		*to = as->server;
-		if (addr_is_real_server(to)) {
+		*slot = rs_slot(to);
+		if (*slot) {
 			SBULB_EVENT(2, SBULB_EV_REUSED_INGRESS, &f->src,
 				    f->sport, f->dport, to, NULL);
 			return SBULB_STAT_TX_INGRESS;
@@ -123,7 +144,7 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
 		stat = SBULB_STAT_ASSOC_REPICK;
 	}
 
-	if (pick_server(cfg, to) < 0) {
+	if (pick_server(cfg, to, slot) < 0) {
 		SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, &f->src, f->sport,
 			    f->dport, &old, NULL);
 		return SBULB_STAT_DROP_NO_REAL_SERVER;
@@ -140,6 +161,7 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
 		if (!as)
 			return SBULB_STAT_DROP_ASSOC_FAILED;
 		*to = as->server;
+		*slot = 0; /* not the picked one: counting looks it up */
 		return SBULB_STAT_TX_INGRESS;
 	} else {
 		SBULB_EVENT(1, SBULB_EV_ASSOC_CLIENT, &f->src, f->sport,
@@ -204,13 +226,13 @@ out:
  * fragment): classify, then let the kernel have it if the TTL / hop limit
  * is about to expire, else NAT it. */
 static __always_inline __u32 decide(struct flow *f, struct sbulb_cfg *cfg,
-				    __u8 ttl, struct sbulb_addr *to)
+				    __u8 ttl, struct sbulb_addr *to, __u32 *slot)
 {
-	switch (classify(f, cfg)) {
+	switch (classify(f, cfg, slot)) {
 	case DIR_INGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
-		return ingress(f, cfg, to);
+		return ingress(f, cfg, to, slot);
 	case DIR_EGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;

@@ -87,7 +87,8 @@ BPF_RINGBUF_OUTPUT(sbulb_events, SBULB_EVENT_PAGES);
 /* Accessors, defined in balancer.c (see above). */
 static __always_inline struct sbulb_cfg *cfg_get(void);
 static __always_inline int port_is_balanced(__be16 port);
-static __always_inline int addr_is_real_server(struct sbulb_addr *addr);
+/* the real server's slot (1..), 0 if the address is not a real server */
+static __always_inline __u32 rs_slot(struct sbulb_addr *addr);
 static __always_inline __u32 *ring_get(__u32 idx);
 static __always_inline struct sbulb_addr *rs_get(__u32 slot);
 static __always_inline struct sbulb_rr *rr_get(void);
@@ -103,8 +104,9 @@ static __always_inline int is_redirect_target(__u32 ifindex);
 /* XDP_REDIRECT to one of our interfaces (XDP_PASS if it is not one) */
 static __always_inline int redirect_to(__u32 ifindex);
 static __always_inline void neigh_miss(struct sbulb_neigh *key);
-/* count a packet of `bytes` to/from a real server (enum sbulb_direction) */
-static __always_inline void count_server(struct sbulb_addr *server, __u32 dir, __u64 bytes);
+/* count a packet of `bytes` to/from the real server in a slot (0: none;
+ * enum sbulb_direction) */
+static __always_inline void count_slot(__u32 slot, __u32 dir, __u64 bytes);
 /* add one to a counter slot (enum sbulb_stat) */
 static __always_inline void count(__u32 stat);
 
