@@ -1,0 +1,5 @@
+import sys
+
+from sbulb.bench.run import main
+
+sys.exit(main())
