@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test install uninstall
+.PHONY: setup demo test bench install uninstall
 
 setup:
 	./scripts/setup.sh
@@ -13,6 +13,13 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# sbulb side by side with nftables, nginx and a Python forwarder (~10 min);
+# results in bench-results/ (BENCH_ARGS: see python3 -m sbulb.bench --help)
+BENCH_ARGS ?=
+bench:
+	./scripts/setup.sh bench
+	$(PYTHON) -m sbulb.bench $(BENCH_ARGS)
 
 # DESTDIR=... PREFIX=... as usual (PREFIX defaults to /usr/local)
 install:

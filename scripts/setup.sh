@@ -1,6 +1,8 @@
 #!/bin/sh
 # Prepare a Debian 12 machine to run and test sbulb (as root, idempotent):
 # Debian packages, kernel headers for bcc, and bpffs.
+#   setup.sh          what sbulb, its demo and its tests need
+#   setup.sh bench    that, and what the benchmark compares sbulb with
 set -eu
 
 PACKAGES="python3-bpfcc python3-watchdog python3-sdnotify python3-scapy
@@ -8,6 +10,13 @@ python3-pytest python3-pyroute2 python3-hypothesis python3-prometheus-client
 python3-setuptools
 python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
 systemd diffutils"
+
+# the benchmark's peers (nginx's UDP proxy, nftables) and its chart
+BENCH_PACKAGES="nftables nginx-light libnginx-mod-stream python3-matplotlib"
+
+if [ "${1:-}" = "bench" ]; then
+	PACKAGES="$PACKAGES $BENCH_PACKAGES"
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "setup: run as root (apt-get, /lib/modules, mount)" >&2
@@ -29,8 +38,23 @@ done
 if [ -n "$missing" ]; then
 	echo "setup: installing$missing"
 	apt-get update -q
+	# Debian starts a service when its package is installed (nginx on port
+	# 80): the benchmark starts its own nginx in a namespace and wants none
+	# on the host. A policy-rc.d that says no, for this install only, unless
+	# the machine has one already.
+	policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		policy=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
 	# shellcheck disable=SC2086
 	apt_install $missing
+	if [ -n "$policy" ]; then
+		rm -f "$policy"
+		trap - EXIT
+	fi
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Debian kernels have a
