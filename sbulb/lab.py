@@ -409,7 +409,7 @@ class Lab:
     def __enter__(self) -> "Lab":
         if threading.current_thread() is threading.main_thread():
             # SIGTERM unwinds like Ctrl-C, so that __exit__ tears the lab down
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, raise_interrupt)
         try:
             stale = cleanup_stale()
             if stale:
@@ -671,7 +671,7 @@ class RoutedLab(Lab):
         self._start_services()
 
 
-def _raise_interrupt(signum: int, _frame: object) -> None:
+def raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -1,6 +1,5 @@
-"""Measurements: load through a case (saturated, then the highest paced
-rate with under 0.1% loss), a sample through real sockets, scaling with
-live associations, the control plane's costs, and ns per packet per path."""
+"""Load through one case: saturated runs, then the highest paced rate with
+under 0.1% lost, and a sample through real sockets."""
 
 from __future__ import annotations
 

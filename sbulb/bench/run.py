@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from sbulb.bench.measure import Bench
 from sbulb.bench.peers import Case, Ceiling, Nftables, Nginx, PythonForwarder, Sbulb
 from sbulb.bench.scaling import control_plane, scaling
 from sbulb.bench.topology import PORT, BenchLab
+from sbulb.lab import raise_interrupt
 
 # nftables last: its conntrack entries outlive its table
 CASES: dict[str, Callable[[BenchLab, object, Path], Case]] = {
@@ -73,6 +75,9 @@ def missing(cases: list[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM unwinds like Ctrl-C: the lab, its processes and XDP programs
+    # are torn down
+    signal.signal(signal.SIGTERM, raise_interrupt)
     cases = [name for name in CASES if name in args.cases.split(",")]
     problem = missing(cases)
     if problem:

@@ -22,7 +22,7 @@ XDP_PASS, XDP_DROP = 2, 1
 GENERATOR_CPU = 0
 HEADER_LEN = 14 + 20 + 8  # Ethernet, IPv4 without options, UDP
 MAX_RUNS = (1 << 31) - 1  # a test run's repeat count: the timer ends it first
-MAX_FRAMES = 1 << 40
+MAX_RATE = 50e6  # frames per second no veth reaches: the bound when no count is given
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Generated:
 
 class BenchTools:
     def __init__(self, port: int) -> None:
-        self.bpf = BPF(src_file=str(SOURCE), cflags=[f"-DBENCH_PORT={port}", "-w"])
-        self.functions = {name: self.bpf.load_func(name, BPF.XDP)
+        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=[f"-DBENCH_PORT={port}", "-w"])
+        self.functions = {name: self.bpf.load_func(name.encode(), BPF.XDP)
                           for name in ("generate", "count", "reflect", "drop")}
 
     # -- attaching (in the calling thread's namespace `ns`)
@@ -47,33 +47,33 @@ class BenchTools:
     def attach(self, ns: str, ifname: str, name: str, generic: bool = False) -> None:
         flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
         with netns(ns):
-            self.bpf.attach_xdp(ifname, self.functions[name], flags)
+            self.bpf.attach_xdp(ifname.encode(), self.functions[name], flags)
 
     def detach(self, ns: str, ifname: str, generic: bool = False) -> None:
         flags = XDP_FLAGS_SKB_MODE if generic else XDP_FLAGS_DRV_MODE
         with netns(ns):
-            self.bpf.remove_xdp(ifname, flags)
+            self.bpf.remove_xdp(ifname.encode(), flags)
 
     # -- the counter
 
     def counted(self) -> dict[IPv4Address, int]:
         """Packets counted so far, by destination address."""
         return {IPv4Address(int.from_bytes(key.value.to_bytes(4, "little"), "big")): value.packets
-                for key, value in self.bpf["counted"].items()}
+                for key, value in self.bpf[b"counted"].items()}
 
     def reset_counted(self) -> None:
-        self.bpf["counted"].clear()
+        self.bpf[b"counted"].clear()
 
     def let_counted_through(self, through: bool) -> None:
         """What the counter does with what it counted: pass it on to the
         far end's stack (sockets see it) or drop it."""
-        self.bpf["count_action"][ct.c_int(0)] = ct.c_uint32(XDP_PASS if through else XDP_DROP)
+        self.bpf[b"count_action"][ct.c_int(0)] = ct.c_uint32(XDP_PASS if through else XDP_DROP)
 
     def ceiling_count(self) -> int:
-        return sum(self.bpf["ceiling"][ct.c_int(0)])
+        return sum(self.bpf[b"ceiling"][ct.c_int(0)])
 
     def reset_ceiling(self) -> None:
-        self.bpf["ceiling"].clear()
+        self.bpf[b"ceiling"].clear()
 
     # -- the generator
 
@@ -87,17 +87,18 @@ class BenchTools:
         base_port + i % 16384. Test runs on CPU GENERATOR_CPU, each ended by
         a timer signal (or its repeat count): a test run costs milliseconds
         to set up and tear down, so they are long."""
-        config = self.bpf["gen_config"]
+        config = self.bpf[b"gen_config"]
         entry = config[ct.c_int(0)]
         entry.interval_ps = int(1e12 / rate) if rate else 0
-        entry.limit = count or MAX_FRAMES
+        # bounded in frames as well as in time
+        entry.limit = count or int(seconds * MAX_RATE)
         entry.clients = clients
         entry.base_saddr = int(base)
         entry.base_port = base_port
         header = frame[:HEADER_LEN]
         ct.memmove(ct.addressof(entry.header), header, len(header))
         config[ct.c_int(0)] = entry
-        self.bpf["gen_state"].clear()
+        self.bpf[b"gen_state"].clear()
         fd = self.functions["generate"].fd
         affinity = os.sched_getaffinity(0)
         previous = signal.signal(signal.SIGALRM, lambda *_: None)
@@ -128,13 +129,13 @@ class BenchTools:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
             os.sched_setaffinity(0, affinity)
-        state = self.bpf["gen_state"][ct.c_int(0)]
+        state = self.bpf[b"gen_state"][ct.c_int(0)]
         span = (state.stamp_ns - state.first_ns) / 1e9
         measured = state.stamp_seq / span if span > 0 else 0.0
         return Generated(int(state.seq), measured, elapsed)
 
     def sent(self) -> int:
-        return int(self.bpf["gen_state"][ct.c_int(0)].seq)
+        return int(self.bpf[b"gen_state"][ct.c_int(0)].seq)
 
     def close(self) -> None:
         self.bpf.cleanup()
