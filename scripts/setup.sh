@@ -48,12 +48,13 @@ if [ -n "$missing" ]; then
 		printf '#!/bin/sh\nexit 101\n' >"$policy"
 		chmod 755 "$policy"
 		trap 'rm -f "$policy"' EXIT
+		trap 'exit 130' INT TERM HUP  # so that dash runs the EXIT trap
 	fi
 	# shellcheck disable=SC2086
 	apt_install $missing
 	if [ -n "$policy" ]; then
 		rm -f "$policy"
-		trap - EXIT
+		trap - EXIT INT TERM HUP
 	fi
 fi
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import select
 import socket
+import time
+from ipaddress import IPv4Address
 from typing import Iterator
 
 import pytest
@@ -18,7 +20,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from sbulb.bench.measure import SO_RCVBUFFORCE, udp_errors, udp_frame
-from sbulb.bench.topology import CLIENT_BASE, LB_IF, NET_IF, PORT, VIP, BenchLab
+from sbulb.bench.topology import CLIENT_BASE, NET_IF, PORT, VIP, BenchLab
 from sbulb.dataplane import attach_pass_program
 from sbulb.lab import netns, sh
 from tests.conftest import require_root
@@ -46,27 +48,26 @@ def lab(tools) -> Iterator[BenchLab]:
         yield built
 
 
-def settled(read, limit: float = 5.0):
-    """read() once it stops changing (polled, bounded)."""
-    last = read()
-    for _ in range(int(limit / 0.05)):
-        select.select([], [], [], 0.05)
-        now = read()
-        if now == last:
-            return now
-        last = now
-    return last
+def reaches(read, expected, limit: float = 5.0):
+    """read() once it equals `expected`, or when `limit` seconds have passed
+    (polled: frames still in flight land within milliseconds)."""
+    deadline = time.monotonic() + limit
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        select.select([], [], [], 0.02)
+        value = read()
+    return value
 
 
 def test_generator_sends_the_count_and_the_counter_counts_it(lab, tools):
-    tools.attach(lab.lb_ns, LB_IF, "reflect")
+    tools.attach(lab.lb_ns, lab.lb_if, "reflect")
     generated = tools.generate(lab.net_ns, NET_IF, udp_frame(lab, 64), 30.0, clients=100,
                                count=5000)
     assert generated.sent == 5000
     assert generated.rate > 0
-    assert tools.ceiling_count() == 5000  # the reflector saw each one
+    assert reaches(tools.ceiling_count, 5000) == 5000  # the reflector saw each one
     # the reflected frames, to the VIP, each counted once on the far end
-    assert settled(tools.counted) == {VIP: 5000}
+    assert reaches(tools.counted, {VIP: 5000}) == {VIP: 5000}
 
 
 def test_generated_frames_are_datagrams_from_each_client_with_valid_checksums(lab, tools):
@@ -75,14 +76,17 @@ def test_generated_frames_are_datagrams_from_each_client_with_valid_checksums(la
     to a socket (the far end's stack checks the UDP checksum)."""
     server = lab.servers[0]
     with netns(lab.lb_ns):
-        attach_pass_program(LB_IF)
+        attach_pass_program(lab.lb_if)
     sh("ip", "-n", lab.lb_ns, "neigh", "replace", str(server), "lladdr", lab.net_mac,
-       "dev", LB_IF, "nud", "permanent")
+       "dev", lab.lb_if, "nud", "permanent")
     tools.let_counted_through(True)
     payload = b"generated datagram"
     frame = bytes(Ether(src=lab.net_mac, dst=lab.lb_mac)
                   / IP(src=str(CLIENT_BASE), dst=str(server), ttl=64)
                   / UDP(sport=1024, dport=PORT) / payload)
+    # clients from another address than the template's: the address's part
+    # in both checksums is updated too
+    base = IPv4Address("10.99.1.0")
     clients = 300
     with netns(lab.net_ns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -91,7 +95,7 @@ def test_generated_frames_are_datagrams_from_each_client_with_valid_checksums(la
         sock.bind((str(server), PORT))
         errors = udp_errors(lab.net_ns)
         generated = tools.generate(lab.net_ns, NET_IF, frame, 30.0, clients=clients,
-                                   count=clients)
+                                   base=base, count=clients)
         assert generated.sent == clients
         sources = []
         while len(sources) < clients:
@@ -101,10 +105,10 @@ def test_generated_frames_are_datagrams_from_each_client_with_valid_checksums(la
             data, source = sock.recvfrom(2048)
             assert data == payload
             sources.append(source)
-        expected = [(str(CLIENT_BASE + i // 16384), 1024 + i % 16384) for i in range(clients)]
+        expected = [(str(base + i // 16384), 1024 + i % 16384) for i in range(clients)]
         assert sorted(sources) == sorted(expected)
         assert udp_errors(lab.net_ns) == errors
-        assert settled(tools.counted) == {server: clients}
+        assert reaches(tools.counted, {server: clients}) == {server: clients}
     finally:
         sock.close()
         tools.let_counted_through(False)
@@ -114,11 +118,21 @@ def test_paced_generator_keeps_its_rate_and_stops_at_the_count(lab, tools):
     """Pacing by the generator's own clock: the rate it reports is the one
     asked for (loosely: a VM's clock reads are slow), and it never sends more
     than asked."""
-    tools.attach(lab.lb_ns, LB_IF, "drop")
+    tools.attach(lab.lb_ns, lab.lb_if, "drop")
     generated = tools.generate(lab.net_ns, NET_IF, udp_frame(lab, 64), 30.0, rate=100_000.0,
                                clients=10, count=20_000)
     assert generated.sent == 20_000
     assert 50_000 < generated.rate < 150_000
-    assert settled(tools.ceiling_count) == 20_000
+    assert reaches(tools.ceiling_count, 20_000) == 20_000
+
+
+def test_generator_stops_at_its_time_bound(lab, tools):
+    """A count it cannot reach in time: the run ends at `seconds` anyway,
+    having sent about what the rate allows."""
+    tools.attach(lab.lb_ns, lab.lb_if, "drop")
+    generated = tools.generate(lab.net_ns, NET_IF, udp_frame(lab, 64), 0.3, rate=1000.0,
+                               clients=10, count=1_000_000)
+    assert 100 <= generated.sent <= 600
+    assert generated.seconds < 5.0
 
 

@@ -8,6 +8,7 @@ its own towards it, so that replies find their way back.
 from __future__ import annotations
 
 import itertools
+import resource
 import selectors
 import signal
 import socket
@@ -16,6 +17,9 @@ import sys
 
 def main(argv: list[str]) -> int:
     listen, servers = argv[0], argv[1:]
+    # a socket per client: as many as the system lets us
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
     front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -24,6 +24,7 @@ LOSS_TARGET = 0.001  # "sustained": under 0.1% lost
 LADDER = (0.95, 0.8, 0.6, 0.4, 0.2)  # paced rates tried, as fractions of the saturated rate
 WARM_UP_RATE = 100_000.0
 SAMPLE_RATE = 5000.0  # the sample check's frames per second: any case keeps up
+SETTLED_POLLS = 5  # the count unchanged over 5 polls 20 ms apart: landed
 SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max (socket(7))
 
 
@@ -106,12 +107,12 @@ class Bench:
         """What the case delivered, once in-flight frames have landed: the
         count, read until it stops moving (bounded)."""
         last = case.delivered()
+        steady = 0
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
+        while steady < SETTLED_POLLS and time.monotonic() < deadline:
             select.select([], [], [], 0.02)
             now = case.delivered()
-            if now == last:
-                break
+            steady = steady + 1 if now == last else 0
             last = now
         return last
 
@@ -125,6 +126,7 @@ class Bench:
                                         rate, clients or self.clients, CLIENT_BASE)
         cpu = (cpu_seconds(pids) - cpu_before) / generated.seconds
         delivered = self.settle(case)
+        case.check()
         sent = generated.sent
         fraction = min(1.0, delivered / sent) if sent else 0.0
         return Sample(rate, generated.rate, generated.rate * fraction, 1 - fraction, cpu,
@@ -141,12 +143,19 @@ class Bench:
             self.tools.generate(self.lab.net_ns, NET_IF, frame, count / WARM_UP_RATE * 1.5 + 0.5,
                                 WARM_UP_RATE, clients, CLIENT_BASE, count=count)
             self.settle(case)
-            if not case.forwards_to_servers or self.lab.servers_resolved():
+            if not case.needs_neighbours or self.lab.servers_resolved():
                 break
 
     def start(self, case: Case) -> None:
+        """Start a case and give its NAPI thread the balancer's CPU; the case
+        is stopped again if that fails."""
+        known = self.lab.napi_threads()
         case.__enter__()
-        self.napi_thread = self.lab.pin_napi()
+        try:
+            self.napi_thread = self.lab.pin_napi(known)
+        except BaseException:
+            case.__exit__(None, None, None)
+            raise
 
     # -- a case, every payload size
 
@@ -163,7 +172,7 @@ class Bench:
                     saturated = self.measure(case, frame)
                     ladder = []
                     sustained = None
-                    for fraction in LADDER:
+                    for fraction in LADDER if saturated.delivered > 0 else ():
                         paced = self.measure(case, frame, saturated.delivered * fraction)
                         ladder.append(paced)
                         if paced.loss < LOSS_TARGET:
@@ -193,6 +202,7 @@ class Bench:
         error; what did is reported."""
         self.tools.let_counted_through(True)
         servers: list[socket.socket] = []
+        clients: list[socket.socket] = []
         try:
             with netns(self.lab.net_ns):
                 for address in self.lab.servers:
@@ -202,7 +212,6 @@ class Bench:
                     sock.setblocking(False)
                     servers.append(sock)
                 before = udp_errors(self.lab.net_ns)
-                clients = []
                 for i in range(20):
                     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     client.bind((str(SOCKET_CLIENT), 0))
@@ -225,12 +234,12 @@ class Bench:
                     received += 1
                     intact += data in expected
             errors = udp_errors(self.lab.net_ns) - before
-            for client in clients:
-                client.close()
         finally:
-            for sock in servers:
-                sock.close()
+            # the counter drops again before the servers' sockets go: a
+            # late datagram to a closed port would draw an ICMP error
             self.tools.let_counted_through(False)
+            for sock in servers + clients:
+                sock.close()
         check = {"sent": sent + generated, "received": received, "intact": intact,
                  "checksum_errors": errors}
         self.say(f"  sample through real sockets: {received}/{sent + generated} received, "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sbulb
 from sbulb.bench.tools import BenchTools
-from sbulb.bench.topology import LB_ADDRESS, LB_IF, PORT, VIP, BenchLab
+from sbulb.bench.topology import LB_ADDRESS, PORT, VIP, BenchLab
 from sbulb.lab import SbulbProcess, in_ns, netns, sh
 
 STOP_TIMEOUT = 30.0
@@ -28,6 +28,7 @@ class Case:
     name = ""
     label = ""
     generic = False  # sbulb in generic XDP mode: the link needs GRO for NAPI
+    needs_neighbours = False  # learns the servers' MACs from traffic (sbulb, fib)
 
     def __init__(self, lab: BenchLab, tools: BenchTools, workdir: Path) -> None:
         self.lab, self.tools, self.workdir = lab, tools, workdir
@@ -42,6 +43,10 @@ class Case:
         """Processes whose CPU time is the balancer's, besides lbwire's NAPI
         thread (which every case has)."""
         return []
+
+    def check(self) -> None:
+        """Raise if what the case started has died (a run would count
+        nothing and say so quietly)."""
 
     def delivered(self) -> int:
         """Frames that reached the real servers."""
@@ -76,10 +81,10 @@ class Ceiling(Case):
                       "drop": "XDP drop (ceiling, received)"}[program]
 
     def start(self) -> None:
-        self.tools.attach(self.lab.lb_ns, LB_IF, self.program)
+        self.tools.attach(self.lab.lb_ns, self.lab.lb_if, self.program)
 
     def stop(self) -> None:
-        self.tools.detach(self.lab.lb_ns, LB_IF)
+        self.tools.detach(self.lab.lb_ns, self.lab.lb_if)
 
     def delivered(self) -> int:
         if self.program == "drop":
@@ -98,6 +103,7 @@ class Sbulb(Case):
         super().__init__(lab, tools, workdir)
         self.mode, self.forward = mode, forward
         self.generic = mode == "generic"
+        self.needs_neighbours = forward == "fib"
         self.max_associations = max_associations
         self.config_file = config_file
         self.name = f"sbulb-{mode}" + ("" if forward == "fib" else f"-{forward}")
@@ -109,7 +115,7 @@ class Sbulb(Case):
         servers = (["-cfg", str(self.config_file)] if self.config_file
                    else ["-rs", *map(str, self.lab.servers)])
         return ["-vs", str(VIP), "-p", str(PORT), *servers, "--xdp-mode", self.mode,
-                "--forward", self.forward, "-ma", str(self.max_associations), "--no-pin", LB_IF]
+                "--forward", self.forward, "-ma", str(self.max_associations), "--no-pin", self.lab.lb_if]
 
     def start(self) -> None:
         if self.generic:
@@ -129,6 +135,11 @@ class Sbulb(Case):
     def processes(self) -> list[int]:
         return []  # the daemon is the control plane; the data path is in NAPI
 
+    def check(self) -> None:
+        if self.process is not None and self.process.proc.poll() is not None:
+            raise RuntimeError(f"sbulb exited ({self.process.proc.returncode}): "
+                               f"{self.process.stderr.strip()}")
+
     def sbulb_pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -142,10 +153,10 @@ class KernelPeer(Case):
         from sbulb.dataplane import attach_pass_program
 
         with netns(self.lab.lb_ns):
-            attach_pass_program(LB_IF)
+            attach_pass_program(self.lab.lb_if)
 
     def stop(self) -> None:
-        sh("ip", "-n", self.lab.lb_ns, "link", "set", "dev", LB_IF, "xdpdrv", "off", check=False)
+        sh("ip", "-n", self.lab.lb_ns, "link", "set", "dev", self.lab.lb_if, "xdpdrv", "off", check=False)
 
 
 class Nftables(KernelPeer):
@@ -229,6 +240,12 @@ class Proxy(KernelPeer):
         if self.process is None:
             return []
         return [self.process.pid, *children(self.process.pid)]
+
+    def check(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            output = (self.workdir / f"{self.name}.log").read_text(errors="replace")
+            raise RuntimeError(f"{self.name} exited ({self.process.returncode}): "
+                               f"{output.strip()[-500:]}")
 
 
 class Nginx(Proxy):

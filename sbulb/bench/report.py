@@ -58,6 +58,9 @@ def table(results: dict, out: TextIO) -> None:
               "in CPUs; sustained: the highest paced rate tried (95% of delivered down to\n"
               "20%) with under 0.1% lost; '-' (n%): no rate did, n% was the least loss seen.\n")
 
+    for failure in results.get("failed", []):
+        out.write(f"FAILED: {failure['name']}: {' '.join(failure['error'].split())}\n")
+
     checks = [c for c in cases if c.get("sample_check")]
     if checks:
         out.write("\nSample through real sockets (counter lets it through, the far end's stack\n"
@@ -80,8 +83,8 @@ def table(results: dict, out: TextIO) -> None:
         out.write(f"\nControl plane: start-up {cp['startup_seconds']['median']:.2f} s "
                   f"(compile + load + attach; {_range(cp['startup_seconds'], 1, 2)}), reload "
                   f"{cp['reload_seconds']['median'] * 1000:.0f} ms (file -> maps; "
-                  f"{_range(cp['reload_seconds'], 1e-3, 0)} ms), idle CPU "
-                  f"{cp['idle_cpu'] * 100:.2f}%\n")
+                  f"{_range(cp['reload_seconds'], 1e-3, 0)} ms; 100 ms of it the watcher's "
+                  f"debounce), idle CPU {cp['idle_cpu'] * 100:.3f}%\n")
     if results.get("costs"):
         out.write("\nPer packet in the data path (kernel BPF statistics, at "
                   "0.3 Mpps; includes two clock reads)\n")

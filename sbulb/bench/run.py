@@ -12,27 +12,42 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from sbulb.bench import report
 from sbulb.bench.costs import path_costs
 from sbulb.bench.measure import Bench
 from sbulb.bench.peers import Case, Ceiling, Nftables, Nginx, PythonForwarder, Sbulb
 from sbulb.bench.scaling import control_plane, scaling
-from sbulb.bench.topology import PORT, BenchLab
+from sbulb.bench.tools import GENERATOR_CPU, BenchTools
+from sbulb.bench.topology import BALANCER_CPU, PORT, BenchLab
 from sbulb.lab import raise_interrupt
 
-# nftables last: its conntrack entries outlive its table
-CASES: dict[str, Callable[[BenchLab, object, Path], Case]] = {
-    "xdp-drop": lambda lab, tools, wd: Ceiling(lab, tools, wd, "drop"),  # type: ignore[arg-type]
-    "xdp-tx-reflector": lambda lab, tools, wd: Ceiling(lab, tools, wd, "reflect"),  # type: ignore[arg-type]
-    "sbulb-native": lambda lab, tools, wd: Sbulb(lab, tools, wd),  # type: ignore[arg-type]
-    "sbulb-native-mac-swap": lambda lab, tools, wd: Sbulb(lab, tools, wd, forward="mac-swap"),  # type: ignore[arg-type]
-    "sbulb-generic": lambda lab, tools, wd: Sbulb(lab, tools, wd, mode="generic"),  # type: ignore[arg-type]
-    "python": lambda lab, tools, wd: PythonForwarder(lab, tools, wd),  # type: ignore[arg-type]
-    "nginx": lambda lab, tools, wd: Nginx(lab, tools, wd),  # type: ignore[arg-type]
-    "nftables": lambda lab, tools, wd: Nftables(lab, tools, wd),  # type: ignore[arg-type]
-}
+# in this order; nftables last: its conntrack entries outlive its table
+CASES = ["xdp-drop", "xdp-tx-reflector", "sbulb-native", "sbulb-native-mac-swap",
+         "sbulb-generic", "python", "nginx", "nftables"]
+
+
+def make_case(name: str, lab: BenchLab, tools: BenchTools, workdir: Path) -> Case:
+    if name == "xdp-drop":
+        return Ceiling(lab, tools, workdir, "drop")
+    if name == "xdp-tx-reflector":
+        return Ceiling(lab, tools, workdir, "reflect")
+    if name == "sbulb-native":
+        return Sbulb(lab, tools, workdir)
+    if name == "sbulb-native-mac-swap":
+        return Sbulb(lab, tools, workdir, forward="mac-swap")
+    if name == "sbulb-generic":
+        return Sbulb(lab, tools, workdir, mode="generic")
+    if name == "python":
+        return PythonForwarder(lab, tools, workdir)
+    if name == "nginx":
+        return Nginx(lab, tools, workdir)
+    if name == "nftables":
+        return Nftables(lab, tools, workdir)
+    raise ValueError(name)
+
+
 PAYLOADS = [64, 1400]
 
 
@@ -64,12 +79,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def missing(cases: list[str]) -> str | None:
     if os.geteuid() != 0:
         return "the benchmark needs root (namespaces, XDP): run `make bench`"
-    if (os.cpu_count() or 1) < 2:
-        return "the benchmark needs 2 CPUs (one generates, one balances)"
+    if not {GENERATOR_CPU, BALANCER_CPU} <= os.sched_getaffinity(0):
+        return (f"the benchmark needs CPUs {GENERATOR_CPU} and {BALANCER_CPU} "
+                "(one generates, one balances)")
     tools = {"nftables": "nft", "nginx": "nginx"}
     for case, tool in tools.items():
         if case in cases and not shutil.which(tool):
             return f"{tool} is not installed: run `make bench` (it installs it)"
+    if "nginx" in cases and not Nginx.MODULE.exists():
+        return f"{Nginx.MODULE} is missing: run `make bench` (it installs libnginx-mod-stream)"
     return None
 
 
@@ -87,8 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
-    from sbulb.bench.tools import BenchTools  # bcc: only once the checks passed
-
     started = time.monotonic()
     results: dict[str, object] = {
         "settings": {"repeats": args.repeats, "seconds": args.seconds, "clients": args.clients,
@@ -101,11 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with BenchLab(say=say) as lab:
             bench = Bench(lab, tools, workdir, args.seconds, args.repeats, args.clients, say)
-            throughput = []
+            throughput: list[dict[str, object]] = []
+            failed: list[dict[str, str]] = []
             startups = []
             for name in cases:
-                case = CASES[name](lab, tools, workdir)
-                for result in bench.throughput(case, PAYLOADS):
+                case = make_case(name, lab, tools, workdir)
+                try:
+                    case_results = bench.throughput(case, PAYLOADS)
+                except Exception as e:  # one case's failure: say it, keep the others
+                    say(f"  {name} failed: {' '.join(str(e).split())}")
+                    failed.append({"name": name, "error": str(e)})
+                    continue
+                for result in case_results:
                     throughput.append({"name": result.name, "label": result.label,
                                        "payload": result.payload, "summary": result.summary(),
                                        "sample_check": result.sample_check,
@@ -113,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if isinstance(case, Sbulb):
                     startups.append(case.startup_seconds)
             results["throughput"] = throughput
+            results["failed"] = failed
             if not args.no_scaling:
                 results["scaling"] = scaling(bench)
                 results["control_plane"] = control_plane(bench, startups)
@@ -126,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwritten: {json_path}" + (f", {png_path}" if png_path else
                                        " (no chart: python3-matplotlib missing)"))
     print(f"benchmark time: {results['seconds'] / 60:.1f} min")
-    return 0
+    return 1 if results.get("failed") else 0
 
 
 def _cpu_model() -> str:

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sbulb.bench.measure import Bench, spread, udp_frame
-from sbulb.bench.peers import Sbulb, cpu_seconds
-from sbulb.bench.topology import CLIENT_BASE, LB_IF, NET_IF
+from sbulb.bench.peers import Sbulb
+from sbulb.bench.topology import CLIENT_BASE, NET_IF
 
 PREFILL_RATE = 300_000.0  # new associations per second while filling the map
 IDLE_SECONDS = 5.0
@@ -36,7 +36,7 @@ def ctl(bench: Bench, *args: str) -> object:
     """sbulbctl --json ARGS against the lab's sbulb; the decoded answer."""
     out = subprocess.run(
         ["nsenter", f"--net=/run/netns/{bench.lab.lb_ns}", sys.executable, "-m", "sbulb.ctl",
-         "-i", LB_IF, "--json", *args],
+         "-i", bench.lab.lb_if, "--json", *args],
         capture_output=True, text=True, timeout=300, check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     ).stdout
@@ -48,9 +48,9 @@ def associations(bench: Bench) -> int:
     return int(value["count"] if isinstance(value, dict) else value)  # type: ignore[arg-type]
 
 
-def map_memory(pid: int) -> dict[str, int]:
+def map_memory(pid: int, max_associations: int) -> dict[str, int]:
     """Bytes the kernel charges for a process's BPF maps (fdinfo's memlock):
-    all of them, and the association map (the LRU hash)."""
+    all of them, and the association map (the LRU hash of -ma entries)."""
     total = assoc = 0
     for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
         try:
@@ -62,7 +62,8 @@ def map_memory(pid: int) -> dict[str, int]:
             continue
         memlock = int(fields.get("memlock", "0"))
         total += memlock
-        if int(fields["map_type"]) == BPF_MAP_TYPE_LRU_HASH:
+        if (int(fields["map_type"]) == BPF_MAP_TYPE_LRU_HASH
+                and int(fields.get("max_entries", "0")) == max_associations):
             assoc += memlock
     return {"maps_bytes": total, "associations_bytes": assoc}
 
@@ -82,7 +83,7 @@ def scaling(bench: Bench, max_associations: int = 1 << 20) -> list[dict[str, obj
             bench.settle(case)
             samples = [bench.measure(case, frame, clients=clients) for _ in range(bench.repeats)]
             live = associations(bench)
-            memory = map_memory(case.sbulb_pid())
+            memory = map_memory(case.sbulb_pid(), map_size)
         finally:
             case.__exit__(None, None, None)
         result = {
@@ -99,10 +100,23 @@ def scaling(bench: Bench, max_associations: int = 1 << 20) -> list[dict[str, obj
     return results
 
 
+def run_time_ns(pid: int) -> int:
+    """Time a process's threads have run, in ns (schedstat: finer than the
+    10 ms ticks of /proc/PID/stat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def control_plane(bench: Bench, startups: list[float]) -> dict[str, object]:
     """Start-up (process start -> READY=1: compile, load, attach), reload
     latency (config file renamed into place -> READY=1, which the daemon
-    sends once the maps hold the new servers), idle CPU."""
+    sends once the maps hold the new servers; the watcher's 100 ms debounce
+    included), idle CPU."""
     lab = bench.lab
     config = bench.workdir / f"sbulb-{uuid.uuid4().hex[:6]}.conf"
     servers = lab.servers
@@ -120,10 +134,10 @@ def control_plane(bench: Bench, startups: list[float]) -> dict[str, object]:
         startups = [*startups, case.startup_seconds]
         process = case.process
         assert process is not None
-        before = cpu_seconds([process.pid])
+        before = run_time_ns(process.pid)
         started = time.monotonic()
         time.sleep(IDLE_SECONDS)  # the measurement window: nothing happens in it
-        idle = (cpu_seconds([process.pid]) - before) / (time.monotonic() - started)
+        idle = (run_time_ns(process.pid) - before) / 1e9 / (time.monotonic() - started)
         latencies = []
         for i in range(RELOADS):
             weights = [1 + (i + 1) % 3] + [1] * (len(servers) - 1)
@@ -137,6 +151,6 @@ def control_plane(bench: Bench, startups: list[float]) -> dict[str, object]:
     result = {"startup_seconds": spread(startups), "reload_seconds": spread(latencies),
               "idle_cpu": idle}
     bench.say(f"control plane: start-up {statistics.median(startups):.2f} s (compile + attach), "
-              f"reload {statistics.median(latencies) * 1000:.0f} ms (file -> maps), "
-              f"idle CPU {idle * 100:.2f}%")
+              f"reload {statistics.median(latencies) * 1000:.0f} ms (file -> maps, "
+              f"100 ms debounce included), idle CPU {idle * 100:.3f}%")
     return result
