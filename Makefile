@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-# sbulb side by side with nftables, nginx and a Python forwarder (~10 min);
+# sbulb side by side with nftables, nginx and a Python forwarder (~7 min);
 # results in bench-results/ (BENCH_ARGS: see python3 -m sbulb.bench --help)
 BENCH_ARGS ?=
 bench:
