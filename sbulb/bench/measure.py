@@ -82,7 +82,8 @@ class CaseResult:
             "sustained_loss": spread([s.loss for s in sus]) if sus else None,
             # the lowest loss any paced rate gave: the floor when no rate
             # met the target
-            "least_loss": spread([min(s.loss for s in run.ladder) for run in self.runs]),
+            "least_loss": spread([min((s.loss for s in run.ladder), default=1.0)
+                                  for run in self.runs]),
         }
 
 

@@ -3,11 +3,12 @@
  * ceilings (a bare XDP_TX reflector, a drop).
  *
  * The generator runs on one CPU (the calling thread's), inside the test run
- * loop. The kernel copies our frame template into each page of its page pool
- * once and recycles pages without copying again, so the frame we get holds
- * whatever we wrote last time: every field we change is rewritten on each
- * run, and checksums are updated incrementally from the frame's current,
- * consistent, state.
+ * loop. The kernel copies the frame into each page of its page pool once and
+ * recycles pages without copying again, so a frame holds whatever was
+ * written to it last, by us or by the receiver (a NAT rewrites headers in
+ * place): the headers are written from the template in gen_config on every
+ * run, then the client's address and port, with both checksums updated
+ * incrementally from the template's.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
