@@ -806,10 +806,9 @@ class Dataplane:
             repeat=repeat,
         )
         if ingress_ifindex:
-            # struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-            ctx = ct.create_string_buffer(struct.pack("6I", 0, len(frame), 0, ingress_ifindex, 0, 0))
+            ctx = _xdp_md(len(frame), ingress_ifindex)
             opts.ctx_in = ct.cast(ctx, ct.c_void_p)
-            opts.ctx_size_in = 24
+            opts.ctx_size_in = ct.sizeof(ctx)
         ret = libbpf().bpf_prog_test_run_opts(self.prog_fd, ct.byref(opts))
         if ret < 0:
             raise DataplaneError(f"BPF_PROG_TEST_RUN failed: {_errstr(ret)}")
@@ -821,6 +820,12 @@ class Dataplane:
 
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+def _xdp_md(frame_len: int, ingress_ifindex: int) -> ct.Array[ct.c_char]:
+    """A test run's context, struct xdp_md: data, data_end, data_meta,
+    ingress_ifindex, rx_queue_index, egress_ifindex."""
+    return ct.create_string_buffer(struct.pack("6I", 0, frame_len, 0, ingress_ifindex, 0, 0))
 
 
 def run_live_frames(prog_fd: int, frame: bytes, ingress_ifindex: int, repeat: int,
@@ -835,14 +840,13 @@ def run_live_frames(prog_fd: int, frame: bytes, ingress_ifindex: int, repeat: in
     setup and a teardown (an RCU grace period, milliseconds): make them
     long."""
     data_in = ct.create_string_buffer(frame, len(frame))
-    # struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-    ctx = ct.create_string_buffer(struct.pack("6I", 0, len(frame), 0, ingress_ifindex, 0, 0))
+    ctx = _xdp_md(len(frame), ingress_ifindex)
     opts = _TestRunOpts(
         sz=ct.sizeof(_TestRunOpts),
         data_in=ct.cast(data_in, ct.c_void_p),
         data_size_in=len(frame),
         ctx_in=ct.cast(ctx, ct.c_void_p),
-        ctx_size_in=24,
+        ctx_size_in=ct.sizeof(ctx),
         repeat=repeat,
         flags=BPF_F_TEST_XDP_LIVE_FRAMES,
         batch_size=batch_size,
