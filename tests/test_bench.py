@@ -16,11 +16,9 @@ from ipaddress import IPv4Address
 from typing import Iterator
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from sbulb.bench.measure import SO_RCVBUFFORCE, udp_errors, udp_frame
-from sbulb.bench.topology import CLIENT_BASE, NET_IF, PORT, VIP, BenchLab
+from sbulb.bench.topology import NET_IF, PORT, VIP, BenchLab
 from sbulb.dataplane import attach_pass_program
 from sbulb.lab import netns, sh
 from tests.conftest import require_root
@@ -81,9 +79,7 @@ def test_generated_frames_are_datagrams_from_each_client_with_valid_checksums(la
        "dev", lab.lb_if, "nud", "permanent")
     tools.let_counted_through(True)
     payload = b"generated datagram"
-    frame = bytes(Ether(src=lab.net_mac, dst=lab.lb_mac)
-                  / IP(src=str(CLIENT_BASE), dst=str(server), ttl=64)
-                  / UDP(sport=1024, dport=PORT) / payload)
+    frame = udp_frame(lab, payload, dst=server)
     # clients from another address than the template's: the address's part
     # in both checksums is updated too
     base = IPv4Address("10.99.1.0")

@@ -20,11 +20,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Iterator
 
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-
 from sbulb.bench.measure import Bench, udp_frame
-from sbulb.bench.peers import Ceiling, Sbulb
+from sbulb.bench.peers import Ceiling, Sbulb, fdinfo
+from sbulb.bench.scaling import ctl
 from sbulb.bench.topology import CLIENT_BASE, LB_ADDRESS, NET_IF, PORT
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -55,24 +53,11 @@ def program_stats(pid: int, fd: int | None = None) -> tuple[int, int]:
     """(run_time_ns, run_cnt) summed over a process's XDP program fds (or
     one fd)."""
     time_ns = runs = 0
-    fds = [Path(f"/proc/{pid}/fdinfo/{fd}")] if fd is not None else \
-        list(Path(f"/proc/{pid}/fdinfo").iterdir())
-    for path in fds:
-        try:
-            fields = dict(line.split(":\t", 1) for line in path.read_text().splitlines()
-                          if ":\t" in line)
-        except OSError:
-            continue
+    for fields in fdinfo(pid, fd):
         if fields.get("prog_type") == str(BPF_PROG_TYPE_XDP):
             time_ns += int(fields.get("run_time_ns", 0))
             runs += int(fields.get("run_cnt", 0))
     return time_ns, runs
-
-
-def _frame(bench: Bench, src: IPv4Address, dst: IPv4Address, sport: int, dport: int) -> bytes:
-    lab = bench.lab
-    return bytes(Ether(src=lab.net_mac, dst=lab.lb_mac) / IP(src=str(src), dst=str(dst), ttl=64)
-                 / UDP(sport=sport, dport=dport) / (b"c" * 64))
 
 
 def path_costs(bench: Bench) -> list[Cost]:
@@ -112,25 +97,19 @@ def path_costs(bench: Bench) -> list[Cost]:
                 measure(f"{forward}: existing association", pid, None, warm, clients=1000)
                 server = association_of(bench, CLIENT_BASE, 1024)
                 measure(f"{forward}: egress (server -> client)", pid, None,
-                        _frame(bench, server, CLIENT_BASE, PORT, 1024), clients=1,
+                        udp_frame(lab, 64, server, CLIENT_BASE, PORT, 1024), clients=1,
                         base=server, base_port=PORT)
                 # a client never seen before in every packet (the map is far
                 # from full: no eviction)
                 measure(f"{forward}: new association", pid, None, warm,
                         clients=1 << 22, base=IPv4Address("10.99.64.0"))
                 measure(f"{forward}: pass (not for the VIP)", pid, None,
-                        _frame(bench, CLIENT_BASE, LB_ADDRESS, 1024, 9), clients=1000)
+                        udp_frame(lab, 64, CLIENT_BASE, LB_ADDRESS, 1024, 9), clients=1000)
             finally:
                 case.__exit__(None, None, None)
     return costs
 
 
 def association_of(bench: Bench, client: IPv4Address, port: int) -> IPv4Address:
-    from sbulb.bench.scaling import ctl
-
-    answer = ctl(bench, "associations", "get", f"{client}:{port}")
-    if isinstance(answer, dict):
-        answer = answer.get("server")
-    if not answer:
-        raise LookupError(f"{client}:{port} has no association")
-    return IPv4Address(str(answer))
+    """The client's real server (sbulbctl fails when there is none)."""
+    return IPv4Address(str(ctl(bench, "associations", "get", f"{client}:{port}")))

@@ -8,6 +8,7 @@ import socket
 import statistics
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Callable
 
@@ -28,11 +29,14 @@ SETTLED_POLLS = 5  # the count unchanged over 5 polls 20 ms apart: landed
 SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max (socket(7))
 
 
-def udp_frame(lab: BenchLab, payload: int) -> bytes:
-    """A client's datagram to the VIP, `payload` bytes of UDP payload."""
+def udp_frame(lab: BenchLab, payload: int | bytes, src: IPv4Address = CLIENT_BASE,
+              dst: IPv4Address = VIP, sport: int = 1024, dport: int = PORT) -> bytes:
+    """A frame from the far end into the balancer: by default a client's
+    datagram to the VIP; `payload` is a size or the bytes."""
+    data = b"s" * payload if isinstance(payload, int) else payload
     return bytes(Ether(src=lab.net_mac, dst=lab.lb_mac)
-                 / IP(src=str(CLIENT_BASE), dst=str(VIP), ttl=64, id=1)
-                 / UDP(sport=1024, dport=PORT) / (b"s" * payload))
+                 / IP(src=str(src), dst=str(dst), ttl=64, id=1)
+                 / UDP(sport=sport, dport=dport) / data)
 
 
 @dataclass

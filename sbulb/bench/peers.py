@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import sbulb
 from sbulb.bench.tools import BenchTools
@@ -29,6 +30,7 @@ class Case:
     label = ""
     generic = False  # sbulb in generic XDP mode: the link needs GRO for NAPI
     needs_neighbours = False  # learns the servers' MACs from traffic (sbulb, fib)
+    forwards_to_servers = True  # the ceilings do not: no sample through sockets
 
     def __init__(self, lab: BenchLab, tools: BenchTools, workdir: Path) -> None:
         self.lab, self.tools, self.workdir = lab, tools, workdir
@@ -53,10 +55,6 @@ class Case:
         counted = self.tools.counted()
         return sum(counted.get(server, 0) for server in self.lab.servers)
 
-    @property
-    def forwards_to_servers(self) -> bool:
-        return True
-
     def __enter__(self) -> "Case":
         try:
             self.start()
@@ -72,6 +70,8 @@ class Case:
 class Ceiling(Case):
     """A bare XDP program on lbwire: what the link and the balancer's CPU
     give at best."""
+
+    forwards_to_servers = False
 
     def __init__(self, lab: BenchLab, tools: BenchTools, workdir: Path, program: str) -> None:
         super().__init__(lab, tools, workdir)
@@ -90,10 +90,6 @@ class Ceiling(Case):
         if self.program == "drop":
             return self.tools.ceiling_count()
         return self.tools.counted().get(VIP, 0)
-
-    @property
-    def forwards_to_servers(self) -> bool:
-        return False
 
 
 class Sbulb(Case):
@@ -132,8 +128,8 @@ class Sbulb(Case):
         if self.generic:
             self.lab.set_gro(False)
 
-    def processes(self) -> list[int]:
-        return []  # the daemon is the control plane; the data path is in NAPI
+    # processes(): none, the daemon is the control plane; the data path is
+    # all in the NAPI thread
 
     def check(self) -> None:
         if self.process is not None and self.process.proc.poll() is not None:
@@ -306,13 +302,26 @@ def children(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all their threads)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU time these processes' threads (or kernel threads) have run, from
+    schedstat (ns; /proc/PID/stat counts 10 ms ticks)."""
     total = 0
     for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
+def fdinfo(pid: int, fd: int | None = None) -> Iterator[dict[str, str]]:
+    """The fields of /proc/PID/fdinfo for each of a process's fds (or one):
+    BPF maps and programs show their type, size, memory, run statistics."""
+    paths = [Path(f"/proc/{pid}/fdinfo/{fd}")] if fd is not None else \
+        list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    for path in paths:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
+            text = path.read_text()
+        except OSError:  # closed meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        yield dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sbulb.bench.measure import Bench, spread, udp_frame
-from sbulb.bench.peers import Sbulb
+from sbulb.bench.peers import Sbulb, cpu_seconds, fdinfo
 from sbulb.bench.topology import CLIENT_BASE, NET_IF
 
 PREFILL_RATE = 300_000.0  # new associations per second while filling the map
@@ -44,20 +44,14 @@ def ctl(bench: Bench, *args: str) -> object:
 
 
 def associations(bench: Bench) -> int:
-    value = ctl(bench, "associations", "count")
-    return int(value["count"] if isinstance(value, dict) else value)  # type: ignore[arg-type]
+    return int(ctl(bench, "associations", "count"))  # type: ignore[arg-type]
 
 
 def map_memory(pid: int, max_associations: int) -> dict[str, int]:
     """Bytes the kernel charges for a process's BPF maps (fdinfo's memlock):
     all of them, and the association map (the LRU hash of -ma entries)."""
     total = assoc = 0
-    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            fields = dict(line.split(":\t", 1) for line in fdinfo.read_text().splitlines()
-                          if ":\t" in line)
-        except OSError:
-            continue
+    for fields in fdinfo(pid):
         if "map_type" not in fields:
             continue
         memlock = int(fields.get("memlock", "0"))
@@ -100,18 +94,6 @@ def scaling(bench: Bench, max_associations: int = 1 << 20) -> list[dict[str, obj
     return results
 
 
-def run_time_ns(pid: int) -> int:
-    """Time a process's threads have run, in ns (schedstat: finer than the
-    10 ms ticks of /proc/PID/stat)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 def control_plane(bench: Bench, startups: list[float]) -> dict[str, object]:
     """Start-up (process start -> READY=1: compile, load, attach), reload
     latency (config file renamed into place -> READY=1, which the daemon
@@ -134,10 +116,10 @@ def control_plane(bench: Bench, startups: list[float]) -> dict[str, object]:
         startups = [*startups, case.startup_seconds]
         process = case.process
         assert process is not None
-        before = run_time_ns(process.pid)
+        before = cpu_seconds([process.pid])
         started = time.monotonic()
         time.sleep(IDLE_SECONDS)  # the measurement window: nothing happens in it
-        idle = (run_time_ns(process.pid) - before) / 1e9 / (time.monotonic() - started)
+        idle = (cpu_seconds([process.pid]) - before) / (time.monotonic() - started)
         latencies = []
         for i in range(RELOADS):
             weights = [1 + (i + 1) % 3] + [1] * (len(servers) - 1)

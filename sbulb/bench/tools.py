@@ -58,7 +58,7 @@ class BenchTools:
 
     def counted(self) -> dict[IPv4Address, int]:
         """Packets counted so far, by destination address."""
-        return {IPv4Address(int.from_bytes(key.value.to_bytes(4, "little"), "big")): value.packets
+        return {IPv4Address(int.from_bytes(key.value.to_bytes(4, "little"), "big")): value.value
                 for key, value in self.bpf[b"counted"].items()}
 
     def reset_counted(self) -> None:

@@ -151,9 +151,6 @@ class BenchLab:
                  if line.split() and line.split()[-1] in valid}
         return all(str(server) in known for server in self.servers)
 
-    def xdp_programs(self) -> str:
-        return in_ns(self.lb_ns, "ip", "-d", "link", "show", self.lb_if).stdout
-
 
 def napi_threads(ifname: str) -> list[int]:
     """Kernel threads named napi/<ifname>-<id> (comm is cut at 15 bytes:
