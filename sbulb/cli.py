@@ -17,6 +17,7 @@ from sbulb.config import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_MAX_PORTS,
     DEFAULT_MAX_REAL_SERVERS,
+    DEFAULT_MAX_SERVICES,
     FORWARD_MODES,
     XDP_MODES,
     Config,
@@ -50,11 +51,27 @@ changes (or on SIGHUP). Command-line values win over the file's.
   10.0.0.2 = 3
   10.0.0.6
 
+It may instead (or as well) describe several virtual services, each with its
+VIP, ports and real servers (a real server may be in two services only on
+different ports); a file with only [Service NAME] sections needs no -vs/-p.
+The sections above are the service named 'default'.
+
+  [Service coap]
+  address = 10.0.0.1
+  ports = 5683 5684
+  servers = 10.0.1.1 10.0.1.2=3 10.0.1.3=0
+
+  [Service syslog]
+  address = 10.0.0.1
+  ports = 514
+  servers = 10.0.2.1 10.0.2.2
+
 examples:
   sbulb eth0 -vs 10.188.7.99 -rs 10.188.100.163 10.188.100.230 -p 5683 5684
   sbulb eth0 eth1 -vs 10.188.7.99 -cfg /etc/sbulb/sbulb.conf -p 5683 --forward fib
   sbulb eth0 -vs 10.188.7.99 -cfg /etc/sbulb/sbulb.conf -p 5683 -l INFO
   sbulb eth0 -vs 2001:db8::99 -rs 2001:db8::2 2001:db8::3 -p 5683
+  sbulb eth0 -cfg /etc/sbulb/services.conf --max-services 8
 """
 
 
@@ -190,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "This defined the maximum number of foreign peers supported at the same time.",
     )
     parser.add_argument(
+        "--max-services",
+        type=_positive,
+        default=DEFAULT_MAX_SERVICES,
+        help="Set the maximum number of virtual services ([Service NAME] sections, plus "
+        "'default'). (default: %(default)s)",
+    )
+    parser.add_argument(
         "--forward",
         choices=FORWARD_MODES,
         default="fib",
@@ -235,6 +259,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_ports=args.max_ports,
         max_real_servers=args.max_realservers,
         max_associations=args.max_associations,
+        max_services=args.max_services,
     )
     cli_ports = tuple(args.port) if args.port else None
     config_file: Path | None = args.config_file
@@ -246,18 +271,28 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"config file {config_file}: {e}") from None
     else:
         file = FileConfig(tuple(args.real_server))
-    vip: IPAddress | None = args.virtual_server or file.virtual_server
-    if vip is None:
+    # the service `default`: -rs, [Real Servers] or [Service default] (with -vs/-p or
+    # the file's address and ports); a file with only [Service NAME] sections has none
+    vip: IPAddress | None = None
+    ports: tuple[int, ...] | None = ()
+    if not file.has_default and (args.virtual_server or cli_ports):
         raise ConfigError(
-            "the following arguments are required: -vs/--virtual_server (or an address in "
-            "the config file's [Virtual Server])"
+            f"config file {config_file}: no real server for -vs/-p (the file has no "
+            "[Real Servers] or [Service default] section)"
         )
-    ports = cli_ports or file.ports
-    if ports is None:
-        raise ConfigError(
-            "the following arguments are required: -p/--port (or ports in the config "
-            "file's [Virtual Server])"
-        )
+    if file.has_default:
+        vip = args.virtual_server or file.virtual_server
+        if vip is None:
+            raise ConfigError(
+                "the following arguments are required: -vs/--virtual_server (or an address in "
+                "the config file's [Virtual Server])"
+            )
+        ports = cli_ports or file.ports
+        if ports is None:
+            raise ConfigError(
+                "the following arguments are required: -p/--port (or ports in the config "
+                "file's [Virtual Server])"
+            )
     try:
         return Config(
             interfaces=tuple(args.ifnet),
@@ -274,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             pin=not args.no_pin,
             cli_virtual_server=args.virtual_server,
             cli_ports=cli_ports,
+            services=file.services,
         )
     except ConfigError as e:
         if config_file is not None:

@@ -13,8 +13,21 @@ an address, and an optional section describes the virtual server:
     10.0.0.2 = 3    # three times as many new clients
     10.0.0.6 = 0    # drained: no new clients, existing ones stay
 
-Values given on the command line win over the file's. Every error is a
-ConfigError whose text is one line meant for the operator.
+The file may also describe several virtual services, each in its own
+section; sbulb's sections above are the service named `default`:
+
+    [Service coap]
+    address = 10.0.0.1          # the VIP, IPv4 or IPv6
+    ports = 5683 5684
+    servers = 10.0.1.1 10.0.1.2=3 10.0.1.3=0
+
+    [Service syslog]
+    address = 10.0.0.1          # a VIP may carry several services (other ports)
+    ports = 514
+    servers = 10.0.2.1 10.0.2.2
+
+Values given on the command line win over the file's (for `default`). Every
+error is a ConfigError whose text is one line meant for the operator.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
@@ -30,6 +44,12 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 REAL_SERVERS_SECTION = "Real Servers"
 VIRTUAL_SERVER_SECTION = "Virtual Server"
+SERVICE_SECTION = "Service"  # [Service NAME]
+SERVICE_KEYS = ("address", "ports", "servers")
+
+# sbulb's one virtual server (-vs/-rs/-p, [Virtual Server], [Real Servers]).
+DEFAULT_SERVICE = "default"
+SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 MAX_WEIGHT = 1000
 # Entries of the data path's round-robin ring (sbulb/bpf/consts.h): the sum
@@ -40,6 +60,7 @@ RING_SIZE = 65536
 DEFAULT_MAX_PORTS = 16
 DEFAULT_MAX_REAL_SERVERS = 32
 DEFAULT_MAX_ASSOCIATIONS = 1048576
+DEFAULT_MAX_SERVICES = 64
 
 FORWARD_MODES = ("fib", "mac-swap")
 XDP_MODES = ("native", "generic", "auto")
@@ -50,6 +71,7 @@ MAX_INTERFACES = 64
 LIMIT_MAX_PORTS = 65535
 LIMIT_MAX_REAL_SERVERS = 65535
 LIMIT_MAX_ASSOCIATIONS = 2**31 - 1
+LIMIT_MAX_SERVICES = 4096
 
 
 class ConfigError(ValueError):
@@ -58,16 +80,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Map sizes, fixed when the program is loaded (-mp, -mrs, -ma)."""
+    """Map sizes, fixed when the program is loaded (-mp, -mrs, -ma,
+    --max-services). Ports and real servers count over all services."""
 
     max_ports: int = DEFAULT_MAX_PORTS
     max_real_servers: int = DEFAULT_MAX_REAL_SERVERS
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    max_services: int = DEFAULT_MAX_SERVICES
 
     def __post_init__(self) -> None:
         _check_range("--max_ports", self.max_ports, 1, LIMIT_MAX_PORTS)
         _check_range("--max_realservers", self.max_real_servers, 1, LIMIT_MAX_REAL_SERVERS)
         _check_range("--max_associations", self.max_associations, 1, LIMIT_MAX_ASSOCIATIONS)
+        _check_range("--max-services", self.max_services, 1, LIMIT_MAX_SERVICES)
+
+    @property
+    def max_members(self) -> int:
+        """(service, real server) pairs: a valid Config has at most this many."""
+        return self.max_services * self.max_real_servers
+
+    @property
+    def max_endpoints(self) -> int:
+        """real server:port pairs: a valid Config has at most this many (no
+        two services share a real server:port)."""
+        return self.max_ports * self.max_real_servers
 
 
 @dataclass(frozen=True)
@@ -83,12 +119,42 @@ class RealServer:
 
 
 @dataclass(frozen=True)
-class FileConfig:
-    """What a config file says (None: the file does not say)."""
+class ServiceConfig:
+    """One virtual service: a VIP, its UDP ports and its real servers."""
 
+    name: str
+    virtual_server: IPAddress
+    ports: tuple[int, ...]
     real_servers: tuple[RealServer, ...]
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the address family, which follows the virtual server."""
+        return self.virtual_server.version
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """What a config file says (None: the file does not say). The service
+    `default` ([Real Servers], [Virtual Server] or [Service default]) is in
+    real_servers, virtual_server and ports; the other [Service NAME]
+    sections are in services, in file order."""
+
+    real_servers: tuple[RealServer, ...] = ()
     virtual_server: IPAddress | None = None
     ports: tuple[int, ...] | None = None
+    services: tuple[ServiceConfig, ...] = ()
+
+    @property
+    def has_default(self) -> bool:
+        """Whether the file describes the service `default` (a file without
+        any [Service NAME] section always does: sbulb's format)."""
+        return (
+            bool(self.real_servers)
+            or self.virtual_server is not None
+            or self.ports is not None
+            or not self.services
+        )
 
 
 @dataclass(frozen=True)
@@ -96,9 +162,10 @@ class Config:
     """Everything one sbulb instance needs to run."""
 
     interfaces: tuple[str, ...]
-    virtual_server: IPAddress
-    ports: tuple[int, ...]
-    real_servers: tuple[RealServer, ...]
+    # the service `default` (none if virtual_server is None)
+    virtual_server: IPAddress | None = None
+    ports: tuple[int, ...] = ()
+    real_servers: tuple[RealServer, ...] = ()
     config_file: Path | None = None
     debug: int = 0
     log_level: str = "ERROR"
@@ -110,6 +177,8 @@ class Config:
     # what the command line said (it wins over the config file at reload)
     cli_virtual_server: IPAddress | None = None
     cli_ports: tuple[int, ...] | None = None
+    # the named services ([Service NAME]) other than `default`, in file order
+    services: tuple[ServiceConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.interfaces or not all(self.interfaces):
@@ -122,22 +191,61 @@ class Config:
             raise ConfigError(f"unknown forwarding mode '{self.forward}'")
         if self.xdp_mode not in XDP_MODES:
             raise ConfigError(f"unknown XDP mode '{self.xdp_mode}'")
-        check_virtual_server(self.virtual_server)
-        check_ports(self.ports, self.limits)
-        check_real_servers(self.real_servers, self.virtual_server, self.limits)
+        if self.virtual_server is not None:
+            # sbulb's own checks and messages for its one virtual server
+            check_virtual_server(self.virtual_server)
+            check_ports(self.ports, self.limits)
+            check_real_servers(self.real_servers, self.virtual_server, self.limits)
+        elif self.real_servers or self.ports:
+            raise ConfigError(
+                f"the service {DEFAULT_SERVICE} has real servers or ports but no virtual "
+                f"server (-vs/--virtual_server or an address in [{VIRTUAL_SERVER_SECTION}])"
+            )
+        for service in self.services:
+            if service.name == DEFAULT_SERVICE:
+                raise ConfigError(
+                    f"the service {DEFAULT_SERVICE} is given twice ([{SERVICE_SECTION} "
+                    f"{DEFAULT_SERVICE}] and the command line or sbulb's sections)"
+                )
+            check_service(service, self.limits)
+        check_services(self.all_services, self.limits)
+
+    @property
+    def default_service(self) -> ServiceConfig | None:
+        """sbulb's one virtual server, as the service `default` (if any)."""
+        if self.virtual_server is None:
+            return None
+        return ServiceConfig(DEFAULT_SERVICE, self.virtual_server, self.ports, self.real_servers)
+
+    @property
+    def all_services(self) -> tuple[ServiceConfig, ...]:
+        """Every service: `default` first (if any), then the named ones."""
+        default = self.default_service
+        return self.services if default is None else (default, *self.services)
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.all_services if s.name == name), None)
 
     @property
     def family(self) -> int:
-        """4 or 6: the address family, which follows the virtual server."""
-        return self.virtual_server.version
+        """4 or 6: the family of the service `default`, else of the first
+        service (IPv4 and IPv6 services may run side by side)."""
+        return self.all_services[0].family
 
     def with_file(self, file: FileConfig) -> "Config":
         """This config with what a (re-read) config file says: the command
-        line still wins, and what the file no longer says stays as it is.
-        Raises ConfigError."""
-        vip = self.cli_virtual_server or file.virtual_server or self.virtual_server
-        ports = self.cli_ports or file.ports or self.ports
-        return replace(self, virtual_server=vip, ports=ports, real_servers=file.real_servers)
+        line still wins for the service `default`, and what the file no
+        longer says of it stays as it is; the named services are the
+        file's. Raises ConfigError."""
+        if file.has_default or self.cli_virtual_server or self.cli_ports:
+            vip = self.cli_virtual_server or file.virtual_server or self.virtual_server
+            ports = self.cli_ports or file.ports or self.ports
+            servers = file.real_servers
+        else:  # the file dropped the service `default` (or never had it)
+            vip, ports, servers = None, (), ()
+        return replace(
+            self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services
+        )
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -213,6 +321,91 @@ def check_real_servers(servers: Sequence[RealServer], vip: IPAddress, limits: Li
         )
 
 
+def check_service(service: ServiceConfig, limits: Limits) -> None:
+    """One named service alone; the messages name its section."""
+    try:
+        if not SERVICE_NAME_RE.fullmatch(service.name):
+            raise ConfigError(f"invalid service name (expected {_NAME_RULE})")
+        check_virtual_server(service.virtual_server)
+        check_ports(service.ports, limits)
+        check_real_servers(service.real_servers, service.virtual_server, limits)
+    except ConfigError as e:
+        raise ConfigError(f"[{SERVICE_SECTION} {service.name}]: {e}") from None
+
+
+def _where(name: str) -> str:
+    """A service as the operator wrote it."""
+    if name == DEFAULT_SERVICE:
+        return f"the service {DEFAULT_SERVICE} (-vs/-p, [{VIRTUAL_SERVER_SECTION}])"
+    return f"[{SERVICE_SECTION} {name}]"
+
+
+def check_services(services: Sequence[ServiceConfig], limits: Limits) -> None:
+    """What the services must agree on together, and the instance's limits
+    (each service alone is check_service's business)."""
+    if not services:
+        raise ConfigError(
+            f"no virtual service (give -vs/-rs/-p, or [{REAL_SERVERS_SECTION}] or "
+            f"[{SERVICE_SECTION} NAME] sections in the config file)"
+        )
+    if len(services) > limits.max_services:
+        raise ConfigError(
+            f"{len(services)} services but at most {limits.max_services} (raise --max-services)"
+        )
+    names: set[str] = set()
+    for service in services:
+        if service.name in names:
+            raise ConfigError(f"the service {service.name} is defined twice")
+        names.add(service.name)
+    vips: dict[IPAddress, str] = {}
+    for service in services:
+        vips.setdefault(service.virtual_server, service.name)
+    ingress: dict[tuple[IPAddress, int], str] = {}
+    egress: dict[tuple[IPAddress, int], str] = {}
+    for service in services:
+        for port in service.ports:
+            other = ingress.setdefault((service.virtual_server, port), service.name)
+            if other != service.name:
+                raise ConfigError(
+                    f"{_where(service.name)}: {endpoint(service.virtual_server, port)} is "
+                    f"already in {_where(other)}"
+                )
+        for server in service.real_servers:
+            owner = vips.get(server.address)
+            if owner is not None and server.address != service.virtual_server:
+                raise ConfigError(
+                    f"{_where(service.name)}: real server {server.address} is the virtual "
+                    f"server of {_where(owner)}"
+                )
+            for port in service.ports:
+                other = egress.setdefault((server.address, port), service.name)
+                if other != service.name:
+                    raise ConfigError(
+                        f"{_where(service.name)}: real server {endpoint(server.address, port)} "
+                        f"is already in {_where(other)}: its replies from port {port} could "
+                        "not be told apart (one port per service on a shared real server)"
+                    )
+    ports = sum(len(service.ports) for service in services)
+    if ports > limits.max_ports:
+        raise ConfigError(
+            f"{ports} ports over all services but at most {limits.max_ports} "
+            "(raise --max_ports)"
+        )
+    servers = len({s.address for service in services for s in service.real_servers})
+    if servers > limits.max_real_servers:
+        raise ConfigError(
+            f"{servers} distinct real servers over all services but at most "
+            f"{limits.max_real_servers} (raise --max_realservers)"
+        )
+    ring = sum(ring_length(service.real_servers) for service in services)
+    if ring > RING_SIZE:
+        raise ConfigError(
+            f"the round-robin cycles of all services add up to {ring} entries (each service's "
+            f"weights divided by their greatest common divisor); the data path's shared ring "
+            f"holds at most {RING_SIZE}"
+        )
+
+
 def ring_length(servers: Sequence[RealServer]) -> int:
     """Length of one smooth weighted round-robin cycle."""
     weights = [s.weight for s in servers if s.weight > 0]
@@ -256,6 +449,9 @@ def _weight(text: str, address: str) -> int:
     return weight
 
 
+_NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-'"
+
+
 def parse_ports(text: str) -> tuple[int, ...]:
     """Ports from a config file: separated by spaces or commas."""
     ports = []
@@ -286,18 +482,44 @@ def parse_file(text: str) -> FileConfig:
         raise ConfigError(f"{e.option} is listed twice in [{e.section}] (line {e.lineno})") from None
     except configparser.Error as e:
         raise ConfigError(_one_line(e.message)) from None
+    services: list[ServiceConfig] = []
+    default: ServiceConfig | None = None
     for section in parser.sections():
-        if section not in (REAL_SERVERS_SECTION, VIRTUAL_SERVER_SECTION):
+        if section in (REAL_SERVERS_SECTION, VIRTUAL_SERVER_SECTION):
+            continue
+        if not section.startswith(SERVICE_SECTION + " "):
             raise ConfigError(
-                f"unknown section [{section}] (expected [{REAL_SERVERS_SECTION}] and "
-                f"optionally [{VIRTUAL_SERVER_SECTION}])"
+                f"unknown section [{section}] (expected [{REAL_SERVERS_SECTION}], "
+                f"[{VIRTUAL_SERVER_SECTION}] or [{SERVICE_SECTION} NAME])"
             )
-    if not parser.has_section(REAL_SERVERS_SECTION):
+        service = _parse_service(section, parser.items(section))
+        if service.name == DEFAULT_SERVICE:
+            default = service
+        else:
+            services.append(service)
+    legacy = [
+        name for name in (REAL_SERVERS_SECTION, VIRTUAL_SERVER_SECTION) if parser.has_section(name)
+    ]
+    if default is not None:
+        if legacy:
+            raise ConfigError(
+                f"[{SERVICE_SECTION} {DEFAULT_SERVICE}] and [{legacy[0]}] both describe the "
+                f"service {DEFAULT_SERVICE}: keep one"
+            )
+        return FileConfig(default.real_servers, default.virtual_server, default.ports,
+                          tuple(services))
+    if not parser.has_section(REAL_SERVERS_SECTION) and (legacy or not services):
         raise ConfigError(f"no [{REAL_SERVERS_SECTION}] section")
     servers = []
-    for key, value in parser.items(REAL_SERVERS_SECTION):
-        address = parse_address(key, "real server")
-        servers.append(RealServer(address, 1 if value is None else _weight(value, key)))
+    if parser.has_section(REAL_SERVERS_SECTION):
+        for key, value in parser.items(REAL_SERVERS_SECTION):
+            address = parse_address(key, "real server")
+            servers.append(RealServer(address, 1 if value is None else _weight(value, key)))
+        if not servers and services:
+            raise ConfigError(
+                f"no real server in [{REAL_SERVERS_SECTION}] (remove the section to run only "
+                f"the [{SERVICE_SECTION} NAME] sections)"
+            )
     vip: IPAddress | None = None
     ports: tuple[int, ...] | None = None
     if parser.has_section(VIRTUAL_SERVER_SECTION):
@@ -313,7 +535,49 @@ def parse_file(text: str) -> FileConfig:
                 raise ConfigError(
                     f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports)"
                 )
-    return FileConfig(tuple(servers), vip, ports)
+    return FileConfig(tuple(servers), vip, ports, tuple(services))
+
+
+def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> ServiceConfig:
+    """A [Service NAME] section; errors name it. The checks that need no
+    other service and no limit are made here (the others in Config)."""
+    name = section[len(SERVICE_SECTION) + 1 :]
+    if not SERVICE_NAME_RE.fullmatch(name):
+        raise ConfigError(f"invalid service name in [{section}] (expected {_NAME_RULE})")
+    try:
+        values: dict[str, str] = {}
+        for key, value in items:
+            lower = key.lower()
+            if lower not in SERVICE_KEYS:
+                raise ConfigError(
+                    f"unknown key '{key}' (valid keys: {', '.join(SERVICE_KEYS)})"
+                )
+            if lower in values:
+                raise ConfigError(f"'{key}' is given twice")
+            if value is None or not value.strip():
+                raise ConfigError(f"no value for '{key}'")
+            values[lower] = value
+        for key in SERVICE_KEYS:
+            if key not in values:
+                raise ConfigError(f"no '{key}' (required: {', '.join(SERVICE_KEYS)})")
+        vip = parse_address(values["address"], "virtual server")
+        ports = parse_ports(values["ports"])
+        if not ports:
+            raise ConfigError("no UDP port to load balance")
+        for port in ports:
+            _check_range("a UDP port", port, 1, 65535)
+        if len(set(ports)) != len(ports):
+            raise ConfigError("a UDP port is listed twice")
+        servers = tuple(parse_real_server(word) for word in values["servers"].split())
+        seen: set[IPAddress] = set()
+        for server in servers:
+            _check_unicast(server.address, "real server")
+            if server.address in seen:
+                raise ConfigError(f"real server {server.address} is listed twice")
+            seen.add(server.address)
+    except ConfigError as e:
+        raise ConfigError(f"[{section}]: {e}") from None
+    return ServiceConfig(name, vip, ports, servers)
 
 
 def read_file(path: Path) -> FileConfig:

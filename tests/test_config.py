@@ -12,10 +12,15 @@ import pytest
 
 from sbulb import cli
 from sbulb.config import (
+    DEFAULT_SERVICE,
+    RING_SIZE,
     Config,
     ConfigError,
+    FileConfig,
     Limits,
     RealServer,
+    ServiceConfig,
+    check_services,
     parse_real_server,
     check_real_servers,
     parse_file,
@@ -348,3 +353,336 @@ def test_template_unit_command_line_with_its_example_config() -> None:
     config = parse("eth0", "-cfg", str(example))
     assert config.virtual_server == ip("10.188.7.99") and config.ports == (5683, 5684)
     assert [str(s.address) for s in config.real_servers] == ["10.188.100.163", "10.188.100.230"]
+    assert [(s.name, str(s.virtual_server), s.ports) for s in config.all_services] == [
+        ("default", "10.188.7.99", (5683, 5684)), ("syslog", "10.188.7.99", (514,)),
+        ("dns6", "2001:db8:7::99", (53,))]
+
+
+# ---- several virtual services
+
+
+TWO_SERVICES = """\
+[Service coap]
+address = 10.0.0.1          # the VIP, IPv4 or IPv6
+ports = 5683 5684
+servers = 10.0.1.1 10.0.1.2=3 10.0.1.3=0    # weights as today; 0 = drained
+
+[Service syslog]
+address = 10.0.0.1          # a VIP may carry several services (other ports)
+ports = 514
+servers = 10.0.2.1 10.0.2.2
+"""
+
+
+def service(name: str, vip: str, ports: tuple[int, ...], *servers: str) -> ServiceConfig:
+    return ServiceConfig(name, ip(vip), ports, rs(*servers))
+
+
+def named(*services: ServiceConfig, limits: Limits = Limits()) -> Config:
+    """An instance with only named services."""
+    return Config(("eth0",), None, (), (), limits=limits, services=services)
+
+
+def test_two_services_in_a_file(tmp_path: Path) -> None:
+    file = parse_file(TWO_SERVICES)
+    assert file.services == (
+        service("coap", "10.0.0.1", (5683, 5684), "10.0.1.1", "10.0.1.2=3", "10.0.1.3=0"),
+        service("syslog", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2"),
+    )
+    assert [s.weight for s in file.services[0].real_servers] == [1, 3, 0]
+    assert (file.real_servers, file.virtual_server, file.ports) == ((), None, None)
+    assert not file.has_default
+    path = tmp_path / "sbulb.conf"
+    path.write_text(TWO_SERVICES)
+    config = parse("eth0", "-cfg", str(path))  # no -vs, no -p
+    assert config.virtual_server is None and config.ports == () and config.real_servers == ()
+    assert config.services == file.services == config.all_services
+    assert config.service("syslog") == file.services[1]
+    assert config.service(DEFAULT_SERVICE) is None
+    assert config.family == 4
+    assert all(s.family == 4 for s in config.all_services)
+
+
+def test_service_keys_are_case_insensitive_and_lists_may_use_commas() -> None:
+    text = "[Service a]\nADDRESS = 10.0.0.1\nPorts = 1,2 , 3\nServers = 10.0.1.1\n  10.0.1.2=2\n"
+    (svc,) = parse_file(text).services
+    assert svc == service("a", "10.0.0.1", (1, 2, 3), "10.0.1.1", "10.0.1.2=2")
+
+
+def test_ipv4_and_ipv6_services_side_by_side(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Service v4]\naddress = 10.0.0.1\nports = 5683\nservers = 10.0.1.1\n"
+                    "[Service v6]\naddress = 2001:db8::1\nports = 5683\n"
+                    "servers = 2001:db8::2 2001:db8::3=2\n")
+    config = parse("eth0", "-cfg", str(path))
+    assert [(s.name, s.family) for s in config.all_services] == [("v4", 4), ("v6", 6)]
+    assert config.service("v6").real_servers == rs("2001:db8::2", "2001:db8::3=2")
+
+
+def test_legacy_sections_mixed_with_named_services(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text(TWO_SERVICES.replace("10.0.0.1", "10.0.0.2") +
+                    "[Virtual Server]\naddress = 10.0.0.1\nports = 7000\n"
+                    "[Real Servers]\n10.0.3.1\n10.0.3.2 = 2\n")
+    config = parse("eth0", "-cfg", str(path))
+    assert [s.name for s in config.all_services] == ["default", "coap", "syslog"]
+    default = config.all_services[0]
+    assert default == service("default", "10.0.0.1", (7000,), "10.0.3.1", "10.0.3.2=2")
+    assert config.service("default") == default
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.1"), (7000,))
+    # [Real Servers] with named services: -vs/-p still needed if the file lacks them
+    path.write_text(TWO_SERVICES.replace("10.0.0.1", "10.0.0.2") + "[Real Servers]\n10.0.3.1\n")
+    assert [s.name for s in parse("eth0", "-vs", "10.0.0.1", "-p", "7000", "-cfg",
+                                  str(path)).all_services] == ["default", "coap", "syslog"]
+    with pytest.raises(SystemExit):
+        parse("eth0", "-cfg", str(path))
+
+
+def test_service_default_is_the_legacy_sections(tmp_path: Path) -> None:
+    legacy = "[Virtual Server]\naddress = 10.0.0.1\nports = 5683\n[Real Servers]\n10.0.0.4\n"
+    section = "[Service default]\naddress = 10.0.0.1\nports = 5683\nservers = 10.0.0.4\n"
+    assert parse_file(section) == parse_file(legacy)
+    assert parse_file(section).has_default
+    path = tmp_path / "sbulb.conf"
+    path.write_text(section + TWO_SERVICES.replace("10.0.0.1", "10.0.0.2"))
+    config = parse("eth0", "-cfg", str(path))
+    assert [s.name for s in config.all_services] == ["default", "coap", "syslog"]
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.1"), (5683,))
+    # the command line wins over [Service default] too, at start and at reload
+    config = parse("eth0", "-vs", "10.0.0.9", "-p", "7000", "-cfg", str(path))
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.9"), (7000,))
+    reloaded = config.with_file(parse_file(section.replace("10.0.0.4", "10.0.0.5")))
+    assert (reloaded.virtual_server, reloaded.ports) == (ip("10.0.0.9"), (7000,))
+    assert reloaded.real_servers == rs("10.0.0.5") and reloaded.services == ()
+
+
+def test_reload_adds_and_drops_services(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Virtual Server]\naddress = 10.0.0.2\nports = 7000\n"
+                    "[Real Servers]\n10.0.3.1\n")
+    config = parse("eth0", "-cfg", str(path))
+    both = config.with_file(parse_file(TWO_SERVICES + "[Real Servers]\n10.0.3.1\n"))
+    assert [s.name for s in both.all_services] == ["default", "coap", "syslog"]
+    assert both.virtual_server == ip("10.0.0.2")  # what the file no longer says stays
+    only_named = both.with_file(parse_file(TWO_SERVICES))
+    assert [s.name for s in only_named.all_services] == ["coap", "syslog"]
+    assert only_named.family == 4
+    # with -vs/-p on the command line, the default service cannot go away
+    config = parse("eth0", "-vs", "10.0.0.2", "-p", "7000", "-cfg", str(path))
+    with pytest.raises(ConfigError, match="^no real server$"):
+        config.with_file(parse_file(TWO_SERVICES))
+
+
+def test_a_real_server_in_two_services_on_different_ports() -> None:
+    config = named(service("a", "10.0.0.1", (1, 2), "10.0.1.1", "10.0.1.2"),
+                   service("b", "10.0.0.2", (3,), "10.0.1.1"),
+                   service("c", "10.0.0.1", (4,), "10.0.1.1"))
+    assert len(config.all_services) == 3
+    # and it counts once for -mrs
+    named(service("a", "10.0.0.1", (1,), "10.0.1.1", "10.0.1.2"),
+          service("b", "10.0.0.2", (2,), "10.0.1.1", "10.0.1.2"), limits=Limits(max_real_servers=2))
+
+
+def test_positional_construction_still_works() -> None:
+    config = Config(("eth0",), ip("10.0.0.1"), (1,), rs("10.0.0.2"), limits=Limits())
+    assert config.services == () and config.family == 4
+    assert config.all_services == (service("default", "10.0.0.1", (1,), "10.0.0.2"),)
+
+
+def file_error(text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_file(text)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def svc(name: str = "coap", address: str | None = "10.0.0.1", ports: str | None = "5683",
+        servers: str | None = "10.0.1.1", extra: str = "") -> str:
+    lines = [f"[Service {name}]"]
+    for key, value in (("address", address), ("ports", ports), ("servers", servers)):
+        if value is not None:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n" + extra
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (svc("a b"), "invalid service name in [Service a b] (expected 1 to 32 letters"),
+        ("[Service ]\naddress = 10.0.0.1\n", "invalid service name in [Service ]"),
+        (svc("x" * 33), f"invalid service name in [Service {'x' * 33}]"),
+        (svc("caf\u00e9"), "invalid service name in [Service caf\u00e9]"),
+        (svc(extra="vip = 10.0.0.2\n"),
+         "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers)"),
+        (svc(extra="10.0.1.9\n"), "[Service coap]: unknown key '10.0.1.9'"),
+        (svc(address=None), "[Service coap]: no 'address' (required: address, ports, servers)"),
+        (svc(ports=None), "[Service coap]: no 'ports'"),
+        (svc(servers=None), "[Service coap]: no 'servers'"),
+        (svc(extra="Address = 10.0.0.2\n"), "[Service coap]: 'Address' is given twice"),
+        (svc(extra="address = 10.0.0.2\n"), "address is listed twice in [Service coap]"),
+        (svc(servers=""), "[Service coap]: no value for 'servers'"),
+        (svc(address=None, extra="address\n"), "[Service coap]: no value for 'address'"),
+        (svc(address="10.0.0.300"), "[Service coap]: invalid virtual server address '10.0.0.300'"),
+        (svc(ports="5683 x"), "[Service coap]: invalid UDP port 'x'"),
+        (svc(ports=","), "[Service coap]: no UDP port to load balance"),
+        (svc(ports="0"), "[Service coap]: a UDP port must be between 1 and 65535, not 0"),
+        (svc(ports="1 1"), "[Service coap]: a UDP port is listed twice"),
+        (svc(servers="10.0.1.1 web"), "[Service coap]: invalid real server address 'web'"),
+        (svc(servers="10.0.1.1=x"), "[Service coap]: invalid weight 'x' for real server 10.0.1.1"),
+        (svc(servers="10.0.1.1=1001"), "[Service coap]: the weight of real server 10.0.1.1 must"),
+        (svc(servers="10.0.1.1 10.0.1.1=2"),
+         "[Service coap]: real server 10.0.1.1 is listed twice"),
+        (svc(servers="224.0.0.1"),
+         "[Service coap]: real server address 224.0.0.1 is not a unicast"),
+        (svc() + svc(), "section 'Service coap' already exists"),
+        ("[service coap]\naddress = 10.0.0.1\n", "unknown section [service coap]"),
+        ("[Servicecoap]\naddress = 10.0.0.1\n", "unknown section [Servicecoap]"),
+        (svc("default") + "[Real Servers]\n10.0.0.4\n",
+         "[Service default] and [Real Servers] both describe the service default: keep one"),
+        (svc("default") + "[Virtual Server]\nports = 1\n",
+         "[Service default] and [Virtual Server] both describe the service default"),
+        (svc() + "[Virtual Server]\naddress = 10.0.0.2\n", "no [Real Servers] section"),
+        (svc() + "[Real Servers]\n", "no real server in [Real Servers] (remove the section"),
+        ("", "no [Real Servers] section"),
+    ],
+)
+def test_service_section_errors(text: str, message: str) -> None:
+    assert message in file_error(text)
+
+
+@pytest.mark.parametrize(
+    "services,limits,message",
+    [
+        ([service("coap", "10.0.0.1", (514, 5683), "10.0.1.1"),
+          service("syslog", "10.0.0.1", (514,), "10.0.2.1")], Limits(),
+         "[Service syslog]: 10.0.0.1:514 is already in [Service coap]"),
+        ([service("a", "2001:db8::1", (514,), "2001:db8::2"),
+          service("b", "2001:db8::1", (514,), "2001:db8::3")], Limits(),
+         "[Service b]: [2001:db8::1]:514 is already in [Service a]"),
+        ([service("coap", "10.0.0.1", (514,), "10.0.1.1"),
+          service("syslog", "10.0.0.2", (514,), "10.0.1.2", "10.0.1.1")], Limits(),
+         "[Service syslog]: real server 10.0.1.1:514 is already in [Service coap]"),
+        ([service("coap", "10.0.0.1", (5683,), "2001:db8::2")], Limits(),
+         "[Service coap]: real server 2001:db8::2 is IPv6 but the virtual server 10.0.0.1 is IPv4"),
+        ([service("coap", "10.0.0.1", (5683,), "10.0.0.1")], Limits(),
+         "[Service coap]: real server 10.0.0.1 is the virtual server itself"),
+        ([service("coap", "10.0.0.1", (5683,), "10.0.1.1"),
+          service("syslog", "10.0.0.2", (514,), "10.0.0.1")], Limits(),
+         "[Service syslog]: real server 10.0.0.1 is the virtual server of [Service coap]"),
+        ([service("a", "10.0.0.1", (1,), "10.0.1.1"), service("b", "10.0.0.1", (2,), "10.0.1.1"),
+          service("c", "10.0.0.1", (3,), "10.0.1.1")], Limits(max_services=2),
+         "3 services but at most 2 (raise --max-services)"),
+        ([service("a", "10.0.0.1", (1, 2), "10.0.1.1"), service("b", "10.0.0.1", (3,), "10.0.1.2")],
+         Limits(max_ports=2), "3 ports over all services but at most 2 (raise --max_ports)"),
+        ([service("a", "10.0.0.1", (1, 2, 3), "10.0.1.1")], Limits(max_ports=2),
+         "[Service a]: 3 ports but at most 2 (raise --max_ports)"),
+        ([service("a", "10.0.0.1", (1,), "10.0.1.1", "10.0.1.2"),
+          service("b", "10.0.0.1", (2,), "10.0.1.2", "10.0.1.3")], Limits(max_real_servers=2),
+         "3 distinct real servers over all services but at most 2 (raise --max_realservers)"),
+        ([service("a", "10.0.0.1", (1,), "10.0.1.1", "10.0.1.2", "10.0.1.3")],
+         Limits(max_real_servers=2), "[Service a]: 3 real servers but at most 2"),
+        ([service("a", "10.0.0.1", (1,)), service("b", "10.0.0.1", (2,), "10.0.1.1")], Limits(),
+         "[Service a]: no real server"),
+        ([service("default", "10.0.0.1", (1,), "10.0.1.1")], Limits(),
+         "the service default is given twice"),
+        ([service("a b", "10.0.0.1", (1,), "10.0.1.1")], Limits(),
+         "[Service a b]: invalid service name"),
+        ([service("a", "10.0.0.1", (1,), "10.0.1.1"), service("a", "10.0.0.1", (2,), "10.0.1.1")],
+         Limits(), "the service a is defined twice"),
+        ([], Limits(), "no virtual service"),
+    ],
+)
+def test_cross_service_errors(services: list[ServiceConfig], limits: Limits, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        named(*services, limits=limits)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_service_and_the_default_one_share_nothing() -> None:
+    with pytest.raises(ConfigError,
+                       match=r"^\[Service a\]: 10\.0\.0\.1:1 is already in the service default "):
+        Config(("eth0",), ip("10.0.0.1"), (1,), rs("10.0.1.1"),
+               services=(service("a", "10.0.0.1", (1,), "10.0.1.2"),))
+    with pytest.raises(ConfigError, match=r"real server 10.0.0.2 is the "
+                                          r"virtual server of \[Service a\]"):
+        Config(("eth0",), ip("10.0.0.1"), (1,), rs("10.0.0.2"),
+               services=(service("a", "10.0.0.2", (2,), "10.0.1.2"),))
+    with pytest.raises(ConfigError, match="no virtual server"):
+        Config(("eth0",), None, (1,), rs("10.0.0.2"),
+               services=(service("a", "10.0.0.2", (2,), "10.0.1.2"),))
+
+
+def test_the_ring_is_shared_by_all_services() -> None:
+    heavy = tuple(RealServer(ip(f"10.0.1.{i}"), 997 if i % 2 else 1000) for i in range(1, 34))
+    light = tuple(RealServer(ip(f"10.0.2.{i}"), 997 if i % 2 else 1000) for i in range(1, 34))
+    limits = Limits(max_real_servers=100)
+    each = named(ServiceConfig("a", ip("10.0.0.1"), (1,), heavy), limits=limits)
+    assert sum(s.weight for s in heavy) < RING_SIZE  # one alone fits
+    assert each.service("a") is not None
+    with pytest.raises(ConfigError) as exc:
+        named(ServiceConfig("a", ip("10.0.0.1"), (1,), heavy),
+              ServiceConfig("b", ip("10.0.0.1"), (2,), light), limits=limits)
+    assert "round-robin cycles of all services add up to" in str(exc.value)
+    assert f"shared ring holds at most {RING_SIZE}" in str(exc.value)
+    # one service over the ring on its own names its section
+    servers = tuple(RealServer(ip(f"10.0.1.{i}"), 997 if i % 2 else 1000) for i in range(1, 100))
+    with pytest.raises(ConfigError, match=r"^\[Service a\]: the weights add up to"):
+        named(ServiceConfig("a", ip("10.0.0.1"), (1,), servers), limits=limits)
+
+
+def test_check_services_alone() -> None:
+    check_services([service("a", "10.0.0.1", (1,), "10.0.1.1")], Limits())
+    with pytest.raises(ConfigError, match="no virtual service"):
+        check_services([], Limits())
+
+
+def test_errors_in_a_service_file_name_the_file(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text(TWO_SERVICES.replace("ports = 514", "ports = 5683"))
+    err = usage_error(capsys, "eth0", "-cfg", str(path))
+    assert (f"config file {path}: [Service syslog]: 10.0.0.1:5683 is already in "
+            "[Service coap]") in err
+    path.write_text(TWO_SERVICES.replace("10.0.2.2", "10.0.2.1"))
+    err = usage_error(capsys, "eth0", "-cfg", str(path))
+    assert f"config file {path}: [Service syslog]: real server 10.0.2.1 is listed twice" in err
+
+
+def test_named_services_only_need_no_vip_or_ports(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text(TWO_SERVICES)
+    assert len(parse("eth0", "-cfg", str(path)).all_services) == 2
+    # -vs/-p describe the default service, which then needs real servers
+    for argv in (["-vs", "10.0.0.9"], ["-p", "7000"], ["-vs", "10.0.0.9", "-p", "7000"]):
+        err = usage_error(capsys, "eth0", *argv, "-cfg", str(path))
+        assert f"config file {path}: no real server for -vs/-p" in err
+
+
+def test_max_services_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert parse(*V4, "-rs", "10.0.0.2").limits.max_services == 64
+    assert parse(*V4, "-rs", "10.0.0.2", "--max-services", "4096").limits.max_services == 4096
+    assert parse(*V4, "-rs", "10.0.0.2", "--max-services", "1").limits == Limits(max_services=1)
+    assert "--max-services must be between 1 and 4096, not 4097" in usage_error(
+        capsys, *V4, "-rs", "10.0.0.2", "--max-services", "4097")
+    assert "0 is not a positive number" in usage_error(
+        capsys, *V4, "-rs", "10.0.0.2", "--max-services", "0")
+    assert "invalid number 'x'" in usage_error(
+        capsys, *V4, "-rs", "10.0.0.2", "--max-services", "x")
+    path = tmp_path / "sbulb.conf"
+    path.write_text(TWO_SERVICES)
+    assert "2 services but at most 1 (raise --max-services)" in usage_error(
+        capsys, "eth0", "-cfg", str(path), "--max-services", "1")
+    path.write_text(TWO_SERVICES + "[Real Servers]\n10.0.3.1\n")
+    assert "3 services but at most 2" in usage_error(
+        capsys, "eth0", "-vs", "10.0.0.2", "-p", "1", "-cfg", str(path), "--max-services", "2")
+    with pytest.raises(ConfigError, match="--max-services must be between 1 and 4096, not 0"):
+        Limits(max_services=0)
+    assert "--max-services" in run_module("-h").stdout
+
+
+def test_file_config_defaults() -> None:
+    assert FileConfig().has_default  # sbulb's -rs: always the default service
+    assert FileConfig(rs("10.0.0.2")).services == ()
