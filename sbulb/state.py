@@ -1,0 +1,472 @@
+"""Desired state and the planner (pure Python: no bcc, no root).
+
+Everything that changes what sbulb balances (the config file at start and
+reload, the command line, sbulbctl; later health checks) produces a
+DesiredState. plan() compares it with the Layout the maps hold now and
+returns the new Layout and the ordered list of map writes that takes the
+data path there. The dataplane only applies writes; it decides nothing.
+
+Order is what keeps packets safe while the writes happen one by one:
+
+  1. names of new services (the id registry; no packet reads it)
+  2. new VIP and real-server addresses (the fragment filters)
+  3. new members (service, real server) in their slots
+  4. new or changed real server:port endpoints (egress)
+  5. every service's round-robin cycle into the ring half not in use
+  6. service descriptors (VIP, ring half): the switch for each service
+  7. new or changed VIP:port entries (ingress)
+  8. then removals, in the reverse order: VIP:ports, descriptors and
+     names, endpoints, members, addresses.
+
+So a packet finds either the old service or the new one: a VIP:port leads
+to a descriptor whose cycle is complete and whose slots are filled, and a
+member is removed only after nothing leads to it. Slots and ids of what
+stays are kept: a client keeps its server unless that server leaves its
+service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence, Union
+
+from sbulb.config import (
+    DEFAULT_SERVICE,
+    RING_SIZE,
+    Config,
+    IPAddress,
+    Limits,
+    RealServer,
+    smooth_weighted_order,
+)
+
+
+class PlanError(ValueError):
+    """The desired state does not fit the maps. str() is one line."""
+
+
+# ---- desired state
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service as it should run."""
+
+    name: str
+    vip: IPAddress
+    ports: tuple[int, ...]
+    servers: tuple[RealServer, ...]
+
+    def server(self, address: IPAddress) -> RealServer | None:
+        return next((s for s in self.servers if s.address == address), None)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the data path should do: every service, by name."""
+
+    services: tuple[ServiceSpec, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "DesiredState":
+        return cls(tuple(
+            ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers))
+            for s in config.all_services
+        ))
+
+    @classmethod
+    def single(cls, vip: IPAddress, ports: Sequence[int],
+               servers: Sequence[RealServer | IPAddress]) -> "DesiredState":
+        """sbulb's one virtual server, as the service `default`."""
+        rs = tuple(s if isinstance(s, RealServer) else RealServer(s) for s in servers)
+        return cls((ServiceSpec(DEFAULT_SERVICE, vip, tuple(ports), rs),))
+
+    def service(self, name: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def with_service(self, spec: ServiceSpec) -> "DesiredState":
+        """This state with one service replaced (or added)."""
+        others = tuple(s for s in self.services if s.name != spec.name)
+        if self.service(spec.name) is None:
+            return DesiredState(others + (spec,))
+        return DesiredState(tuple(spec if s.name == spec.name else s for s in self.services))
+
+
+# ---- what the maps hold
+
+
+Member = tuple[str, IPAddress]  # (service name, real server)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The running state as the planner placed it in the maps."""
+
+    ids: Mapping[str, int] = field(default_factory=dict)  # service name -> id
+    services: Mapping[str, ServiceSpec] = field(default_factory=dict)
+    slots: Mapping[Member, int] = field(default_factory=dict)  # member -> slot
+    rings: Mapping[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    half: int = 1  # ring half in use; the first plan writes half 0
+
+    @classmethod
+    def with_ids(cls, ids: Mapping[str, int]) -> "Layout":
+        """An empty data path with service ids kept from before (the pinned
+        registry: the associations are keyed by them)."""
+        return cls(ids=dict(ids))
+
+    def endpoints(self) -> dict[tuple[IPAddress, int], tuple[int, int]]:
+        """(real server, port) -> (service id, slot)."""
+        return _endpoints(self.services, self.ids, self.slots)
+
+    def vip_ports(self) -> dict[tuple[IPAddress, int], int]:
+        return _vip_ports(self.services, self.ids)
+
+
+def _endpoints(services: Mapping[str, ServiceSpec], ids: Mapping[str, int],
+               slots: Mapping[Member, int]) -> dict[tuple[IPAddress, int], tuple[int, int]]:
+    return {(s.address, port): (ids[spec.name], slots[(spec.name, s.address)])
+            for spec in services.values() for s in spec.servers for port in spec.ports}
+
+
+def _vip_ports(services: Mapping[str, ServiceSpec],
+               ids: Mapping[str, int]) -> dict[tuple[IPAddress, int], int]:
+    return {(spec.vip, port): ids[spec.name] for spec in services.values() for port in spec.ports}
+
+
+# ---- writes (the dataplane's vocabulary)
+
+
+@dataclass(frozen=True)
+class NameService:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ForgetService:
+    id: int
+
+
+@dataclass(frozen=True)
+class PutAddress:
+    kind: str  # "vip" or "server"
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class DelAddress:
+    kind: str
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class PutMember:
+    slot: int
+    address: IPAddress
+    service: int
+
+
+@dataclass(frozen=True)
+class ClearMember:
+    """Empty a slot and zero its counters (the next member there starts at 0)."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class PutEndpoint:
+    address: IPAddress
+    port: int
+    service: int
+    slot: int
+
+
+@dataclass(frozen=True)
+class DelEndpoint:
+    address: IPAddress
+    port: int
+
+
+@dataclass(frozen=True)
+class PutRing:
+    index: int
+    slot: int
+
+
+@dataclass(frozen=True)
+class PutService:
+    id: int
+    vip: IPAddress
+    ring_base: int
+    ring_len: int
+
+
+@dataclass(frozen=True)
+class ClearService:
+    """Empty a descriptor, zero its counters and its round-robin cursor."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class PutVipPort:
+    vip: IPAddress
+    port: int
+    service: int
+
+
+@dataclass(frozen=True)
+class DelVipPort:
+    vip: IPAddress
+    port: int
+
+
+Write = Union[NameService, ForgetService, PutAddress, DelAddress, PutMember, ClearMember,
+              PutEndpoint, DelEndpoint, PutRing, PutService, ClearService, PutVipPort,
+              DelVipPort]
+
+
+# ---- the plan
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    """What a plan changes in one service (for the log)."""
+
+    name: str
+    added: tuple[IPAddress, ...] = ()
+    removed: tuple[IPAddress, ...] = ()
+    reweighted: tuple[IPAddress, ...] = ()
+    vip_changed: bool = False
+    ports_changed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.reweighted or self.vip_changed
+                    or self.ports_changed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    layout: Layout  # what the maps hold once every write is applied
+    writes: tuple[Write, ...]
+    added: tuple[str, ...] = ()  # services
+    removed: tuple[str, ...] = ()
+    changes: tuple[ServiceChange, ...] = ()  # services kept, changed or not
+    # (old, new) names that look like a rename: a removed and an added service
+    # with the same VIP and ports. A service is known by its name: the
+    # renamed one's clients pick their servers anew.
+    renamed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or any(c.changed for c in self.changes))
+
+
+def check_fits(desired: DesiredState, limits: Limits) -> None:
+    """Raise PlanError if the desired state does not fit the maps."""
+    members = sum(len(s.servers) for s in desired.services)
+    endpoints = sum(len(s.servers) * len(s.ports) for s in desired.services)
+    ring = sum(len(smooth_weighted_order(s.servers)) for s in desired.services)
+    names = [s.name for s in desired.services]
+    if len(set(names)) != len(names):
+        raise PlanError("a service name is used twice")
+    if len(names) > limits.max_services:
+        raise PlanError(f"{len(names)} services but at most {limits.max_services} "
+                        "(raise --max-services)")
+    if members > limits.max_members:
+        raise PlanError(f"{members} (service, real server) pairs but at most "
+                        f"{limits.max_members}")
+    if endpoints > limits.max_endpoints:
+        raise PlanError(f"{endpoints} real server:port pairs but at most "
+                        f"{limits.max_endpoints} (raise --max_ports or --max_realservers)")
+    if ring > RING_SIZE:
+        raise PlanError(f"the round-robin cycles of all services add up to {ring} entries; "
+                        f"at most {RING_SIZE}")
+
+
+def _lowest_free(used: Iterable[int], low: int, high: int, count: int) -> list[int]:
+    taken = set(used)
+    free = []
+    n = low
+    while len(free) < count:
+        if n > high:
+            raise PlanError(f"no free entry between {low} and {high}")
+        if n not in taken:
+            free.append(n)
+        n += 1
+    return free
+
+
+def plan(running: Layout, desired: DesiredState, limits: Limits) -> Plan:
+    """The writes that take the maps from `running` to `desired`, in a safe
+    order, and the layout they leave. Raises PlanError (nothing to apply)."""
+    check_fits(desired, limits)
+    old = running
+    wanted = {s.name: s for s in desired.services}
+
+    # service ids: kept by name; new names get the lowest free ids
+    ids = {name: i for name, i in old.ids.items()
+           if name in wanted and i <= limits.max_services}
+    new_names = [s.name for s in desired.services if s.name not in ids]
+    for name, i in zip(new_names, _lowest_free(old.ids.values(), 1, limits.max_services,
+                                               len(new_names))):
+        ids[name] = i
+    forgotten = {name: i for name, i in old.ids.items() if name not in wanted}
+
+    # member slots: kept for members that stay
+    members = [(spec.name, s.address) for spec in desired.services for s in spec.servers]
+    slots = {m: old.slots[m] for m in members if m in old.slots}
+    fresh = [m for m in members if m not in slots]
+    for m, n in zip(fresh, _lowest_free(old.slots.values(), 1, 2 * limits.max_members,
+                                        len(fresh))):
+        slots[m] = n
+
+    # rings: each service's cycle, by slot; all into the other half if any differs
+    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in smooth_weighted_order(spec.servers))
+              for spec in desired.services}
+    old_cycles = {name: ring for name, (_, ring) in old.rings.items()}
+    if cycles == {n: c for n, c in old_cycles.items() if n in cycles} and set(cycles) <= set(
+            old_cycles):
+        half = old.half
+        rings = {name: old.rings[name] for name in cycles}
+        ring_writes: list[Write] = []
+    else:
+        half = 1 - old.half
+        rings, ring_writes, offset = {}, [], half * RING_SIZE
+        for spec in sorted(desired.services, key=lambda s: ids[s.name]):
+            cycle = cycles[spec.name]
+            rings[spec.name] = (offset, cycle)
+            ring_writes.extend(PutRing(offset + i, slot) for i, slot in enumerate(cycle))
+            offset += len(cycle)
+
+    new = Layout(ids=ids, services=dict(wanted), slots=slots, rings=rings, half=half)
+    writes: list[Write] = []
+
+    # 1. names
+    writes.extend(NameService(ids[name], name) for name in new_names)
+    # 2. addresses
+    old_addrs = _addresses(old.services.values())
+    new_addrs = _addresses(wanted.values())
+    writes.extend(PutAddress(kind, a) for kind, a in sorted(new_addrs - old_addrs, key=_addr_key))
+    # 3. members
+    old_members = {m: (old.slots[m], old.ids[m[0]]) for m in old.slots}
+    writes.extend(PutMember(slots[m], m[1], ids[m[0]]) for m in members
+                  if old_members.get(m) != (slots[m], ids[m[0]]))
+    # 4. endpoints
+    old_ep, new_ep = old.endpoints(), new.endpoints()
+    writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
+                  if old_ep.get((a, p)) != (svc, slot))
+    # 5. rings
+    writes.extend(ring_writes)
+    # 6. descriptors
+    for spec in desired.services:
+        base, cycle = rings[spec.name]
+        before = old.services.get(spec.name)
+        if (before is None or before.vip != spec.vip or old.rings.get(spec.name) != (base, cycle)
+                or old.ids.get(spec.name) != ids[spec.name]):
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle)))
+    # 7. ingress
+    old_vp, new_vp = old.vip_ports(), new.vip_ports()
+    writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
+                  if old_vp.get((v, p)) != svc)
+    # 8. removals
+    writes.extend(DelVipPort(v, p) for (v, p) in old_vp if (v, p) not in new_vp)
+    for name, i in forgotten.items():
+        if name in old.services:
+            writes.append(ClearService(i))
+        writes.append(ForgetService(i))
+    writes.extend(DelEndpoint(a, p) for (a, p) in old_ep if (a, p) not in new_ep)
+    writes.extend(ClearMember(n) for m, n in old.slots.items() if m not in slots)
+    writes.extend(DelAddress(kind, a) for kind, a in sorted(old_addrs - new_addrs, key=_addr_key))
+
+    changes = tuple(_service_change(old.services[name], spec)
+                    for name, spec in wanted.items() if name in old.services)
+    removed = tuple(name for name in old.services if name not in wanted)
+    added = tuple(name for name in wanted if name not in old.services)
+    by_key = {(wanted[n].vip, wanted[n].ports): n for n in added}
+    renamed = tuple((name, by_key[(old.services[name].vip, old.services[name].ports)])
+                    for name in removed
+                    if (old.services[name].vip, old.services[name].ports) in by_key)
+    return Plan(layout=new, writes=tuple(writes), added=added, removed=removed,
+                changes=changes, renamed=renamed)
+
+
+def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limits) -> Plan:
+    """The writes that take the maps back to `desired` (what `old` holds)
+    after the writes towards `attempted` failed part way: the maps then hold
+    some of each, so plan from `attempted` (every write is a put of a whole
+    entry or the delete of one, so re-doing one is harmless) while keeping
+    the ids of `old` (its services' associations are keyed by them), and
+    name every service again (the failed plan may have forgotten some)."""
+    running = Layout(ids={**old.ids, **attempted.ids}, services=attempted.services,
+                     slots=attempted.slots, rings=attempted.rings, half=attempted.half)
+    back = plan(running, desired, limits)
+    names = tuple(NameService(i, name) for name, i in sorted(back.layout.ids.items()))
+    return Plan(layout=back.layout, writes=names + back.writes)
+
+
+def _addresses(services: Iterable[ServiceSpec]) -> set[tuple[str, IPAddress]]:
+    found: set[tuple[str, IPAddress]] = set()
+    for spec in services:
+        found.add(("vip", spec.vip))
+        found.update(("server", s.address) for s in spec.servers)
+    return found
+
+
+def _addr_key(item: tuple[str, IPAddress]) -> tuple:
+    return (item[0], item[1].version, item[1].packed)
+
+
+def _service_change(old: ServiceSpec, new: ServiceSpec) -> ServiceChange:
+    old_w = {s.address: s.weight for s in old.servers}
+    new_w = {s.address: s.weight for s in new.servers}
+    return ServiceChange(
+        name=new.name,
+        added=tuple(a for a in new_w if a not in old_w),
+        removed=tuple(a for a in old_w if a not in new_w),
+        reweighted=tuple(a for a in new_w if a in old_w and old_w[a] != new_w[a]),
+        vip_changed=old.vip != new.vip,
+        ports_changed=old.ports != new.ports,
+    )
+
+
+def legacy_service(server: IPAddress, desired: DesiredState) -> str | None:
+    """Which service an association of the previous layout (one VIP, no
+    service in its key) belongs to: `default` if its server is in the
+    default pool, else the first service (by name) whose pool holds the
+    server (it has the VIP's family, as its server does), else `default` if
+    it exists and has that family (the client picks anew there), else
+    none."""
+    holders = sorted(s.name for s in desired.services if s.server(server) is not None)
+    if DEFAULT_SERVICE in holders:
+        return DEFAULT_SERVICE
+    if holders:
+        return holders[0]
+    default = desired.service(DEFAULT_SERVICE)
+    if default is not None and default.vip.version == server.version:
+        return DEFAULT_SERVICE
+    return None
+
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What metrics and the control socket show of the running state:
+    frozen, and replaced whole by the main loop after each change, so a
+    reader in another thread never sees it half updated."""
+
+    services: tuple[ServiceSpec, ...]
+    ids: Mapping[str, int]  # service name -> id (counters and associations are by id)
+    interfaces: tuple[str, ...]
+    forward: str
+    max_associations: int
+    config_file: str | None = None
+    last_reload_ok: bool = True
+
+    def service(self, name: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def names(self) -> dict[int, str]:
+        """Service id -> name."""
+        return {i: name for name, i in self.ids.items()}

@@ -1,0 +1,311 @@
+"""The planner (sbulb/state.py): pure Python, no root, no bcc.
+
+The writes are replayed into a model of the maps (dicts keyed as the data
+path keys them), and after every single write the model is checked the way
+a packet would walk it: so "a packet never finds half a service" is checked
+write by write, not only at the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import pytest
+
+from sbulb import state
+from sbulb.config import RING_SIZE, IPAddress, Limits, RealServer
+from sbulb.state import DesiredState, Layout, PlanError, ServiceSpec, plan
+
+LIMITS = Limits(max_ports=8, max_real_servers=8, max_services=4)
+
+
+def ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
+
+
+def spec(name: str, vip: str, ports: tuple[int, ...], *servers: str) -> ServiceSpec:
+    pool = []
+    for s in servers:
+        address, _, weight = s.partition("=")
+        pool.append(RealServer(ip(address), int(weight) if weight else 1))
+    return ServiceSpec(name, ip(vip), ports, tuple(pool))
+
+
+COAP = spec("coap", "10.0.0.1", (5683, 5684), "10.0.1.1", "10.0.1.2=3", "10.0.1.3=0")
+SYSLOG = spec("syslog", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2")
+DNS6 = spec("dns", "2001:db8::1", (53,), "2001:db8:1::1", "2001:db8:1::2")
+
+
+@dataclass
+class Maps:
+    """The data path's maps, as dicts."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    addresses: set[tuple[str, IPAddress]] = field(default_factory=set)
+    members: dict[int, tuple[IPAddress, int]] = field(default_factory=dict)
+    endpoints: dict[tuple[IPAddress, int], tuple[int, int]] = field(default_factory=dict)
+    ring: dict[int, int] = field(default_factory=dict)
+    services: dict[int, tuple[IPAddress, int, int]] = field(default_factory=dict)
+    vip_ports: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
+
+    def write(self, w: state.Write) -> None:
+        if isinstance(w, state.NameService):
+            self.names[w.id] = w.name
+        elif isinstance(w, state.ForgetService):
+            self.names.pop(w.id, None)
+        elif isinstance(w, state.PutAddress):
+            self.addresses.add((w.kind, w.address))
+        elif isinstance(w, state.DelAddress):
+            self.addresses.discard((w.kind, w.address))
+        elif isinstance(w, state.PutMember):
+            self.members[w.slot] = (w.address, w.service)
+        elif isinstance(w, state.ClearMember):
+            self.members.pop(w.slot, None)
+        elif isinstance(w, state.PutEndpoint):
+            self.endpoints[(w.address, w.port)] = (w.service, w.slot)
+        elif isinstance(w, state.DelEndpoint):
+            self.endpoints.pop((w.address, w.port), None)
+        elif isinstance(w, state.PutRing):
+            assert 0 <= w.index < 2 * RING_SIZE
+            self.ring[w.index] = w.slot
+        elif isinstance(w, state.PutService):
+            self.services[w.id] = (w.vip, w.ring_base, w.ring_len)
+        elif isinstance(w, state.ClearService):
+            self.services.pop(w.id, None)
+        elif isinstance(w, state.PutVipPort):
+            self.vip_ports[(w.vip, w.port)] = w.service
+        elif isinstance(w, state.DelVipPort):
+            self.vip_ports.pop((w.vip, w.port), None)
+        else:
+            raise AssertionError(f"unknown write {w!r}")
+
+    def check_walkable(self, final: bool = False) -> None:
+        """What a packet may find: a VIP:port leads to a described service
+        whose whole cycle names filled slots of that service, and a VIP the
+        fragment filter knows; an endpoint names a filled slot of its
+        service, whose address is a known real server. While a service's
+        VIP changes, its old VIP:ports lead to it (with the new VIP) until
+        they are removed; once the plan is applied, each leads to its VIP."""
+        for (vip, _), service in self.vip_ports.items():
+            assert service in self.services, f"VIP:port -> service {service} without descriptor"
+            svc_vip, base, length = self.services[service]
+            assert ("vip", vip) in self.addresses
+            assert svc_vip == vip or not final
+            for i in range(length):
+                slot = self.ring[base + i]
+                assert self.members[slot][1] == service, f"ring names slot {slot} of another"
+        for (address, _), (service, slot) in self.endpoints.items():
+            assert self.members.get(slot) == (address, service)
+            assert ("server", address) in self.addresses
+
+    def pick(self, vip: IPAddress, port: int) -> list[IPAddress]:
+        """The cycle a new client of vip:port walks."""
+        _, base, length = self.services[self.vip_ports[(vip, port)]]
+        return [self.members[self.ring[base + i]][0] for i in range(length)]
+
+
+def run(maps: Maps, layout: Layout, desired: DesiredState,
+        limits: Limits = LIMITS) -> state.Plan:
+    """Plan, then apply write by write, checking the maps after each."""
+    planned = plan(layout, desired, limits)
+    for w in planned.writes:
+        maps.write(w)
+        maps.check_walkable()
+    maps.check_walkable(final=True)
+    return planned
+
+
+def test_two_services_on_one_vip_and_an_ipv6_one() -> None:
+    maps = Maps()
+    p = run(maps, Layout(), DesiredState((COAP, SYSLOG, DNS6)))
+    assert p.added == ("coap", "syslog", "dns") and not p.removed
+    assert sorted(p.layout.ids.values()) == [1, 2, 3]
+    assert maps.names == {i: n for n, i in p.layout.ids.items()}
+    # weights: 1 and 3, the drained one has no ring entry (but a member: egress)
+    assert sorted(maps.pick(ip("10.0.0.1"), 5683), key=str) == [ip("10.0.1.1")] + [ip("10.0.1.2")] * 3
+    assert maps.pick(ip("10.0.0.1"), 5684) == maps.pick(ip("10.0.0.1"), 5683)
+    assert sorted(maps.pick(ip("10.0.0.1"), 514)) == [ip("10.0.2.1"), ip("10.0.2.2")]
+    assert sorted(maps.pick(ip("2001:db8::1"), 53)) == [ip("2001:db8:1::1"), ip("2001:db8:1::2")]
+    assert (ip("10.0.1.3"), 5684) in maps.endpoints
+    assert len(maps.endpoints) == 3 * 2 + 2 + 2
+
+
+def test_a_change_in_one_service_writes_nothing_of_the_other() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, SYSLOG)))
+    syslog_id = first.layout.ids["syslog"]
+    syslog_slots = {m: n for m, n in first.layout.slots.items() if m[0] == "syslog"}
+    coap = spec("coap", "10.0.0.1", (5683, 5684), "10.0.1.1=2", "10.0.1.4")
+    second = run(maps, first.layout, DesiredState((coap, SYSLOG)))
+    touched_syslog = [w for w in second.writes
+                      if getattr(w, "service", None) == syslog_id
+                      or getattr(w, "slot", None) in syslog_slots.values()
+                      and not isinstance(w, state.PutRing)]
+    assert touched_syslog == []
+    assert {m: n for m, n in second.layout.slots.items() if m[0] == "syslog"} == syslog_slots
+    assert second.layout.ids == first.layout.ids
+    (change_coap, change_syslog) = sorted(second.changes, key=lambda c: c.name)
+    assert change_coap.added == (ip("10.0.1.4"),)
+    assert set(change_coap.removed) == {ip("10.0.1.2"), ip("10.0.1.3")}
+    assert change_coap.reweighted == (ip("10.0.1.1"),)
+    assert not change_syslog.changed
+    assert sorted(maps.pick(ip("10.0.0.1"), 514)) == [ip("10.0.2.1"), ip("10.0.2.2")]
+
+
+def test_the_new_cycle_goes_into_the_other_half_and_the_old_stays_intact() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP,)))
+    base, cycle = first.layout.rings["coap"]
+    old_half = {i: maps.ring[i] for i in range(base, base + len(cycle))}
+    second = run(maps, first.layout, DesiredState((spec("coap", "10.0.0.1", (5683,), "10.0.1.1"),)))
+    new_base, _ = second.layout.rings["coap"]
+    assert second.layout.half != first.layout.half
+    assert (new_base < RING_SIZE) != (base < RING_SIZE)
+    assert {i: maps.ring[i] for i in old_half} == old_half
+
+
+def test_nothing_to_write_when_nothing_changes() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, SYSLOG)))
+    again = run(maps, first.layout, DesiredState((SYSLOG, COAP)))
+    assert again.writes == () and not again.changed
+
+
+def test_a_server_moved_between_services() -> None:
+    """10.0.2.1 leaves syslog and joins coap: a new member of coap, its
+    syslog member cleared only after nothing leads to it."""
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, SYSLOG)))
+    coap = spec("coap", "10.0.0.1", (5683, 5684), "10.0.1.1", "10.0.2.1")
+    syslog = spec("syslog", "10.0.0.1", (514,), "10.0.2.2")
+    second = run(maps, first.layout, DesiredState((coap, syslog)))
+    assert maps.endpoints[(ip("10.0.2.1"), 5683)][0] == second.layout.ids["coap"]
+    assert (ip("10.0.2.1"), 514) not in maps.endpoints
+    assert ("server", ip("10.0.2.1")) in maps.addresses  # still a real server
+    assert ("server", ip("10.0.1.2")) not in maps.addresses
+    assert sorted(maps.pick(ip("10.0.0.1"), 5683)) == [ip("10.0.1.1"), ip("10.0.2.1")]
+
+
+def test_the_same_server_in_two_services_on_different_ports() -> None:
+    a = spec("a", "10.0.0.1", (1000,), "10.0.3.1")
+    b = spec("b", "10.0.0.2", (2000,), "10.0.3.1")
+    maps = Maps()
+    p = run(maps, Layout(), DesiredState((a, b)))
+    assert maps.endpoints[(ip("10.0.3.1"), 1000)][0] == p.layout.ids["a"]
+    assert maps.endpoints[(ip("10.0.3.1"), 2000)][0] == p.layout.ids["b"]
+    assert p.layout.slots[("a", ip("10.0.3.1"))] != p.layout.slots[("b", ip("10.0.3.1"))]
+
+
+def test_removing_a_service_removes_everything_it_wrote() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, DNS6)))
+    run(maps, first.layout, DesiredState((COAP,)))
+    only_coap = Maps()
+    run(only_coap, Layout(), DesiredState((COAP,)))
+    assert maps.vip_ports == only_coap.vip_ports
+    assert maps.endpoints.keys() == only_coap.endpoints.keys()
+    assert maps.addresses == only_coap.addresses
+    assert len(maps.members) == len(only_coap.members)
+    assert set(maps.services) == {first.layout.ids["coap"]}
+    assert maps.names == {first.layout.ids["coap"]: "coap"}
+
+
+def test_removals_come_after_every_addition() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, SYSLOG)))
+    p = plan(first.layout, DesiredState((DNS6, spec("syslog", "10.0.0.2", (514,), "10.0.2.9"))),
+             LIMITS)
+    kinds = [type(w) for w in p.writes]
+    removals = (state.DelVipPort, state.ClearService, state.ForgetService, state.DelEndpoint,
+                state.ClearMember, state.DelAddress)
+    first_removal = min(i for i, k in enumerate(kinds) if k in removals)
+    assert all(k in removals for k in kinds[first_removal:])
+    assert kinds.index(state.PutService) < kinds.index(state.PutVipPort)
+    assert max(i for i, k in enumerate(kinds) if k is state.PutRing) < kinds.index(state.PutService)
+
+
+def test_a_vip_change_moves_the_ports_to_the_new_vip() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((SYSLOG,)))
+    moved = spec("syslog", "10.0.0.9", (514,), "10.0.2.1", "10.0.2.2")
+    second = run(maps, first.layout, DesiredState((moved,)))
+    assert list(maps.vip_ports) == [(ip("10.0.0.9"), 514)]
+    assert ("vip", ip("10.0.0.1")) not in maps.addresses
+    assert second.changes[0].vip_changed
+    assert second.layout.ids == first.layout.ids  # same service: its clients stay
+
+
+def test_a_rename_is_a_new_service_and_is_reported() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((SYSLOG,)))
+    renamed = spec("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2")
+    second = run(maps, first.layout, DesiredState((renamed,)))
+    assert second.renamed == (("syslog", "logs"),)
+    assert second.layout.ids["logs"] != first.layout.ids["syslog"]
+    assert maps.names == {second.layout.ids["logs"]: "logs"}
+
+
+def test_ids_come_back_from_the_registry_after_a_restart() -> None:
+    p = plan(Layout.with_ids({"syslog": 3, "gone": 1}), DesiredState((COAP, SYSLOG)), LIMITS)
+    assert p.layout.ids["syslog"] == 3
+    assert p.layout.ids["coap"] == 2  # 1 is forgotten only at the end of this plan
+    assert state.ForgetService(1) in p.writes
+
+
+def test_an_id_beyond_a_smaller_max_services_is_not_kept() -> None:
+    p = plan(Layout.with_ids({"syslog": 60}), DesiredState((SYSLOG,)), LIMITS)
+    assert 1 <= p.layout.ids["syslog"] <= LIMITS.max_services
+
+
+@pytest.mark.parametrize(
+    "desired,reason",
+    [
+        (DesiredState((COAP, COAP)), "used twice"),
+        (DesiredState(tuple(spec(f"s{i}", "10.0.0.1", (i + 1,), "10.0.1.1") for i in range(5))),
+         "at most 4"),
+        (DesiredState((spec("big", "10.0.0.1", tuple(range(1, 9)),
+                            *(f"10.0.1.{i}" for i in range(1, 10))),)),
+         "real server:port pairs"),
+    ],
+)
+def test_what_does_not_fit_is_refused_before_any_write(desired: DesiredState, reason: str) -> None:
+    with pytest.raises(PlanError, match=reason):
+        plan(Layout(), desired, LIMITS)
+
+
+def test_rollback_restores_the_running_maps_after_a_partial_apply() -> None:
+    """Writes towards a new state fail part way; the rollback plan takes
+    the maps back to exactly what a clean start with the old state holds."""
+    old_desired = DesiredState((COAP, SYSLOG))
+    new_desired = DesiredState((spec("coap", "10.0.0.1", (5683,), "10.0.1.9"), DNS6))
+    for cut in range(0, 60, 7):
+        maps = Maps()
+        first = run(maps, Layout(), old_desired)
+        attempted = plan(first.layout, new_desired, LIMITS)
+        for w in attempted.writes[:cut]:
+            maps.write(w)
+        back = state.rollback(first.layout, attempted.layout, old_desired, LIMITS)
+        for w in back.writes:
+            maps.write(w)
+        maps.check_walkable(final=True)
+        assert back.layout.ids == first.layout.ids
+        assert maps.names == {i: n for n, i in first.layout.ids.items()}
+        clean = Maps()
+        run(clean, Layout(), old_desired)
+        assert maps.vip_ports == clean.vip_ports
+        assert maps.endpoints.keys() == clean.endpoints.keys()
+        assert maps.addresses == clean.addresses
+        assert sorted(maps.members.values()) == sorted(clean.members.values())
+        for vip, port in clean.vip_ports:
+            assert sorted(maps.pick(vip, port)) == sorted(clean.pick(vip, port))
+
+
+def test_legacy_associations_go_to_the_service_of_their_server() -> None:
+    default = spec("default", "10.0.0.1", (514,), "10.0.2.1")
+    desired = DesiredState((COAP, default, DNS6))
+    assert state.legacy_service(ip("10.0.2.1"), desired) == "default"
+    assert state.legacy_service(ip("10.0.1.2"), desired) == "coap"
+    assert state.legacy_service(ip("10.9.9.9"), desired) == "default"  # picks anew there
+    assert state.legacy_service(ip("2001:db8:9::9"), desired) is None
+    assert state.legacy_service(ip("2001:db8:1::2"), desired) == "dns"
