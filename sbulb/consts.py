@@ -39,15 +39,76 @@ class Stat(enum.IntEnum):
     FWD_FIB_DROP = 24
     FWD_FIB_LOCAL = 25
     FWD_FRAG_NEEDED = 26
+    ACTION_ABORTED = 27
+    ACTION_DROP = 28
+    ACTION_PASS = 29
+    ACTION_TX = 30
+    ACTION_REDIRECT = 31
+
+    @property
+    def kind(self) -> "StatKind":
+        return STAT_KINDS[self]
 
     @property
     def is_verdict(self) -> bool:
-        """True for slots that count packets (one per packet); ASSOC_* count
-        association changes, FWD_* how rewritten packets left."""
-        return not self.name.startswith(("ASSOC_", "FWD_"))
+        """True for slots that count packets (one per packet, by reason)."""
+        return self.kind in (StatKind.TX, StatKind.PASS, StatKind.DROP)
+
+    @property
+    def label(self) -> str:
+        """Its name within its kind, for metrics: TX_INGRESS -> ingress."""
+        return self.name.split("_", 1)[1].lower()
 
 
-STAT_MAX = 27
+class StatKind(enum.Enum):
+    """What a counter slot counts."""
+
+    TX = "tx"  # packets rewritten and sent on, by direction (verdict)
+    PASS = "pass"  # packets given to the kernel untouched, by reason (verdict)
+    DROP = "drop"  # packets dropped, by reason (verdict)
+    ASSOC = "assoc"  # associations created (on top of a verdict)
+    FWD = "fwd"  # how rewritten packets left (on top of a verdict)
+    ACTION = "action"  # the XDP action each packet finally got
+    RETIRED = "retired"  # a slot no longer counted; its number is never reused
+
+
+# Written out, as the numbers are: a slot's kind is part of the contract.
+STAT_KINDS = {
+    Stat.TX_INGRESS: StatKind.TX,
+    Stat.TX_EGRESS: StatKind.TX,
+    Stat.PASS_NOT_IP: StatKind.PASS,
+    Stat.PASS_NOT_UDP: StatKind.PASS,
+    Stat.PASS_NOT_BALANCED: StatKind.PASS,
+    Stat.PASS_FRAGMENT: StatKind.RETIRED,
+    Stat.PASS_TTL: StatKind.PASS,
+    Stat.PASS_MALFORMED: StatKind.PASS,
+    Stat.PASS_IPV6_EXT: StatKind.PASS,
+    Stat.DROP_NO_REAL_SERVER: StatKind.DROP,
+    Stat.DROP_NOT_ASSOCIATED: StatKind.DROP,
+    Stat.DROP_ASSOC_FAILED: StatKind.DROP,
+    Stat.ASSOC_CLIENT: StatKind.ASSOC,
+    Stat.ASSOC_SERVER: StatKind.ASSOC,
+    Stat.ASSOC_REPICK: StatKind.ASSOC,
+    Stat.DROP_FRAG_UNKNOWN: StatKind.DROP,
+    Stat.TX_ICMP_INGRESS: StatKind.TX,
+    Stat.TX_ICMP_EGRESS: StatKind.TX,
+    Stat.FWD_FIB_TX: StatKind.FWD,
+    Stat.FWD_FIB_REDIRECT: StatKind.FWD,
+    Stat.FWD_FIB_PASS: StatKind.FWD,
+    Stat.FWD_NO_NEIGH_SWAP: StatKind.FWD,
+    Stat.FWD_NO_NEIGH_PASS: StatKind.FWD,
+    Stat.FWD_MAC_SWAP: StatKind.FWD,
+    Stat.FWD_FIB_DROP: StatKind.FWD,
+    Stat.FWD_FIB_LOCAL: StatKind.FWD,
+    Stat.FWD_FRAG_NEEDED: StatKind.FWD,
+    Stat.ACTION_ABORTED: StatKind.ACTION,
+    Stat.ACTION_DROP: StatKind.ACTION,
+    Stat.ACTION_PASS: StatKind.ACTION,
+    Stat.ACTION_TX: StatKind.ACTION,
+    Stat.ACTION_REDIRECT: StatKind.ACTION,
+}
+
+STAT_MAX = 32
 
 
 class EventType(enum.IntEnum):

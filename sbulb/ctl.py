@@ -5,9 +5,10 @@
     sbulbctl associations count | get IP:PORT | delete IP:PORT | flush --server IP
     sbulbctl top [--interval S] [--count N]
 
-It talks to the daemon through its control socket (sbulb/control.py), as
-root. Read commands take --json. Exit codes: 0 ok, 1 error (no daemon, a
-refused request), 2 usage.
+Every command takes --service NAME to cover one service only (default:
+all of them). It talks to the daemon through its control socket
+(sbulb/control.py), as root. Read commands take --json. Exit codes: 0 ok,
+1 error (no daemon, a refused request), 2 usage.
 """
 
 from __future__ import annotations
@@ -35,10 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--interface",
                         help="the daemon's interface (default: the only sbulb running here)")
     parser.add_argument("--json", action="store_true", help="JSON output (read commands)")
-    # --json after the command too (it does not reset one given before it)
+    parser.add_argument("-s", "--service", metavar="NAME",
+                        help="only this service (default: every service)")
+    # --json and --service after the command too (they do not reset one
+    # given before it)
     json_too = argparse.ArgumentParser(add_help=False)
     json_too.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                           help="JSON output")
+    json_too.add_argument("-s", "--service", metavar="NAME", default=argparse.SUPPRESS,
+                          help="only this service")
+    service_too = argparse.ArgumentParser(add_help=False)
+    service_too.add_argument("-s", "--service", metavar="NAME", default=argparse.SUPPRESS,
+                             help="only this service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("status", parents=[json_too],
                         help="VIP, ports, real servers with their traffic, counters")
@@ -52,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("count", parents=[json_too], help="how many associations")
     get = actions.add_parser("get", parents=[json_too], help="the real server of one client")
     get.add_argument("endpoint", metavar="IP:PORT")
-    delete = actions.add_parser("delete", help="forget one client (its next datagram picks anew)")
+    delete = actions.add_parser("delete", parents=[service_too],
+                                help="forget one client (its next datagram picks anew)")
     delete.add_argument("endpoint", metavar="IP:PORT")
-    flush = actions.add_parser("flush", help="forget every client of one real server")
+    flush = actions.add_parser("flush", parents=[service_too],
+                               help="forget every client of one real server")
     flush.add_argument("--server", required=True)
     top = commands.add_parser("top", parents=[json_too],
                               help="per-server rates, refreshed in place")
@@ -97,19 +108,22 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
     modes = ", ".join(f"{name} ({mode})" for name, mode in status["interfaces"].items())
     out.write(f"sbulb {status['version']}, pid {status['pid']}, on {modes}, "
               f"forward {status['forward']}\n")
-    out.write(f"virtual server {status['virtual_server']} port(s) "
-              f"{' '.join(map(str, status['ports']))}\n")
     if status["config_file"]:
-        out.write(f"config file {status['config_file']}\n")
-    out.write(f"associations {status['associations']} (at most {status['max_associations']})\n\n")
+        rejected = "" if status.get("last_reload_ok", True) else " (last reload rejected)"
+        out.write(f"config file {status['config_file']}{rejected}\n")
+    out.write(f"associations {status['associations']} (at most {status['max_associations']})\n")
     header = ("real server", "weight", "state", "assoc", "pkts to", "bytes to", "pkts from",
               "bytes from")
-    rows = [header] + [
-        (s["address"], s["weight"], s["state"], s["associations"], s["packets_to"],
-         s["bytes_to"], s["packets_from"], s["bytes_from"])
-        for s in status["real_servers"]
-    ]
-    _table(rows, out)
+    for service in status["services"]:
+        out.write(f"\nservice {service['name']}: {service['virtual_server']} "
+                  f"port(s) {' '.join(map(str, service['ports']))}, {service['mode']}, "
+                  f"{service['associations']} association(s)\n")
+        rows = [header] + [
+            (s["address"], s["weight"], s["state"], s["associations"], s["packets_to"],
+             s["bytes_to"], s["packets_from"], s["bytes_from"])
+            for s in service["real_servers"]
+        ]
+        _table(rows, out)
     out.write("\ncounters\n")
     for name, value in status["counters"].items():
         if value:
@@ -124,36 +138,43 @@ def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def top(path: Path, interval: float, count: int, as_json: bool, out: TextIO) -> None:
-    previous = control.request(path, "status")
+def top(path: Path, service: str | None, interval: float, count: int, as_json: bool,
+        out: TextIO) -> None:
+    query = {"service": service} if service else None
+    previous = control.request(path, "status", query)
     previous_at = time.monotonic()
     done = 0
     while not count or done < count:
         time.sleep(interval)  # the refresh period the operator asked for
-        status = control.request(path, "status")
+        status = control.request(path, "status", query)
         now = time.monotonic()
         elapsed = max(now - previous_at, 1e-9)
-        before = {s["address"]: s for s in previous["real_servers"]}
+        before = {(v["name"], s["address"]): s
+                  for v in previous["services"] for s in v["real_servers"]}
         rates = []
-        for s in status["real_servers"]:
-            old = before.get(s["address"], {})
-            rates.append({
-                "address": s["address"],
-                "weight": s["weight"],
-                "associations": s["associations"],
-                **{f"{key}_per_s": round((s[key] - old.get(key, 0)) / elapsed, 1)
-                   for key in ("packets_to", "bytes_to", "packets_from", "bytes_from")},
-            })
+        for v in status["services"]:
+            for s in v["real_servers"]:
+                old = before.get((v["name"], s["address"]), {})
+                rates.append({
+                    "service": v["name"],
+                    "address": s["address"],
+                    "weight": s["weight"],
+                    "associations": s["associations"],
+                    **{f"{key}_per_s": round((s[key] - old.get(key, 0)) / elapsed, 1)
+                       for key in ("packets_to", "bytes_to", "packets_from", "bytes_from")},
+                })
         if as_json:
             out.write(json.dumps({"interval": round(elapsed, 3), "real_servers": rates}) + "\n")
         else:
             out.write("\x1b[H\x1b[2J")  # refresh in place
-            out.write(f"sbulb on {', '.join(status['interfaces'])}: {status['virtual_server']}, "
+            services = ", ".join(f"{v['name']} {v['virtual_server']}" for v in status["services"])
+            out.write(f"sbulb on {', '.join(status['interfaces'])}: {services}, "
                       f"{status['associations']} associations, every {interval:g}s\n\n")
-            _table([("real server", "weight", "assoc", "pkts/s to", "bytes/s to", "pkts/s from",
-                     "bytes/s from")] + [
-                (r["address"], r["weight"], r["associations"], r["packets_to_per_s"],
-                 r["bytes_to_per_s"], r["packets_from_per_s"], r["bytes_from_per_s"])
+            _table([("service", "real server", "weight", "assoc", "pkts/s to", "bytes/s to",
+                     "pkts/s from", "bytes/s from")] + [
+                (r["service"], r["address"], r["weight"], r["associations"],
+                 r["packets_to_per_s"], r["bytes_to_per_s"], r["packets_from_per_s"],
+                 r["bytes_from_per_s"])
                 for r in rates], out)
         out.flush()
         previous, previous_at = status, now
@@ -172,14 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = find_daemon(args.interface)
         if args.command == "status":
-            status = control.request(path, "status")
+            status = control.request(path, "status", _service_query(args))
             if args.json:
                 json.dump(status, out, indent=2)
                 out.write("\n")
             else:
                 print_status(status, out)
         elif args.command == "top":
-            top(path, args.interval, args.count, args.json, out)
+            top(path, args.service, args.interval, args.count, args.json, out)
         else:
             result = associations(path, args)
             if args.json:
@@ -187,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.action == "list":
                 for a in result["associations"]:
                     client = f"[{a['client']}]" if ":" in a["client"] else a["client"]
-                    out.write(f"{client}:{a['port']} -> {a['server']}\n")
+                    out.write(f"{client}:{a['port']} -> {a['server']} ({a['service']})\n")
                 out.write(f"({len(result['associations'])} of {result['total']})\n")
             elif args.action == "flush":
                 out.write(f"{result} association(s) of {args.server} forgotten\n")
@@ -206,16 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _service_query(args: argparse.Namespace) -> dict[str, Any]:
+    return {"service": args.service} if args.service else {}
+
+
 def associations(path: Path, args: argparse.Namespace) -> Any:
+    query = _service_query(args)
     if args.action == "list":
-        query = {"client": args.client, "server": args.server, "limit": args.limit}
+        query.update(client=args.client, server=args.server, limit=args.limit)
         return control.request(path, "associations.list", query)
     if args.action == "count":
-        return control.request(path, "associations.count")
+        return control.request(path, "associations.count", query)
     if args.action == "flush":
-        return control.request(path, "associations.flush", {"server": args.server})
+        return control.request(path, "associations.flush", {**query, "server": args.server})
     return control.request(path, f"associations.{args.action}",
-                           {"client": args.client, "port": args.port})
+                           {**query, "client": args.client, "port": args.port})
 
 
 if __name__ == "__main__":

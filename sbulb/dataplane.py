@@ -23,16 +23,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-from sbulb.config import (
-    MAX_INTERFACES,
-    RING_SIZE,
-    IPAddress,
-    Limits,
-    RealServer,
-    smooth_weighted_order,
-)
+from sbulb import state
+from sbulb.config import MAX_INTERFACES, IPAddress, Limits, RealServer
 from sbulb.consts import EVENTS_NONE, STAT_MAX, EventType, Stat, XdpAction
 
 log = logging.getLogger(__name__)
@@ -52,15 +46,27 @@ CAP_BPF = 39
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 ADDR_SIZE = 16  # struct sbulb_addr
-CFG_SIZE = 24  # struct sbulb_cfg
+ENDPOINT_SIZE = 20  # struct sbulb_endpoint
+MEMBER_REF_SIZE = 8  # struct sbulb_member_ref
+SERVICE_SIZE = 32  # struct sbulb_service
+MEMBER_SIZE = 24  # struct sbulb_member
 ASSOC_KEY_SIZE = 20  # struct sbulb_assoc_key
 ASSOC_SIZE = 16  # struct sbulb_assoc
-EVENT_SIZE = 56  # struct sbulb_event
+EVENT_SIZE = 60  # struct sbulb_event
+SERVICE_NAME_SIZE = 32  # a registry entry: the name, NUL-padded
 
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "sbulb"
-ASSOC_PIN = "sbulb_assoc_v1"  # versioned: a new layout gets a new name
+# Versioned: a new layout gets a new name. v1 was keyed by client ip:port
+# alone (one VIP); v2 adds the service id. A v1 pin is migrated at start.
+ASSOC_PIN = "sbulb_assoc_v2"
+LEGACY_ASSOC_PIN = "sbulb_assoc_v1"
+# Service name -> id, beside the associations they key (ids must survive a
+# restart with them).
+REGISTRY_PIN = "sbulb_services_v1"
+REGISTRY_ENTRIES = 4097  # ids 1..4096 (config.LIMIT_MAX_SERVICES)
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_LRU_HASH = 9
 
 
@@ -142,6 +148,7 @@ class Event:
     """A data-path event (struct sbulb_event)."""
 
     type: EventType
+    service: int  # service id
     client: IPAddress
     client_port: int
     port: int
@@ -171,6 +178,10 @@ class Traffic:
     bytes_to: int = 0
     packets_from: int = 0
     bytes_from: int = 0
+
+    def __add__(self, other: "Traffic") -> "Traffic":
+        return Traffic(self.packets_to + other.packets_to, self.bytes_to + other.bytes_to,
+                       self.packets_from + other.packets_from, self.bytes_from + other.bytes_from)
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,13 @@ _PROG_INFO_SIZE = 80
 
 def _libbpf() -> ct.CDLL:
     lib = ct.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_map_create.argtypes = [
+        ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p
+    ]
+    lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+    lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
     lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
     lib.bpf_xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(_XdpAttachOpts)]
     lib.bpf_xdp_detach.argtypes = [ct.c_int, ct.c_uint32, ct.POINTER(_XdpAttachOpts)]
@@ -377,9 +395,10 @@ class Dataplane:
         self._sources = sources
         self._bpf = None  # bcc.BPF, once loaded
         self._fn = None  # bcc function (the program fd)
-        self._vip_bytes = bytes(ADDR_SIZE)
-        self._slots: dict[IPAddress, int] = {}  # real server -> slot (1..)
-        self._ring: list[IPAddress] = []
+        self._registry: _Registry | None = None  # service name <-> id
+        self._legacy_fd: int | None = None  # a v1 association pin to migrate
+        self._layout = state.Layout()  # configure() / set_real_servers() only
+        self._single: tuple[IPAddress, tuple[int, ...], tuple[RealServer, ...]] | None = None
         self._attached: dict[str, tuple[int, int]] = {}  # ifname -> (ifindex, flags)
         self._ifslots: dict[int, int] = {}  # ifindex -> devmap slot
         self._events: list[Event] = []
@@ -392,6 +411,9 @@ class Dataplane:
             f"-I{sources}",
             f"-DSBULB_MAX_PORTS={self.limits.max_ports}",
             f"-DSBULB_MAX_REAL_SERVERS={self.limits.max_real_servers}",
+            f"-DSBULB_MAX_SERVICES={self.limits.max_services}",
+            f"-DSBULB_MAX_MEMBERS={self.limits.max_members}",
+            f"-DSBULB_MAX_ENDPOINTS={self.limits.max_endpoints}",
             f"-DSBULB_MAX_ASSOCIATIONS={self.limits.max_associations}",
             f"-DSBULB_EVENTS={self.events}",
             f"-DSBULB_FORWARD_FIB={int(self.forward == 'fib')}",
@@ -436,14 +458,18 @@ class Dataplane:
         if failure:
             raise DataplaneError(_explain_failure(failure[0], failure[1], output))
         self._bpf, self._fn = bpf, fn
+        if self._registry is None:
+            self._registry = _Registry(None)
         if self.events:
             self._table("sbulb_events").open_ring_buffer(self._on_event)
         log.info("dataplane.loaded prog_fd=%d cflags=%s", fn.fd, " ".join(self.cflags()[1:]))
 
     def _prepare_pin(self, directory: Path) -> None:
         """Keep a pinned association map whose layout and size match this
-        build (its clients keep their servers); replace any other, saying
-        why. Without bpffs, run unpinned, saying so."""
+        build (its clients keep their servers), and the service ids that
+        key it; replace any other, saying why. A pin of the previous
+        layout (v1) is kept open for migrate_legacy(). Without bpffs, run
+        unpinned, saying so."""
         if not os.path.ismount(BPFFS):
             log.warning("pin.unavailable reason=bpffs is not mounted at %s: associations will "
                         "not survive a restart (mount -t bpf bpf %s)", BPFFS, BPFFS)
@@ -454,22 +480,66 @@ class Dataplane:
         except OSError as e:
             raise DataplaneError(f"cannot create {directory}: {e.strerror}") from None
         path = directory / ASSOC_PIN
-        if not path.exists():
-            log.info("pin.new path=%s", path)
-            return
-        found = pinned_map_info(path)
         wanted = MapInfo(BPF_MAP_TYPE_LRU_HASH, ASSOC_KEY_SIZE, ASSOC_SIZE,
                          self.limits.max_associations)
-        if found == wanted:
+        kept = _check_pin(path, wanted, "the associations it held are lost")
+        if kept:
             log.info("pin.reused path=%s (associations kept)", path)
-            return
-        reason = "unreadable" if found is None else ", ".join(
-            f"{field} {getattr(found, field)} != {getattr(wanted, field)}"
-            for field in ("type", "key_size", "value_size", "max_entries")
-            if getattr(found, field) != getattr(wanted, field))
-        log.warning("pin.replaced path=%s reason=%s: the associations it held are lost",
-                    path, reason)
-        path.unlink()
+        else:
+            log.info("pin.new path=%s", path)
+        # the ids the kept associations are keyed by; new ones otherwise
+        registry = directory / REGISTRY_PIN
+        if not kept:
+            registry.unlink(missing_ok=True)
+        self._registry = _Registry(registry)
+        legacy = directory / LEGACY_ASSOC_PIN
+        if not kept and legacy.exists():
+            info = pinned_map_info(legacy)
+            if info is not None and (info.type, info.key_size, info.value_size) == (
+                    BPF_MAP_TYPE_LRU_HASH, ASSOC_KEY_SIZE, ASSOC_SIZE):
+                self._legacy_fd = libbpf().bpf_obj_get(str(legacy).encode())
+            else:
+                log.warning("pin.legacy_unreadable path=%s: its associations are lost", legacy)
+                legacy.unlink()
+
+    def registered_services(self) -> dict[str, int]:
+        """Service name -> id, as the pinned registry kept them (empty when
+        new or unpinned)."""
+        assert self._registry is not None, "load() first"
+        return self._registry.read()
+
+    def migrate_legacy(self, service_of: Callable[[IPAddress], int | None]) -> tuple[int, int]:
+        """Copy the associations of a v1 pin (one VIP, keyed by client
+        ip:port) into this map, each under the service id service_of(its
+        server) gives (None: dropped), never over an entry already here;
+        then remove the v1 pin. Returns (copied, dropped)."""
+        if self._legacy_fd is None:
+            return 0, 0
+        fd, self._legacy_fd = self._legacy_fd, None
+        table = self._table("sbulb_assoc")
+        copied = dropped = 0
+        try:
+            for raw_key, raw_value in _map_items(fd, ASSOC_KEY_SIZE, ASSOC_SIZE):
+                service = service_of(addr_from_bytes(raw_value))
+                if service is None:
+                    dropped += 1
+                    continue
+                key = raw_key[:ADDR_SIZE + 2] + struct.pack("H", service)
+                k = table.Key.from_buffer_copy(key)
+                try:
+                    table[k]
+                    continue  # a newer association is here already
+                except KeyError:
+                    pass
+                table[k] = table.Leaf.from_buffer_copy(raw_value)
+                copied += 1
+        finally:
+            os.close(fd)
+        assert self.pin is not None
+        (self.pin / LEGACY_ASSOC_PIN).unlink(missing_ok=True)
+        log.info("pin.migrated from=%s to=%s copied=%d dropped=%d", LEGACY_ASSOC_PIN, ASSOC_PIN,
+                 copied, dropped)
+        return copied, dropped
 
     @property
     def loaded(self) -> bool:
@@ -497,121 +567,211 @@ class Dataplane:
 
     # -- configuration
 
+    def apply(self, writes: Sequence[state.Write]) -> None:
+        """Apply a plan's writes (sbulb/state.py), in order. Raises
+        DataplaneError on the first that fails."""
+        for write in writes:
+            try:
+                self._apply(write)
+            except DataplaneError:
+                raise
+            except Exception as e:  # bcc raises plain Exceptions on map writes
+                raise DataplaneError(f"cannot apply {write}: {' '.join(str(e).split())}") from None
+
+    def _apply(self, w: state.Write) -> None:
+        if isinstance(w, state.PutVipPort):
+            self._put("sbulb_vip_ports", _endpoint(w.vip, w.port), struct.pack("I", w.service))
+        elif isinstance(w, state.DelVipPort):
+            self._delete("sbulb_vip_ports", _endpoint(w.vip, w.port))
+        elif isinstance(w, state.PutEndpoint):
+            self._put("sbulb_endpoints", _endpoint(w.address, w.port),
+                      struct.pack("II", w.service, w.slot))
+        elif isinstance(w, state.DelEndpoint):
+            self._delete("sbulb_endpoints", _endpoint(w.address, w.port))
+        elif isinstance(w, state.PutMember):
+            self._put("sbulb_rs", struct.pack("I", w.slot),
+                      addr_to_bytes(w.address) + struct.pack("II", w.service, 0))
+        elif isinstance(w, state.ClearMember):
+            self._put("sbulb_rs", struct.pack("I", w.slot), bytes(MEMBER_SIZE))
+            stats = self._table("sbulb_rs_stats")
+            for index in (2 * w.slot, 2 * w.slot + 1):
+                stats.clearitem(stats.Key(index))
+        elif isinstance(w, state.PutRing):
+            self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
+        elif isinstance(w, state.PutService):
+            self._put("sbulb_svc", struct.pack("I", w.id),
+                      addr_to_bytes(w.vip) + struct.pack("IIII", w.ring_base, w.ring_len, 0, 0))
+        elif isinstance(w, state.ClearService):
+            self._put("sbulb_svc", struct.pack("I", w.id), bytes(SERVICE_SIZE))
+            stats = self._table("sbulb_svc_stats")
+            for index in (2 * w.id, 2 * w.id + 1):
+                stats.clearitem(stats.Key(index))
+            rr = self._table("sbulb_rr")
+            rr[rr.Key(w.id)] = rr.Leaf()
+        elif isinstance(w, state.PutAddress):
+            self._put(_ADDRESS_MAPS[w.kind], addr_to_bytes(w.address), struct.pack("I", 1))
+        elif isinstance(w, state.DelAddress):
+            self._delete(_ADDRESS_MAPS[w.kind], addr_to_bytes(w.address))
+        elif isinstance(w, state.NameService):
+            assert self._registry is not None
+            self._registry.put(w.id, w.name)
+        elif isinstance(w, state.ForgetService):
+            assert self._registry is not None
+            self._registry.put(w.id, "")
+        else:
+            raise DataplaneError(f"unknown write {w!r}")
+
+    # sbulb's one virtual server, for tests and the bench: the service
+    # `default`, planned and applied here (the daemon plans for itself).
+
     def configure(self, vip: IPAddress, ports: Sequence[int]) -> None:
         """Set the virtual server and the balanced ports."""
-        self._vip_bytes = addr_to_bytes(vip)
-        self._write_cfg()
-        wanted = {struct.pack("!H", port) for port in ports}
-        table = self._table("sbulb_ports")
-        for key in [bytes(k) for k in table.keys()]:
-            if key not in wanted:
-                self._delete("sbulb_ports", key)
-        for key in wanted:
-            self._put("sbulb_ports", key, b"\x01")
-
-    def _write_cfg(self) -> None:
-        self._put("sbulb_cfg", struct.pack("I", 0), self._vip_bytes + struct.pack("II", len(self._ring), 0))
+        servers = self._single[2] if self._single else ()
+        self._apply_single(vip, tuple(ports), servers)
 
     def set_real_servers(self, servers: Sequence[RealServer | IPAddress]) -> ServerChange:
-        """Make `servers` the real servers (an address alone has weight 1).
-
-        Servers that stay keep their slot and their associations; drained
-        ones (weight 0) too, but leave the ring. Writes are ordered so that a
-        packet never reads a slot that is not filled: the new servers' slots
-        (there is room for old and new at once), then the ring (one smooth
-        weighted cycle, its unused tail pointing at servers of the new ring),
-        then its length, and the removals last. A client whose server is
-        removed moves to another server with its next packet."""
-        wanted = [s if isinstance(s, RealServer) else RealServer(s) for s in servers]
-        addresses = [s.address for s in wanted]
-        set_of_addresses = set(addresses)
+        """Make `servers` the real servers of the one virtual server (an
+        address alone has weight 1). See sbulb/state.py for the order of
+        the writes."""
+        if self._single is None:
+            raise DataplaneError("configure() first")
+        wanted = tuple(s if isinstance(s, RealServer) else RealServer(s) for s in servers)
         if len(wanted) > self.limits.max_real_servers:
             raise DataplaneError(f"more than {self.limits.max_real_servers} real servers")
-        if len(set_of_addresses) != len(addresses):
+        if len({s.address for s in wanted}) != len(wanted):
             raise DataplaneError("a real server is listed twice")
-        order = smooth_weighted_order(wanted)
-        if len(order) > RING_SIZE:
-            raise DataplaneError(f"a round-robin cycle of {len(order)} is longer than {RING_SIZE}")
-        added = tuple(a for a in addresses if a not in self._slots)
-        removed = tuple(a for a in self._slots if a not in set_of_addresses)
-        kept = tuple(a for a in addresses if a in self._slots)
+        vip, ports, _ = self._single
+        return self._apply_single(vip, ports, wanted)
 
-        # plan every slot before writing anything
-        used = set(self._slots.values())
-        free = [n for n in range(1, 2 * self.limits.max_real_servers + 1) if n not in used]
-        slots = dict(self._slots)
-        slots.update(zip(added, free))
+    def set_services(self, desired: state.DesiredState) -> state.Plan:
+        """Make the maps hold `desired` (tests and the bench; the daemon
+        plans and applies for itself). Afterwards configure() starts the
+        one virtual server anew."""
+        try:
+            planned = state.plan(self._layout, desired, self.limits)
+        except state.PlanError as e:
+            raise DataplaneError(str(e)) from None
+        self.apply(planned.writes)
+        self._layout, self._single = planned.layout, None
+        return planned
 
-        for address in added:
-            raw = addr_to_bytes(address)
-            self._put("sbulb_rs", struct.pack("I", slots[address]), raw)
-            self._put("sbulb_rs_index", raw, struct.pack("I", slots[address]))
-            self._slots[address] = slots[address]
-        old_ring = self._ring
-        for index in range(max(len(old_ring), len(order))):
-            # past the new end, stale readers of the old length find a server too
-            slot = slots[order[index % len(order)]] if order else 0
-            if index < len(old_ring) and index < len(order) and old_ring[index] == order[index]:
-                continue  # unchanged
-            self._put("sbulb_ring", struct.pack("I", index), struct.pack("I", slot))
-        self._ring = order
-        self._write_cfg()
-        stats = self._table("sbulb_rs_stats")
-        for address in removed:
-            slot = self._slots.pop(address)
-            self._delete("sbulb_rs_index", addr_to_bytes(address))
-            self._put("sbulb_rs", struct.pack("I", slot), bytes(ADDR_SIZE))
-            for index in (2 * slot, 2 * slot + 1):  # the next server there starts at 0
-                stats.clearitem(stats.Key(index))
-        return ServerChange(added=added, removed=removed, kept=kept,
-                            reordered=order != old_ring)
+    def service_id(self, name: str) -> int:
+        return self._layout.ids[name]
+
+    def _apply_single(self, vip: IPAddress, ports: tuple[int, ...],
+                      servers: tuple[RealServer, ...]) -> ServerChange:
+        desired = state.DesiredState.single(vip, ports, servers)
+        old_ring = self._layout.rings.get("default")
+        try:
+            planned = state.plan(self._layout, desired, self.limits)
+        except state.PlanError as e:
+            raise DataplaneError(str(e)) from None
+        self.apply(planned.writes)
+        self._layout, self._single = planned.layout, (vip, ports, servers)
+        change = planned.changes[0] if planned.changes else None
+        addresses = tuple(s.address for s in servers)
+        added = change.added if change else addresses
+        return ServerChange(
+            added=added,
+            removed=change.removed if change else (),
+            kept=tuple(a for a in addresses if a not in added),
+            reordered=planned.layout.rings.get("default", (0, ()))[1] != (old_ring or (0, ()))[1],
+        )
 
     # -- state
 
     def real_servers(self) -> list[IPAddress]:
-        """The real servers the maps hold (drained ones included), by slot."""
-        index = self._table("sbulb_rs_index")
-        members = sorted((value.value, addr_from_bytes(bytes(key))) for key, value in index.items())
-        return [address for _, address in members]
+        """The real servers the maps hold (drained ones included), by slot,
+        each once."""
+        found: list[IPAddress] = []
+        for _, address, _ in self._members():
+            if address not in found:
+                found.append(address)
+        return found
+
+    def _members(self) -> list[tuple[int, IPAddress, int]]:
+        """(slot, real server, service id) of every filled member slot."""
+        rs = self._table("sbulb_rs")
+        result = []
+        for key, value in rs.items():
+            raw = bytes(value)
+            service, _ = struct.unpack_from("II", raw, ADDR_SIZE)
+            if service:
+                result.append((key.value, addr_from_bytes(raw[:ADDR_SIZE]), service))
+        return sorted(result, key=lambda item: item[0])
+
+    def member_traffic(self) -> dict[tuple[int, IPAddress], Traffic]:
+        """(service id, real server) -> its traffic, summed over CPUs."""
+        stats = self._table("sbulb_rs_stats")
+        return {(service, address): _traffic(stats, slot)
+                for slot, address, service in self._members()}
 
     def server_traffic(self) -> dict[IPAddress, Traffic]:
-        """Traffic per real server (drained ones included), summed over CPUs."""
-        index = self._table("sbulb_rs_index")
-        stats = self._table("sbulb_rs_stats")
-        result = {}
-        for key, slot in index.items():
-            sums = []
-            for direction in (0, 1):  # enum sbulb_direction
-                per_cpu = stats.getvalue(stats.Key(2 * slot.value + direction))
-                sums.append((sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu)))
-            result[addr_from_bytes(bytes(key))] = Traffic(*sums[0], *sums[1])
+        """Traffic per real server (drained ones included), over all its
+        services, summed over CPUs."""
+        result: dict[IPAddress, Traffic] = {}
+        for (_, address), t in self.member_traffic().items():
+            result[address] = result[address] + t if address in result else t
         return result
 
-    def ring(self) -> list[IPAddress]:
-        """The round-robin cycle as the maps hold it."""
-        cfg = bytes(self._table("sbulb_cfg")[self._table("sbulb_cfg").Key(0)])
-        (ring_len,) = struct.unpack_from("I", cfg, ADDR_SIZE)
+    def service_traffic(self, ids: Sequence[int]) -> dict[int, Traffic]:
+        """Service id -> its traffic, summed over CPUs."""
+        stats = self._table("sbulb_svc_stats")
+        return {i: _traffic(stats, i) for i in ids}
+
+    def ring(self, service: int | None = None) -> list[IPAddress]:
+        """A service's round-robin cycle as the maps hold it (default: the
+        one virtual server of configure())."""
+        if service is None:
+            service = self._layout.ids.get("default", 0)
+        raw = bytes(self._table("sbulb_svc")[self._table("sbulb_svc").Key(service)])
+        base, length = struct.unpack_from("II", raw, ADDR_SIZE)
         ring = self._table("sbulb_ring")
         rs = self._table("sbulb_rs")
-        return [addr_from_bytes(bytes(rs[rs.Key(ring[ring.Key(i)].value)])) for i in range(ring_len)]
+        return [addr_from_bytes(bytes(rs[rs.Key(ring[ring.Key(base + i)].value)])[:ADDR_SIZE])
+                for i in range(length)]
 
-    def associations(self) -> dict[tuple[IPAddress, int], IPAddress]:
-        """(client ip, client port) -> real server, as the LRU map holds them."""
+    def service_associations(self) -> dict[tuple[int, IPAddress, int], IPAddress]:
+        """(service id, client ip, client port) -> real server, as the LRU
+        map holds them."""
         result = {}
         for key, value in self._table("sbulb_assoc").items():
             raw = bytes(key)
-            (port,) = struct.unpack_from("!H", raw, ADDR_SIZE)
-            result[(addr_from_bytes(raw[:ADDR_SIZE]), port)] = addr_from_bytes(bytes(value))
+            (port,) = struct.unpack_from("!H", raw, ADDR_SIZE)  # network order
+            (service,) = struct.unpack_from("H", raw, ADDR_SIZE + 2)  # host order
+            result[(service, addr_from_bytes(raw[:ADDR_SIZE]), port)] = addr_from_bytes(
+                bytes(value))
         return result
+
+    def associations(self) -> dict[tuple[IPAddress, int], IPAddress]:
+        """(client ip, client port) -> real server, over every service (a
+        client of two services appears once: use service_associations())."""
+        return {(c, p): s for (_, c, p), s in self.service_associations().items()}
 
     def fragments_tracked(self) -> int:
         """Fragmented datagrams whose later fragments the program follows."""
         return sum(1 for _ in self._table("sbulb_frags").keys())
 
-    def delete_association(self, client: IPAddress, port: int) -> bool:
-        """Forget one client's association; whether there was one."""
+    def _assoc_key(self, client: IPAddress, port: int, service: int | None):
+        if service is None:  # the one virtual server of configure()
+            service = self._layout.ids.get("default", 0)
         table = self._table("sbulb_assoc")
-        key = table.Key.from_buffer_copy(addr_to_bytes(client) + struct.pack("!HH", port, 0))
+        return table, table.Key.from_buffer_copy(
+            addr_to_bytes(client) + struct.pack("!H", port) + struct.pack("H", service))
+
+    def association(self, client: IPAddress, port: int,
+                    service: int | None = None) -> IPAddress | None:
+        """One client's real server in a service (one map lookup)."""
+        table, key = self._assoc_key(client, port, service)
+        try:
+            return addr_from_bytes(bytes(table[key]))
+        except KeyError:
+            return None
+
+    def delete_association(self, client: IPAddress, port: int, service: int | None = None) -> bool:
+        """Forget one client's association in a service (default: the one
+        virtual server of configure()); whether there was one."""
+        table, key = self._assoc_key(client, port, service)
         try:
             del table[key]
         except KeyError:
@@ -637,10 +797,12 @@ class Dataplane:
         for index in range(STAT_MAX):
             stats.clearitem(stats.Key(index))
         rr = self._table("sbulb_rr")
-        rr[rr.Key(0)] = rr.Leaf()
-        traffic = self._table("sbulb_rs_stats")
-        for index in range(len(traffic)):
-            traffic.clearitem(traffic.Key(index))
+        for index in range(len(rr)):
+            rr[rr.Key(index)] = rr.Leaf()
+        for name in ("sbulb_rs_stats", "sbulb_svc_stats"):
+            traffic = self._table(name)
+            for index in range(len(traffic)):
+                traffic.clearitem(traffic.Key(index))
 
     # -- events
 
@@ -655,6 +817,7 @@ class Dataplane:
         self._events.append(
             Event(
                 type=kind,
+                service=int(raw.service),
                 client=addr_from_bytes(bytes(raw.client)),
                 client_port=socket.ntohs(raw.client_port),
                 port=socket.ntohs(raw.port),
@@ -782,6 +945,12 @@ class Dataplane:
     def close(self) -> None:
         """Detach everywhere and release the program and its maps."""
         self.detach_all()
+        if self._legacy_fd is not None:
+            os.close(self._legacy_fd)
+            self._legacy_fd = None
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -817,6 +986,103 @@ class Dataplane:
             frame=data_out.raw[: opts.data_size_out],
             duration_ns=int(opts.duration),
         )
+
+
+_ADDRESS_MAPS = {"vip": "sbulb_vips", "server": "sbulb_rs_index"}
+
+
+def _endpoint(address: IPAddress, port: int) -> bytes:
+    """struct sbulb_endpoint."""
+    return addr_to_bytes(address) + struct.pack("!HH", port, 0)
+
+
+def _traffic(stats, index: int) -> Traffic:  # stats: a bcc per-CPU table
+    sums = []
+    for direction in (0, 1):  # enum sbulb_direction
+        per_cpu = stats.getvalue(stats.Key(2 * index + direction))
+        sums.append((sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu)))
+    return Traffic(*sums[0], *sums[1])
+
+
+def _check_pin(path: Path, wanted: MapInfo, loss: str) -> bool:
+    """Whether a pinned map at `path` has the wanted layout (then it is
+    kept); any other is removed, saying why and what is lost."""
+    if not path.exists():
+        return False
+    found = pinned_map_info(path)
+    if found == wanted:
+        return True
+    reason = "unreadable" if found is None else ", ".join(
+        f"{name} {getattr(found, name)} != {getattr(wanted, name)}"
+        for name in ("type", "key_size", "value_size", "max_entries")
+        if getattr(found, name) != getattr(wanted, name))
+    log.warning("pin.replaced path=%s reason=%s: %s", path, reason, loss)
+    path.unlink()
+    return False
+
+
+def _map_items(fd: int, key_size: int, value_size: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a map, by fd (libbpf; the map need not be
+    one of bcc's)."""
+    lib = libbpf()
+    key = ct.create_string_buffer(key_size)
+    next_key = ct.create_string_buffer(key_size)
+    value = ct.create_string_buffer(value_size)
+    first = True
+    while lib.bpf_map_get_next_key(fd, None if first else key, next_key) == 0:
+        first = False
+        ct.memmove(key, next_key, key_size)
+        if lib.bpf_map_lookup_elem(fd, key, value) == 0:
+            yield key.raw, value.raw
+
+
+class _Registry:
+    """Service name <-> id: an ARRAY map pinned beside the associations
+    (id -> NUL-padded name; "" is free), or a dict when unpinned."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._names: dict[int, str] = {}
+        self._fd: int | None = None
+        if path is None:
+            return
+        wanted = MapInfo(BPF_MAP_TYPE_ARRAY, 4, SERVICE_NAME_SIZE, REGISTRY_ENTRIES)
+        lib = libbpf()
+        if _check_pin(path, wanted, "services get new ids (their clients pick anew)"):
+            fd = lib.bpf_obj_get(str(path).encode())
+        else:
+            fd = lib.bpf_map_create(BPF_MAP_TYPE_ARRAY, b"sbulb_services", 4, SERVICE_NAME_SIZE,
+                                    REGISTRY_ENTRIES, None)
+            if fd >= 0 and lib.bpf_obj_pin(fd, str(path).encode()) < 0:
+                error = _errstr(-ct.get_errno())
+                os.close(fd)
+                raise DataplaneError(f"cannot pin {path}: {error}")
+        if fd < 0:
+            raise DataplaneError(f"cannot open the service registry {path}: {_errstr(fd)}")
+        self._fd = fd
+        for raw_key, raw_value in _map_items(fd, 4, SERVICE_NAME_SIZE):
+            name = raw_value.rstrip(b"\0").decode("utf-8", "replace")
+            if name:
+                self._names[struct.unpack("I", raw_key)[0]] = name
+
+    def read(self) -> dict[str, int]:
+        return {name: i for i, name in self._names.items()}
+
+    def put(self, service: int, name: str) -> None:
+        if self._fd is not None:
+            key = ct.create_string_buffer(struct.pack("I", service), 4)
+            value = ct.create_string_buffer(name.encode().ljust(SERVICE_NAME_SIZE, b"\0"),
+                                            SERVICE_NAME_SIZE)
+            if libbpf().bpf_map_update_elem(self._fd, key, value, 0) < 0:
+                raise DataplaneError(f"cannot name service {service}: {_errstr(-ct.get_errno())}")
+        if name:
+            self._names[service] = name
+        else:
+            self._names.pop(service, None)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1

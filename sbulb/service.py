@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from sbulb import __version__, neigh
+from sbulb import __version__, neigh, state
 from sbulb.config import (
+    DEFAULT_SERVICE,
     Config,
     ConfigError,
     IPAddress,
-    RealServer,
     endpoint,
     parse_address,
     read_file,
@@ -33,11 +33,13 @@ from sbulb.dataplane import (
     Dataplane,
     DataplaneError,
     Event,
+    Traffic,
     interface_index,
     missing_privileges,
     pin_dir,
 )
 from sbulb.log import TRACE
+from sbulb.state import DesiredState, Layout, PlanError, Snapshot
 from sbulb.watcher import ConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -91,32 +93,40 @@ def events_level(log_level: str) -> int:
     return EVENTS_NONE
 
 
-def log_event(event: Event) -> None:
+def log_event(event: Event, names: dict[int, str]) -> None:
     client = endpoint(event.client, event.client_port)
+    service = names.get(event.service, str(event.service))
     if event.type == EventType.ASSOC_CLIENT:
-        log.debug("assoc.new by=client client=%s server=%s port=%d", client, event.server, event.port)
+        log.debug("assoc.new by=client service=%s client=%s server=%s port=%d", service, client,
+                  event.server, event.port)
     elif event.type == EventType.ASSOC_SERVER:
-        log.debug("assoc.new by=server client=%s server=%s port=%d", client, event.server, event.port)
+        log.debug("assoc.new by=server service=%s client=%s server=%s port=%d", service, client,
+                  event.server, event.port)
     elif event.type == EventType.ASSOC_REPICK:
         log.debug(
-            "assoc.moved client=%s from=%s to=%s reason=server-removed",
+            "assoc.moved service=%s client=%s from=%s to=%s reason=server-removed",
+            service,
             client,
             event.other,
             event.server,
         )
     elif event.type == EventType.DROP_NOT_ASSOCIATED:
         log.debug(
-            "packet.dropped reason=not-associated client=%s server=%s associated=%s",
+            "packet.dropped reason=not-associated service=%s client=%s server=%s associated=%s",
+            service,
             client,
             event.server,
             event.other,
         )
     elif event.type == EventType.DROP_NO_REAL_SERVER:
-        log.debug("packet.dropped reason=no-real-server client=%s port=%d", client, event.port)
+        log.debug("packet.dropped reason=no-real-server service=%s client=%s port=%d", service,
+                  client, event.port)
     elif event.type == EventType.REUSED_INGRESS:
-        log.log(TRACE, "assoc.reused direction=ingress client=%s server=%s", client, event.server)
+        log.log(TRACE, "assoc.reused direction=ingress service=%s client=%s server=%s", service,
+                client, event.server)
     elif event.type == EventType.REUSED_EGRESS:
-        log.log(TRACE, "assoc.reused direction=egress client=%s server=%s", client, event.server)
+        log.log(TRACE, "assoc.reused direction=egress service=%s client=%s server=%s", service,
+                client, event.server)
 
 
 class _InterfaceLock:
@@ -186,7 +196,10 @@ class Service:
             pin=pin_dir(config.interfaces[0]) if config.pin else None,
         )
         self.notifier = notifier or SystemdNotifier()
-        self.real_servers: tuple[RealServer, ...] = config.real_servers
+        self.desired = DesiredState.from_config(config)
+        self.layout = Layout()  # what the maps hold (sbulb/state.py)
+        self._last_reload_ok = True
+        self.snapshot = self._make_snapshot()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_requested = False
         self._reload_requested = False
@@ -243,11 +256,59 @@ class Service:
             self.dataplane.load()
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        # service ids are kept from the pinned registry: they key the
+        # associations that survived the restart
+        self.layout = Layout.with_ids(self.dataplane.registered_services())
         try:
-            self.dataplane.configure(self.config.virtual_server, self.config.ports)
-            self.dataplane.set_real_servers(self.real_servers)
-        except Exception as e:  # bcc raises plain Exceptions on map writes
-            raise StartError(f"cannot fill the maps: {' '.join(str(e).split())}") from None
+            self.apply(self.desired)
+        except (PlanError, DataplaneError) as e:
+            raise StartError(f"cannot fill the maps: {e}") from None
+        desired, ids = self.desired, self.layout.ids
+        self.dataplane.migrate_legacy(
+            lambda server: ids.get(state.legacy_service(server, desired) or ""))
+
+    def apply(self, desired: DesiredState) -> state.Plan:
+        """The one way the maps change (start, reload, sbulbctl): plan the
+        writes from what the maps hold to `desired`, apply them, publish a
+        new snapshot. Raises PlanError or DataplaneError; then the running
+        state is the old one."""
+        planned = state.plan(self.layout, desired, self.config.limits)
+        try:
+            self.dataplane.apply(planned.writes)
+        except DataplaneError:
+            self._roll_back(planned.layout)
+            raise
+        self.layout, self.desired = planned.layout, desired
+        self.snapshot = self._make_snapshot()
+        return planned
+
+    def _roll_back(self, attempted: Layout) -> None:
+        """A write failed part way through a plan: put the maps back to the
+        running configuration, so that they never mix two of them."""
+        try:
+            back = state.rollback(self.layout, attempted, self.desired, self.config.limits)
+            self.dataplane.apply(back.writes)
+        except (PlanError, DataplaneError) as e:
+            # the maps hold part of each: plan the next change from the
+            # attempted layout, which covers everything it may have written
+            log.error("config.rollback_failed reason=%s; the maps may hold part of the "
+                      "rejected configuration until the next successful reload", e)
+            self.layout = Layout(ids={**self.layout.ids, **attempted.ids},
+                                 services=attempted.services, slots=attempted.slots,
+                                 rings=attempted.rings, half=attempted.half)
+        else:
+            self.layout = back.layout
+
+    def _make_snapshot(self) -> Snapshot:
+        return Snapshot(
+            services=self.desired.services,
+            ids=dict(self.layout.ids),
+            interfaces=self.config.interfaces,
+            forward=self.config.forward,
+            max_associations=self.config.limits.max_associations,
+            config_file=str(self.config.config_file) if self.config.config_file else None,
+            last_reload_ok=self._last_reload_ok,
+        )
 
     def check(self) -> None:
         """Dry run: everything but attaching (and pinning)."""
@@ -335,14 +396,12 @@ class Service:
         except BaseException:
             self._shutdown()
             raise
-        log.info(
-            "start.ready interfaces=%s forward=%s vip=%s ports=%s real_servers=%s",
-            ",".join(self.config.interfaces),
-            self.config.forward,
-            self.config.virtual_server,
-            ",".join(map(str, self.config.ports)),
-            ",".join(map(str, self.real_servers)),
-        )
+        log.info("start.ready interfaces=%s forward=%s services=%d",
+                 ",".join(self.config.interfaces), self.config.forward,
+                 len(self.desired.services))
+        for spec in self.desired.services:
+            log.info("start.service service=%s vip=%s ports=%s real_servers=%s", spec.name,
+                     spec.vip, ",".join(map(str, spec.ports)), ",".join(map(str, spec.servers)))
         self._warn_if_all_drained()
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
@@ -352,7 +411,7 @@ class Service:
         except ImportError:
             raise StartError("python3-prometheus-client is not installed: run `make setup`") from None
         try:
-            self._metrics = MetricsServer(self, host, port)
+            self._metrics = MetricsServer(lambda: self.snapshot, self.dataplane, host, port)
         except OSError as e:
             raise StartError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
 
@@ -376,16 +435,23 @@ class Service:
         log.info("stop.done interfaces=%s", ",".join(self.config.interfaces))
 
     def _warn_if_all_drained(self) -> None:
-        if not any(server.weight for server in self.real_servers):
-            log.warning("config.all_drained: every real server has weight 0; new clients "
-                        "are dropped until one has a weight")
+        for spec in self.desired.services:
+            if not any(server.weight for server in spec.servers):
+                log.warning("config.all_drained service=%s: every real server has weight 0; "
+                            "new clients are dropped until one has a weight", spec.name)
 
     def status(self) -> str:
-        ports = " ".join(map(str, self.config.ports))
-        return (
-            f"balancing UDP {self.config.virtual_server} port(s) {ports} over "
-            f"{len(self.real_servers)} real server(s) on {', '.join(self.config.interfaces)}"
-        )
+        """One line for sd_notify's STATUS=."""
+        interfaces = ", ".join(self.config.interfaces)
+        services = self.desired.services
+        if len(services) == 1:
+            spec = services[0]
+            return (f"balancing UDP {spec.vip} port(s) {' '.join(map(str, spec.ports))} over "
+                    f"{len(spec.servers)} real server(s) on {interfaces}")
+        servers = len({s.address for spec in services for s in spec.servers})
+        return (f"balancing {len(services)} UDP services "
+                f"({', '.join(s.name for s in services)}) over {servers} real server(s) "
+                f"on {interfaces}")
 
     # -- reload
 
@@ -398,121 +464,164 @@ class Service:
             return False
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
-        applied = False
+        running = len({s.address for spec in self.desired.services for s in spec.servers})
+        planned = None
         try:
             new = self.config.with_file(read_file(path))
-            if new.family != self.config.family:
-                raise ConfigError(
-                    "the virtual server cannot change address family at run time: restart sbulb"
-                )
-            if (new.virtual_server, new.ports) != (self.config.virtual_server, self.config.ports):
-                self.dataplane.configure(new.virtual_server, new.ports)
-                log.info("config.virtual_server vip=%s ports=%s", new.virtual_server,
-                         ",".join(map(str, new.ports)))
-            change = self.dataplane.set_real_servers(new.real_servers)
-        except ConfigError as e:
+            planned = self.apply(DesiredState.from_config(new))
+        except (ConfigError, PlanError) as e:
             log.error(
                 "config.rejected file=%s reason=%s; keeping the running configuration "
-                "(%d real servers)",
-                path,
-                e,
-                len(self.real_servers),
+                "(%d services, %d real servers)",
+                path, e, len(self.desired.services), running,
             )
-        except Exception as e:  # a map write failed: keep serving, say so
-            log.error("config.not_applied file=%s reason=%s", path, " ".join(str(e).split()))
+        except DataplaneError as e:  # a map write failed: keep serving, say so
+            log.error("config.not_applied file=%s reason=%s", path, e)
         else:
             self.config = new
-            self.real_servers = new.real_servers
-            applied = True
-            if change.changed:
-                log.info(
-                    "config.applied file=%s trigger=%s added=%s removed=%s real_servers=%s",
-                    path,
-                    trigger,
-                    ",".join(map(str, change.added)) or "-",
-                    ",".join(map(str, change.removed)) or "-",
-                    ",".join(map(str, new.real_servers)),
-                )
-            else:
-                log.info("config.unchanged file=%s trigger=%s", path, trigger)
+            self._log_plan(planned, path, trigger)
             self._warn_if_all_drained()
-        status = self.status() if applied else f"{self.status()} (last reload rejected)"
+        self._last_reload_ok = planned is not None
+        self.snapshot = self._make_snapshot()
+        status = self.status() if planned else f"{self.status()} (last reload rejected)"
         self.notifier.notify(f"READY=1\nSTATUS={status}")
-        return applied
+        return planned is not None
+
+    def _log_plan(self, planned: state.Plan, path: Path, trigger: str) -> None:
+        if not planned.changed:
+            log.info("config.unchanged file=%s trigger=%s", path, trigger)
+            return
+        for old, new in planned.renamed:
+            log.warning("config.service_renamed from=%s to=%s: a service is known by its "
+                        "name, so the clients of %s pick their servers anew", old, new, old)
+        for name in planned.removed:
+            log.info("config.service_removed service=%s (its clients are forgotten)", name)
+        for name in planned.added:
+            spec = planned.layout.services[name]
+            log.info("config.service_added service=%s vip=%s ports=%s real_servers=%s", name,
+                     spec.vip, ",".join(map(str, spec.ports)), ",".join(map(str, spec.servers)))
+        for change in planned.changes:
+            if not change.changed:
+                continue
+            spec = planned.layout.services[change.name]
+            log.info(
+                "config.applied file=%s trigger=%s service=%s vip=%s ports=%s added=%s "
+                "removed=%s reweighted=%s real_servers=%s",
+                path, trigger, change.name, spec.vip, ",".join(map(str, spec.ports)),
+                ",".join(map(str, change.added)) or "-",
+                ",".join(map(str, change.removed)) or "-",
+                ",".join(map(str, change.reweighted)) or "-",
+                ",".join(map(str, spec.servers)),
+            )
 
     # -- control requests (sbulbctl), served from the main loop
 
     def handle_control(self, command: str, args: dict) -> object:
+        """Answer one sbulbctl request. `service` (a name) narrows every
+        command to one service; without it they cover all services."""
+        snapshot = self.snapshot
+        ids = _service_arg(args, snapshot)
+        names = snapshot.names()
         if command == "status":
-            return self.status_report()
+            return self.status_report(ids)
         if command == "associations.list":
             client = _address_arg(args, "client")
             server = _address_arg(args, "server")
-            limit = int(args.get("limit") or 0)
-            entries = sorted(self.dataplane.associations().items(),
-                             key=lambda item: (item[0][0].packed, item[0][1]))
+            limit = _int_arg(args, "limit")
+            entries = sorted(self.dataplane.service_associations().items(),
+                             key=lambda item: (item[0][0], item[0][1].packed, item[0][2]))
             found = [
-                {"client": str(c), "port": p, "server": str(s)}
-                for (c, p), s in entries
-                if (client is None or c == client) and (server is None or s == server)
+                {"service": names.get(i, str(i)), "client": str(c), "port": p, "server": str(s)}
+                for (i, c, p), s in entries
+                if i in ids and (client is None or c == client) and (server is None or s == server)
             ]
             return {"total": len(found), "associations": found[:limit] if limit else found}
         if command == "associations.count":
-            return len(self.dataplane.associations())
+            return sum(1 for (i, _, _) in self.dataplane.service_associations() if i in ids)
         if command in ("associations.get", "associations.delete"):
             client = _address_arg(args, "client", required=True)
             port = _port_arg(args)
             assert client is not None
             if command == "associations.delete":
-                deleted = self.dataplane.delete_association(client, port)
-                log.info("assoc.deleted client=%s by=sbulbctl found=%s", endpoint(client, port),
-                         deleted)
-                return deleted
-            server = self.dataplane.associations().get((client, port))
-            return None if server is None else str(server)
+                deleted = [names.get(i, str(i)) for i in sorted(ids)
+                           if self.dataplane.delete_association(client, port, i)]
+                log.info("assoc.deleted client=%s services=%s by=sbulbctl",
+                         endpoint(client, port), ",".join(deleted) or "-")
+                return bool(deleted)
+            found = {names.get(i, str(i)): server for i in sorted(ids)
+                     if (server := self.dataplane.association(client, port, i)) is not None}
+            if len(found) > 1:
+                raise ControlError(
+                    f"{endpoint(client, port)} is a client of several services "
+                    f"({', '.join(found)}): choose one with --service")
+            return str(next(iter(found.values()))) if found else None
         if command == "associations.flush":
             server = _address_arg(args, "server", required=True)
             count = 0
-            for (client, port), owner in self.dataplane.associations().items():
-                if owner == server:
-                    count += self.dataplane.delete_association(client, port)
-            log.info("assoc.flushed server=%s count=%d by=sbulbctl", server, count)
+            for (i, client, port), owner in self.dataplane.service_associations().items():
+                if i in ids and owner == server:
+                    count += self.dataplane.delete_association(client, port, i)
+            log.info("assoc.flushed server=%s services=%s count=%d by=sbulbctl", server,
+                     ",".join(names.get(i, str(i)) for i in sorted(ids)), count)
             return count
         raise ControlError(f"unknown command '{command}'")
 
-    def status_report(self) -> dict:
-        """What sbulbctl status shows."""
-        traffic = self.dataplane.server_traffic()
-        per_server: dict = {}
-        associations = self.dataplane.associations()
-        for server in associations.values():
-            per_server[server] = per_server.get(server, 0) + 1
-        servers = []
-        for rs in self.real_servers:
-            t = traffic.get(rs.address)
-            servers.append({
-                "address": str(rs.address),
-                "weight": rs.weight,
-                "state": "active" if rs.weight else "drained",
-                "associations": per_server.get(rs.address, 0),
-                "packets_to": t.packets_to if t else 0,
-                "bytes_to": t.bytes_to if t else 0,
-                "packets_from": t.packets_from if t else 0,
-                "bytes_from": t.bytes_from if t else 0,
+    def status_report(self, ids: set[int] | None = None) -> dict:
+        """What sbulbctl status shows: every service (or those of `ids`),
+        its servers and their traffic, and the counters."""
+        snapshot = self.snapshot
+        traffic = self.dataplane.member_traffic()
+        associations = self.dataplane.service_associations()
+        per_member: dict[tuple[int, IPAddress], int] = {}
+        for (i, _, _), server in associations.items():
+            per_member[(i, server)] = per_member.get((i, server), 0) + 1
+        service_ids = [snapshot.ids[spec.name] for spec in snapshot.services]
+        service_traffic = self.dataplane.service_traffic(service_ids)
+        services = []
+        for spec in snapshot.services:
+            i = snapshot.ids[spec.name]
+            if ids is not None and i not in ids:
+                continue
+            servers = []
+            for rs in spec.servers:
+                t = traffic.get((i, rs.address), Traffic())
+                servers.append({
+                    "address": str(rs.address),
+                    "weight": rs.weight,
+                    "state": "active" if rs.weight else "drained",
+                    "associations": per_member.get((i, rs.address), 0),
+                    **_traffic_fields(t),
+                })
+            services.append({
+                "name": spec.name,
+                "id": i,
+                "virtual_server": str(spec.vip),
+                "ports": list(spec.ports),
+                "mode": "sticky",
+                "associations": sum(1 for (j, _, _) in associations if j == i),
+                **_traffic_fields(service_traffic.get(i, Traffic())),
+                "real_servers": servers,
             })
-        return {
+        report = {
             "version": __version__,
             "pid": os.getpid(),
             "interfaces": self.dataplane.attached_modes(),
-            "forward": self.config.forward,
-            "virtual_server": str(self.config.virtual_server),
-            "ports": list(self.config.ports),
-            "config_file": str(self.config.config_file) if self.config.config_file else None,
-            "associations": len(associations),
-            "max_associations": self.config.limits.max_associations,
-            "real_servers": servers,
+            "forward": snapshot.forward,
+            "config_file": snapshot.config_file,
+            "last_reload_ok": snapshot.last_reload_ok,
+            "associations": sum(s["associations"] for s in services),
+            "max_associations": snapshot.max_associations,
+            "services": services,
             "counters": {stat.name: value for stat, value in self.dataplane.stats().items()},
         }
+        # sbulb's one virtual server, as before services: the default one
+        # (or the only one)
+        first = next((s for s in services if s["name"] == DEFAULT_SERVICE),
+                     services[0] if len(services) == 1 else None)
+        if first is not None:
+            report.update(virtual_server=first["virtual_server"], ports=first["ports"],
+                          real_servers=first["real_servers"])
+        return report
 
     # -- main loop
 
@@ -557,8 +666,11 @@ class Service:
             if changed_at is not None and time.monotonic() - changed_at >= RELOAD_DEBOUNCE:
                 self._file_changed_at = None
                 self.reload("file")
-            for event in self.dataplane.poll_events():
-                log_event(event)
+            events = self.dataplane.poll_events()
+            if events:
+                names = self.snapshot.names()
+                for event in events:
+                    log_event(event, names)
             if self.config.forward == "fib":
                 neigh.resolve(self.dataplane.take_neighbour_misses())
 
@@ -596,6 +708,29 @@ def _address_arg(args: dict, name: str, required: bool = False) -> IPAddress | N
         return parse_address(str(value), name)
     except ConfigError as e:
         raise ControlError(str(e)) from None
+
+
+def _service_arg(args: dict, snapshot: Snapshot) -> set[int]:
+    """The ids a request covers: its `service`, or every service."""
+    name = args.get("service")
+    if name is None:
+        return {snapshot.ids[s.name] for s in snapshot.services}
+    if not isinstance(name, str) or snapshot.service(name) is None:
+        known = ", ".join(s.name for s in snapshot.services)
+        raise ControlError(f"no service '{name}' (services: {known})")
+    return {snapshot.ids[name]}
+
+
+def _int_arg(args: dict, name: str) -> int:
+    value = args.get(name) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ControlError(f"{name} must be a whole number, not {value!r}")
+    return value
+
+
+def _traffic_fields(t: Traffic) -> dict[str, int]:
+    return {"packets_to": t.packets_to, "bytes_to": t.bytes_to,
+            "packets_from": t.packets_from, "bytes_from": t.bytes_from}
 
 
 def _port_arg(args: dict) -> int:

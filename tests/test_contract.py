@@ -15,8 +15,11 @@ from sbulb.dataplane import (
     ADDR_SIZE,
     ASSOC_KEY_SIZE,
     ASSOC_SIZE,
-    CFG_SIZE,
+    ENDPOINT_SIZE,
     EVENT_SIZE,
+    MEMBER_REF_SIZE,
+    MEMBER_SIZE,
+    SERVICE_SIZE,
     Dataplane,
     source_dir,
 )
@@ -44,6 +47,19 @@ def test_event_types_match_the_c_enum() -> None:
     assert c == {f"SBULB_EV_{e.name}": e.value for e in EventType}
 
 
+def test_every_slot_has_a_kind() -> None:
+    from sbulb.consts import STAT_KINDS, StatKind
+
+    assert set(STAT_KINDS) == set(Stat)
+    # the action slots are XDP_ABORTED.. XDP_REDIRECT in order (balancer.c
+    # counts SBULB_STAT_ACTION_ABORTED + action)
+    from sbulb.consts import XdpAction
+
+    actions = [s for s in Stat if s.kind is StatKind.ACTION]
+    assert [s.value - Stat.ACTION_ABORTED for s in actions] == [a.value for a in XdpAction]
+    assert [s.label for s in actions] == [a.name.lower() for a in XdpAction]
+
+
 def test_numbers_are_unique() -> None:
     assert len({s.value for s in Stat}) == len(Stat)
     assert sorted(s.value for s in Stat) == list(range(STAT_MAX))
@@ -57,9 +73,11 @@ def test_sources_are_found_as_package_data() -> None:
 
 def test_map_layouts_match_what_python_packs(loaded: Dataplane) -> None:
     sizes = {
-        "sbulb_cfg": (4, CFG_SIZE),
-        "sbulb_ports": (2, 1),
-        "sbulb_rs": (4, ADDR_SIZE),
+        "sbulb_vip_ports": (ENDPOINT_SIZE, 4),
+        "sbulb_endpoints": (ENDPOINT_SIZE, MEMBER_REF_SIZE),
+        "sbulb_svc": (4, SERVICE_SIZE),
+        "sbulb_rs": (4, MEMBER_SIZE),
+        "sbulb_vips": (ADDR_SIZE, 4),
         "sbulb_rs_index": (ADDR_SIZE, 4),
         "sbulb_ring": (4, 4),
         "sbulb_assoc": (ASSOC_KEY_SIZE, ASSOC_SIZE),
@@ -78,7 +96,7 @@ def test_event_layout_matches() -> None:
         cls = type(table.event(ct.addressof(ct.create_string_buffer(EVENT_SIZE))))
         assert ct.sizeof(cls) == EVENT_SIZE
         assert [f[0] for f in cls._fields_] == [
-            "type", "client_port", "port", "client", "server", "other"
+            "type", "client_port", "port", "service", "client", "server", "other"
         ]
     finally:
         dp.close()

@@ -95,7 +95,8 @@ def test_association_commands(lab: Lab, balancer: SbulbProcess) -> None:
     rs0, rs1 = (str(s) for s in lab.v4.real_servers[:2])
     assert ctl_json(lab, "associations", "count") == 3
     listed = ctl_json(lab, "associations", "list", "--server", rs0)
-    assert listed["associations"] == [{"client": str(a.address), "port": a.port, "server": rs0}]
+    assert listed["associations"] == [{"service": "default", "client": str(a.address),
+                                       "port": a.port, "server": rs0}]
     got = sbulbctl(lab, "associations", "get", f"{b.address}:{b.port}")
     assert got.returncode == 0 and got.stdout.strip() == rs1
     # delete a's association: its next datagram is a new client (cursor: rs0)
@@ -161,11 +162,16 @@ def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
     assert [ping(c, lab, b"m") for c in clients] == ["rs0", "rs1", "rs0"]
     ping(clients[0], lab, b"again")
     m = scrape(lab, 9642)
-    assert m[f"sbulb_packets_total{{direction=to_server,server={rs0}}}"] == 3
-    assert m[f"sbulb_packets_total{{direction=from_server,server={rs0}}}"] == 3
-    assert m[f"sbulb_packets_total{{direction=to_server,server={rs1}}}"] == 1
-    assert m[f"sbulb_bytes_total{{direction=to_server,server={rs1}}}"] == 14 + 20 + 8 + 1
-    assert m[f"sbulb_real_server_weight{{server={rs2}}}"] == 0
+    # per server, labelled by its service (here sbulb's one: `default`)
+    assert m[f"sbulb_packets_total{{direction=to_server,server={rs0},service=default}}"] == 3
+    assert m[f"sbulb_packets_total{{direction=from_server,server={rs0},service=default}}"] == 3
+    assert m[f"sbulb_packets_total{{direction=to_server,server={rs1},service=default}}"] == 1
+    assert m[f"sbulb_bytes_total{{direction=to_server,server={rs1},service=default}}"] == (
+        14 + 20 + 8 + 1)
+    assert m[f"sbulb_real_server_weight{{server={rs2},service=default}}"] == 0
+    assert m["sbulb_service_packets_total{direction=to_server,service=default}"] == 4
+    assert m["sbulb_service_associations{service=default}"] == 3
+    assert m["sbulb_xdp_actions_total{action=tx}"] == 8
     assert m["sbulb_associations{}"] == 3 and m["sbulb_associations_max{}"] == 1048576
     assert m["sbulb_associations_created_total{by=client}"] == 3
     assert m["sbulb_forwarded_total{kind=ingress}"] == 4

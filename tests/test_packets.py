@@ -10,6 +10,7 @@ association map and counters. Every flow runs for IPv4 and IPv6.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
@@ -707,18 +708,30 @@ def test_replace_every_server_at_the_limit(loaded: Dataplane) -> None:
             assert net.ip(out[IP].dst) in servers
 
 
-def test_shrinking_ring_tail_still_names_live_servers(loaded: Dataplane) -> None:
-    """A packet that read the old ring length during a reload still finds a
-    server that stays, never an emptied slot."""
+def test_reload_writes_the_cycle_into_the_other_ring_half(loaded: Dataplane) -> None:
+    """A packet that read the service descriptor just before a reload still
+    walks a complete cycle: the new cycle goes into the ring half not in
+    use, the descriptor switches, and the old half is left as it was."""
     net = NETS[4]
     configure(loaded, net, servers=(0, 1, 2, 3))
-    loaded.set_real_servers(net.rs_ips(1))
-    ring = loaded._table("sbulb_ring")
-    rs = loaded._table("sbulb_rs")
-    slots = [ring[ring.Key(i)].value for i in range(4)]
-    from sbulb.dataplane import addr_from_bytes
+    service = loaded._layout.ids["default"]
+    svc, ring = loaded._table("sbulb_svc"), loaded._table("sbulb_ring")
 
-    assert {addr_from_bytes(bytes(rs[rs.Key(slot)])) for slot in slots} == {net.ip(net.real_servers[1])}
+    def descriptor() -> tuple[int, int]:
+        return struct.unpack_from("II", bytes(svc[svc.Key(service)]), 16)
+
+    def cycle(base: int, length: int) -> list[int]:
+        return [ring[ring.Key(base + i)].value for i in range(length)]
+
+    old_base, old_len = descriptor()
+    old_cycle = cycle(old_base, old_len)
+    assert old_len == 4 and len(set(old_cycle)) == 4
+    loaded.set_real_servers(net.rs_ips(1))
+    new_base, new_len = descriptor()
+    assert new_base != old_base and new_len == 1
+    assert cycle(old_base, old_len) == old_cycle
+    assert loaded.ring() == [net.ip(net.real_servers[1])]
+    assert cycle(new_base, 1)[0] in old_cycle  # the server that stays keeps its slot
 
 
 @pytest.mark.parametrize("family", [4, 6])

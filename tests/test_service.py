@@ -19,9 +19,10 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from sbulb.config import Config, IPAddress, Limits, RealServer, read_file
+from sbulb.config import Config, IPAddress, Limits, read_file
 from sbulb.consts import XdpAction
-from sbulb.dataplane import AttachedProgram, Dataplane, ServerChange
+from sbulb.dataplane import AttachedProgram, Dataplane, DataplaneError
+from sbulb import state
 from sbulb.service import Service
 from tests.conftest import require_root
 from tests.packets import NETS, PORT, udp
@@ -53,31 +54,35 @@ class Recorder:
 
 
 class FakeDataplane:
-    """Records what the service asks of the data plane."""
+    """Records what the service asks of the data plane: the member slots
+    its map writes fill, as the real maps would hold them."""
 
     events = 0
 
     def __init__(self) -> None:
-        self.servers: list[IPAddress] = []
+        self.members: dict[int, IPAddress] = {}
         self.attached: list[str] = []
         self.closed = False
+
+    @property
+    def servers(self) -> set[IPAddress]:
+        return set(self.members.values())
 
     def load(self) -> None:
         pass
 
-    def configure(self, vip: IPAddress, ports: Sequence[int]) -> None:
-        self.vip, self.ports = vip, list(ports)
+    def registered_services(self) -> dict[str, int]:
+        return {}
 
-    def set_real_servers(self, servers: Sequence[RealServer]) -> ServerChange:
-        old = self.servers
-        self.servers = [s.address for s in servers]
-        self.weights = [s.weight for s in servers]
-        servers = self.servers
-        return ServerChange(
-            added=tuple(s for s in servers if s not in old),
-            removed=tuple(s for s in old if s not in servers),
-            kept=tuple(s for s in servers if s in old),
-        )
+    def migrate_legacy(self, service_of) -> int:
+        return 0
+
+    def apply(self, writes: Sequence[state.Write]) -> None:
+        for w in writes:
+            if isinstance(w, state.PutMember):
+                self.members[w.slot] = w.address
+            elif isinstance(w, state.ClearMember):
+                del self.members[w.slot]
 
     def attached_programs(self, ifname: str) -> list[AttachedProgram]:
         return []
@@ -165,7 +170,7 @@ def test_ready_status_and_stopping(fake_service) -> None:
     service, fake, recorder = fake_service
     with Running(service, recorder):
         assert fake.attached == ["lo"]
-        assert fake.servers == [ip("10.0.0.2"), ip("10.0.0.3")]
+        assert fake.servers == {ip("10.0.0.2"), ip("10.0.0.3")}
     assert fake.closed
 
 
@@ -174,12 +179,12 @@ def test_valid_changes_applied_within_a_second(fake_service, conf: Path) -> None
     with Running(service, recorder):
         write_servers(conf, ["10.0.0.3", "10.0.0.4"], rename=True)
         ready = recorder.expect_reload(timeout=RELOAD_PROMISE)
-        assert fake.servers == [ip("10.0.0.3"), ip("10.0.0.4")]
+        assert fake.servers == {ip("10.0.0.3"), ip("10.0.0.4")}
         assert "over 2 real server(s)" in ready
 
         write_servers(conf, ["10.0.0.4"], rename=False)
         recorder.expect_reload(timeout=RELOAD_PROMISE)
-        assert fake.servers == [ip("10.0.0.4")]
+        assert fake.servers == {ip("10.0.0.4")}
 
 
 @pytest.mark.parametrize(
@@ -198,7 +203,7 @@ def test_invalid_file_keeps_the_running_config(
 ) -> None:
     service, fake, recorder = fake_service
     with Running(service, recorder):
-        before = list(fake.servers)
+        before = set(fake.servers)
         caplog.clear()
         if content is None:
             conf.unlink()
@@ -214,29 +219,39 @@ def test_invalid_file_keeps_the_running_config(
         # a good file later is taken
         write_servers(conf, ["10.0.0.9"])
         recorder.expect_reload()
-        assert fake.servers == [ip("10.0.0.9")]
+        assert fake.servers == {ip("10.0.0.9")}
 
 
-def test_failing_map_write_keeps_serving(fake_service, conf: Path,
-                                         caplog: pytest.LogCaptureFixture) -> None:
-    """A reload whose map writes fail (bcc raises plain Exceptions) is
-    logged in one line; the daemon keeps running and takes the next one."""
+def test_failing_map_write_is_rolled_back(fake_service, conf: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A reload whose map writes fail part way (the kernel refuses one) is
+    logged in one line and undone: the maps hold the running configuration
+    again, not a mix; the daemon keeps running and takes the next one."""
     service, fake, recorder = fake_service
     with Running(service, recorder):
-        real_set = fake.set_real_servers
+        before = set(fake.servers)
+        real_apply = fake.apply
+        calls: list[int] = []
 
-        def broken(servers):
-            raise Exception("Could not update table: Cannot allocate memory")
+        def broken(writes):
+            calls.append(len(writes))
+            if len(calls) == 1:  # the reload: fail after its members are written
+                members = [w for w in writes if isinstance(w, state.PutMember)]
+                assert members, writes
+                real_apply(members)
+                raise DataplaneError("cannot apply PutEndpoint(...): Cannot allocate memory")
+            real_apply(writes)
 
-        fake.set_real_servers = broken  # type: ignore[method-assign]
+        fake.apply = broken  # type: ignore[method-assign]
         write_servers(conf, ["10.0.0.7"])
         assert "(last reload rejected)" in recorder.expect_reload()
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and "Cannot allocate memory" in errors[0]
-        fake.set_real_servers = real_set  # type: ignore[method-assign]
+        assert len(calls) == 2 and fake.servers == before
+        fake.apply = real_apply  # type: ignore[method-assign]
         write_servers(conf, ["10.0.0.8"])
         recorder.expect_reload()
-        assert fake.servers == [ip("10.0.0.8")]
+        assert fake.servers == {ip("10.0.0.8")}
 
 
 def test_reload_request_rereads_the_file(fake_service, conf: Path) -> None:
@@ -245,7 +260,7 @@ def test_reload_request_rereads_the_file(fake_service, conf: Path) -> None:
     with Running(service, recorder):
         service.request_reload()
         recorder.expect_reload()
-        assert fake.servers == [ip("10.0.0.2"), ip("10.0.0.3")]
+        assert fake.servers == {ip("10.0.0.2"), ip("10.0.0.3")}
 
 
 def test_foreign_xdp_program_is_refused(conf: Path, tmp_path: Path) -> None:

@@ -30,23 +30,40 @@
 
 /* ---- map accessors (declared in maps.h) ---- */
 
-static __always_inline struct sbulb_cfg *cfg_get(void)
+static __always_inline __u32 vip_port_service(const struct sbulb_addr *vip,
+					      __be16 port)
 {
-	__u32 zero = 0;
+	struct sbulb_endpoint key = { .addr = *vip, .port = port };
+	__u32 *id = sbulb_vip_ports.lookup(&key);
 
-	return sbulb_cfg.lookup(&zero);
+	return id ? *id : 0;
 }
 
-static __always_inline int port_is_balanced(__be16 port)
+static __always_inline struct sbulb_member_ref *
+endpoint_get(const struct sbulb_addr *addr, __be16 port)
 {
-	return sbulb_ports.lookup(&port) != NULL;
+	struct sbulb_endpoint key = { .addr = *addr, .port = port };
+
+	return sbulb_endpoints.lookup(&key);
 }
 
-static __always_inline __u32 rs_slot(struct sbulb_addr *addr)
+static __always_inline struct sbulb_service *svc_get(__u32 id)
 {
-	__u32 *slot = sbulb_rs_index.lookup(addr);
+	return sbulb_svc.lookup(&id);
+}
 
-	return slot ? *slot : 0;
+static __always_inline int is_vip(const struct sbulb_addr *addr)
+{
+	struct sbulb_addr key = *addr;
+
+	return sbulb_vips.lookup(&key) != NULL;
+}
+
+static __always_inline int is_real_server(const struct sbulb_addr *addr)
+{
+	struct sbulb_addr key = *addr;
+
+	return sbulb_rs_index.lookup(&key) != NULL;
 }
 
 static __always_inline __u32 *ring_get(__u32 idx)
@@ -54,16 +71,14 @@ static __always_inline __u32 *ring_get(__u32 idx)
 	return sbulb_ring.lookup(&idx);
 }
 
-static __always_inline struct sbulb_addr *rs_get(__u32 slot)
+static __always_inline struct sbulb_member *rs_get(__u32 slot)
 {
 	return sbulb_rs.lookup(&slot);
 }
 
-static __always_inline struct sbulb_rr *rr_get(void)
+static __always_inline struct sbulb_rr *rr_get(__u32 id)
 {
-	__u32 zero = 0;
-
-	return sbulb_rr.lookup(&zero);
+	return sbulb_rr.lookup(&id);
 }
 
 static __always_inline struct sbulb_assoc *
@@ -119,18 +134,27 @@ static __always_inline void neigh_miss(struct sbulb_neigh *key)
 		sbulb_neigh_miss.update(key, &one);
 }
 
-static __always_inline void count_slot(__u32 slot, __u32 dir, __u64 bytes)
+static __always_inline void count_traffic(__u32 service, __u32 slot, __u32 dir,
+					  __u64 bytes)
 {
 	struct sbulb_traffic *t;
 	__u32 idx;
 
-	if (!slot)
-		return;
-	idx = slot * 2 + dir;
-	t = sbulb_rs_stats.lookup(&idx);
-	if (t) {
-		t->packets += 1;
-		t->bytes += bytes;
+	if (slot) {
+		idx = slot * 2 + dir;
+		t = sbulb_rs_stats.lookup(&idx);
+		if (t) {
+			t->packets += 1;
+			t->bytes += bytes;
+		}
+	}
+	if (service) {
+		idx = service * 2 + dir;
+		t = sbulb_svc_stats.lookup(&idx);
+		if (t) {
+			t->packets += 1;
+			t->bytes += bytes;
+		}
 	}
 }
 
@@ -144,7 +168,7 @@ static __always_inline void count(__u32 stat)
 }
 
 #if SBULB_EVENTS
-static __always_inline void emit_event(__u32 type,
+static __always_inline void emit_event(__u32 type, __u32 service,
 				       const struct sbulb_addr *client,
 				       __be16 client_port, __be16 port,
 				       const struct sbulb_addr *server,
@@ -156,6 +180,7 @@ static __always_inline void emit_event(__u32 type,
 	if (!ev)
 		return; /* ring full: the reader is behind, lose the event */
 	ev->type = type;
+	ev->service = service;
 	ev->client_port = client_port;
 	ev->port = port;
 	__builtin_memcpy(ev->client, client, sizeof(ev->client));
@@ -197,19 +222,25 @@ static __always_inline int is_tx(__u32 stat)
 	return stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS;
 }
 
-/* Count a rewritten datagram (or fragment) against its real server: the
- * destination written for ingress, the source for egress. The decision
- * found the server's slot; a later fragment looks it up. */
-static __always_inline void count_tx(__u32 stat, __u32 slot,
-				     struct sbulb_addr *to,
-				     struct sbulb_addr *src, __u64 len)
-{
-	int in = stat == SBULB_STAT_TX_INGRESS;
+/* "Not decided yet: go on", from a family's parser to the common walk. */
+#define SBULB_CONTINUE 0xffffffff
 
-	if (!slot)
-		slot = rs_slot(in ? to : src);
-	count_slot(slot, in ? SBULB_DIR_TO_SERVER : SBULB_DIR_FROM_SERVER, len);
-}
+/*
+ * What the walk knows of a UDP packet of either family, from parsing to
+ * NAT (Katran's packet_description). Exactly one of iph / ip6h is set.
+ */
+struct packet {
+	struct flow f;              /* addresses; ports once the UDP header is read */
+	struct sbulb_frag_key fkey; /* fragmented: the datagram, as it arrived */
+	struct target t;            /* TX: what to write, whose traffic it is */
+	struct iphdr *iph;          /* the IPv4 header, or NULL */
+	struct ipv6hdr *ip6h;       /* the IPv6 header, or NULL */
+	struct udphdr *udp;         /* the UDP header, when this packet has it */
+	__u32 ip_payload;           /* bytes after the IP header(s), per the header */
+	__u8 ttl;                   /* TTL / hop limit as it arrived */
+	__u8 fragment;              /* part of a fragmented datagram */
+	__u8 later;                 /* a later fragment: no UDP header */
+};
 
 /*
  * An ICMP error (icmp.h): the outer header, then the quoted IPv4 header and
@@ -220,8 +251,7 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 					     __u64 len)
 {
 	struct flow outer = {}, quoted = {};
-	struct sbulb_addr to = {};
-	struct sbulb_cfg *cfg;
+	struct target t = {};
 	struct icmphdr *icmp;
 	struct udphdr *qudp;
 	struct iphdr *qip;
@@ -246,31 +276,28 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 	if ((void *)(qudp + 1) > data_end)
 		return SBULB_STAT_PASS_MALFORMED;
 
-	cfg = cfg_get();
-	if (!cfg)
-		return SBULB_STAT_PASS_NOT_BALANCED;
 	addr_from_v4(&outer.src, iph->saddr);
 	addr_from_v4(&outer.dst, iph->daddr);
 	addr_from_v4(&quoted.src, qip->saddr);
 	addr_from_v4(&quoted.dst, qip->daddr);
 	quoted.sport = qudp->source;
 	quoted.dport = qudp->dest;
-	stat = icmp_classify(&outer, &quoted, cfg, &to);
+	stat = icmp_classify(&outer, &quoted, &t);
 	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
 		return stat;
 	if (iph->ttl < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL;
 	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
-		count_server(&to, SBULB_DIR_TO_SERVER, len);
-		icmp4_nat_quoted(icmp, qip, qudp, &qip->saddr, to.a[3]);
-		nat_v4(iph, NULL, &iph->daddr, to.a[3]);
+		count_traffic(t.service, t.slot, SBULB_DIR_TO_SERVER, len);
+		icmp4_nat_quoted(icmp, qip, qudp, &qip->saddr, t.to.a[3]);
+		nat_v4(iph, NULL, &iph->daddr, t.to.a[3]);
 	} else {
-		count_server(&quoted.dst, SBULB_DIR_FROM_SERVER, len);
+		count_traffic(t.service, t.slot, SBULB_DIR_FROM_SERVER, len);
 		server = qip->daddr;
-		icmp4_nat_quoted(icmp, qip, qudp, &qip->daddr, to.a[3]);
+		icmp4_nat_quoted(icmp, qip, qudp, &qip->daddr, t.to.a[3]);
 		/* from the server itself: from the VIP; from a router: as is */
 		nat_v4(iph, NULL, &iph->saddr,
-		       iph->saddr == server ? to.a[3] : iph->saddr);
+		       iph->saddr == server ? t.to.a[3] : iph->saddr);
 	}
 	return stat;
 }
@@ -281,13 +308,13 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 					     void *data_end,
 					     struct ipv6hdr *ip6h,
-					     struct flow *outer,
-					     struct sbulb_cfg *cfg, __u64 len)
+					     struct flow *outer, __u64 len)
 {
-	struct sbulb_addr to = {}, server;
 	struct sbulb_ip6_frag *qfh;
+	struct sbulb_addr server;
 	struct flow quoted = {};
 	struct icmp6hdr *icmp6;
+	struct target t = {};
 	struct ipv6hdr *qip6;
 	struct udphdr *qudp;
 	__u32 stat;
@@ -323,22 +350,22 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	quoted.sport = qudp->source;
 	quoted.dport = qudp->dest;
-	stat = icmp_classify(outer, &quoted, cfg, &to);
+	stat = icmp_classify(outer, &quoted, &t);
 	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
 		return stat;
 	if (ip6h->hop_limit < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL;
 	if (stat == SBULB_STAT_TX_ICMP_INGRESS) {
-		count_server(&to, SBULB_DIR_TO_SERVER, len);
-		icmp6_nat_quoted(icmp6, qudp, &qip6->saddr, &to);
-		icmp6_nat_outer(ip6h, icmp6, &ip6h->daddr, &to);
+		count_traffic(t.service, t.slot, SBULB_DIR_TO_SERVER, len);
+		icmp6_nat_quoted(icmp6, qudp, &qip6->saddr, &t.to);
+		icmp6_nat_outer(ip6h, icmp6, &ip6h->daddr, &t.to);
 	} else {
 		server = quoted.dst;
-		count_server(&server, SBULB_DIR_FROM_SERVER, len);
-		icmp6_nat_quoted(icmp6, qudp, &qip6->daddr, &to);
+		count_traffic(t.service, t.slot, SBULB_DIR_FROM_SERVER, len);
+		icmp6_nat_quoted(icmp6, qudp, &qip6->daddr, &t.to);
 		/* from the server itself: from the VIP; from a router: as is */
 		if (addr_eq(&outer->src, &server))
-			icmp6_nat_outer(ip6h, icmp6, &ip6h->saddr, &to);
+			icmp6_nat_outer(ip6h, icmp6, &ip6h->saddr, &t.to);
 		else
 			ip6h->hop_limit--;
 	}
@@ -347,15 +374,11 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 
 /*
  * A whole UDP datagram or its first fragment, after the IP header(s): is it
- * well formed, and what becomes of it. *udp is set when it is well formed.
- * ip_payload: bytes after the IP header(s), per the IP header; fragment:
- * the datagram is fragmented (then only its start is here).
+ * well formed, and what becomes of it. p->udp is set when it is well
+ * formed.
  */
 static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
-					 struct flow *f, struct sbulb_cfg *cfg,
-					 __u32 ip_payload, int fragment, int v6,
-					 __u8 ttl, struct udphdr **udp,
-					 struct sbulb_addr *to, __u32 *slot)
+					 struct packet *p)
 {
 	struct udphdr *u;
 
@@ -364,35 +387,79 @@ static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 	/* a whole datagram is exactly the IP payload; a first fragment holds
 	 * only the start of it. A zero UDP checksum is invalid on IPv6 (RFC
 	 * 8200 8.1; tunnels that may use it, RFC 6935, are not balanced). */
-	if (fragment ? ip_payload > bpf_ntohs(u->len) :
-		       ip_payload != bpf_ntohs(u->len))
+	if (p->fragment ? p->ip_payload > bpf_ntohs(u->len) :
+			  p->ip_payload != bpf_ntohs(u->len))
 		return SBULB_STAT_PASS_MALFORMED;
-	if (v6 && u->check == 0)
+	if (p->ip6h && u->check == 0)
 		return SBULB_STAT_PASS_MALFORMED;
-	*udp = u;
-	f->sport = u->source;
-	f->dport = u->dest;
-	return decide(f, cfg, ttl, to, slot);
+	p->udp = u;
+	p->f.sport = u->source;
+	p->f.dport = u->dest;
+	return decide(&p->f, p->ttl, &p->t);
+}
+
+/* Rewrite a TX packet's address (the destination for ingress, the source
+ * for egress) to p->t.to, with its checksums and TTL / hop limit. A later
+ * fragment has no UDP header: its datagram's checksum was fixed in the
+ * first. Two calls each, not `udp ? &udp->check : NULL`: LLVM 14 folds
+ * that into one pointer the 6.18 verifier then sees as a scalar (2026-11). */
+static __always_inline void nat_packet(struct packet *p, __u32 stat)
+{
+	int in = stat == SBULB_STAT_TX_INGRESS;
+	struct in6_addr *field6;
+	__be32 *field;
+
+	if (p->iph) {
+		field = in ? &p->iph->daddr : &p->iph->saddr;
+		if (p->udp)
+			nat_v4(p->iph, &p->udp->check, field, p->t.to.a[3]);
+		else
+			nat_v4(p->iph, NULL, field, p->t.to.a[3]);
+	} else if (p->ip6h) {
+		field6 = in ? &p->ip6h->daddr : &p->ip6h->saddr;
+		if (p->udp)
+			nat_v6(p->ip6h, &p->udp->check, field6, &p->t.to);
+		else
+			nat_v6(p->ip6h, NULL, field6, &p->t.to);
+	}
 }
 
 /*
- * IPv4. A fragmented datagram is decided by its first fragment (which holds
- * the UDP header); whatever that verdict is, when the datagram could be ours
- * it is remembered in sbulb_frags, keyed by (source, destination, id,
- * protocol) as they arrive, and the later fragments follow it.
+ * The walk both families share, once their parser has filled *p: `stat` is
+ * its verdict, or SBULB_CONTINUE. A fragmented datagram is decided by its
+ * first fragment (which holds the UDP header); whatever that verdict is,
+ * when the datagram could be ours it is remembered in sbulb_frags, keyed
+ * by (source, destination, id, protocol) as they arrive, and the later
+ * fragments follow it.
  */
+static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
+					 struct packet *p, __u32 stat, __u64 len)
+{
+	if (stat == SBULB_CONTINUE)
+		stat = p->later ? frag_follow(&p->fkey, &p->f, &p->t)
+				: udp_verdict(nh, data_end, p);
+	if (p->fragment && !p->later)
+		frag_remember(&p->fkey, &p->f, stat, &p->t);
+	if (!is_tx(stat))
+		return stat;
+	if (p->ttl < SBULB_MIN_TTL)
+		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
+	count_traffic(p->t.service, p->t.slot,
+		      stat == SBULB_STAT_TX_INGRESS ? SBULB_DIR_TO_SERVER
+						    : SBULB_DIR_FROM_SERVER,
+		      len);
+	nat_packet(p, stat);
+	return stat;
+}
+
+/* IPv4: fill *p from the header (and its fragment fields), then walk. */
 static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 					__u64 len)
 {
-	struct sbulb_frag_key fkey = {};
-	struct udphdr *udp = NULL;
-	struct sbulb_addr to = {};
-	struct sbulb_cfg *cfg;
-	struct iphdr *iph;
-	struct flow f = {};
+	__u32 stat = SBULB_CONTINUE;
 	__u16 tot_len, hdr_len;
-	__u32 stat, slot = 0;
-	__be32 *field;
+	struct packet p = {};
+	struct iphdr *iph;
 	int proto;
 
 	proto = parse_iphdr(nh, data_end, &iph);
@@ -402,15 +469,16 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 		return process_icmp_v4(nh, data_end, iph, len);
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
-	cfg = cfg_get();
-	if (!cfg)
-		return SBULB_STAT_PASS_NOT_BALANCED;
-	addr_from_v4(&f.src, iph->saddr);
-	addr_from_v4(&f.dst, iph->daddr);
-	fkey.src = f.src;
-	fkey.dst = f.dst;
-	fkey.id = iph->id;
-	fkey.proto = IPPROTO_UDP;
+	p.iph = iph;
+	p.ttl = iph->ttl;
+	p.fragment = ipv4_is_fragment(iph) != 0;
+	p.later = ipv4_is_later_fragment(iph) != 0;
+	addr_from_v4(&p.f.src, iph->saddr);
+	addr_from_v4(&p.f.dst, iph->daddr);
+	p.fkey.src = p.f.src;
+	p.fkey.dst = p.f.dst;
+	p.fkey.id = iph->id;
+	p.fkey.proto = IPPROTO_UDP;
 
 	/* the IP total length covers the header and lies in the frame (which
 	 * Ethernet may pad) */
@@ -418,47 +486,26 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 	hdr_len = iph->ihl * 4;
 	if (tot_len < hdr_len || (void *)iph + tot_len > data_end)
 		stat = SBULB_STAT_PASS_MALFORMED;
-	else if (ipv4_is_later_fragment(iph))
-		stat = frag_follow(&fkey, &f, cfg, &to);
 	else
-		stat = udp_verdict(nh, data_end, &f, cfg, tot_len - hdr_len,
-				   ipv4_is_fragment(iph), 0, iph->ttl, &udp, &to, &slot);
-	if (ipv4_is_fragment(iph) && !ipv4_is_later_fragment(iph))
-		frag_remember(&fkey, &f, cfg, stat, &to);
-	if (!is_tx(stat))
-		return stat;
-	if (iph->ttl < SBULB_MIN_TTL)
-		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
-	count_tx(stat, slot, &to, &f.src, len);
-	field = stat == SBULB_STAT_TX_INGRESS ? &iph->daddr : &iph->saddr;
-	/* two calls, not `udp ? &udp->check : NULL`: LLVM 14 folds that into
-	 * one pointer the 6.18 verifier then sees as a scalar (2026-11) */
-	if (udp)
-		nat_v4(iph, &udp->check, field, to.a[3]);
-	else
-		nat_v4(iph, NULL, field, to.a[3]);
-	return stat;
+		p.ip_payload = tot_len - hdr_len;
+	return process_udp(nh, data_end, &p, stat, len);
 }
 
 /*
- * IPv6. Extension headers are walked (a bounded, unrolled loop); the
- * fragment header, if any, plays the part of IPv4's fragment fields, with
- * its 32-bit identification; the key's protocol is the fragment header's
- * next header, which every fragment carries.
+ * IPv6: walk the extension headers (a bounded, unrolled loop), fill *p,
+ * then walk. The fragment header, if any, plays the part of IPv4's
+ * fragment fields, with its 32-bit identification; the key's protocol is
+ * the fragment header's next header, which every fragment carries.
  */
 static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 					__u64 len)
 {
 	struct sbulb_ip6_frag *fh = NULL;
-	struct sbulb_frag_key fkey = {};
-	struct udphdr *udp = NULL;
-	struct sbulb_addr to = {};
-	struct in6_addr *field6;
-	struct sbulb_cfg *cfg;
+	__u32 stat = SBULB_CONTINUE;
+	struct packet p = {};
 	struct ipv6hdr *ip6h;
-	struct flow f = {};
-	__u32 stat, payload_len, slot = 0;
-	int proto, i, later;
+	__u32 payload_len;
+	int proto, i;
 
 	proto = parse_ip6hdr(nh, data_end, &ip6h);
 	if (proto < 0)
@@ -473,58 +520,44 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 		if (proto == -2)
 			return SBULB_STAT_PASS_IPV6_EXT;
 	}
-	later = fh && ipv6_is_later_fragment(fh);
+	p.fragment = fh != NULL;
+	p.later = fh && ipv6_is_later_fragment(fh);
 	/* a later fragment of anything but UDP (possibly behind more
 	 * extension headers) is none of ours */
-	if (later && fh->nexthdr != IPPROTO_UDP && !ipv6_is_ext_header(fh->nexthdr))
+	if (p.later && fh->nexthdr != IPPROTO_UDP && !ipv6_is_ext_header(fh->nexthdr))
 		return SBULB_STAT_PASS_NOT_UDP;
-	if (!later && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 &&
+	if (!p.later && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 &&
 	    !ipv6_is_ext_header(proto))
 		return SBULB_STAT_PASS_NOT_UDP;
 
-	cfg = cfg_get();
-	if (!cfg)
-		return SBULB_STAT_PASS_NOT_BALANCED;
-	__builtin_memcpy(&f.src, &ip6h->saddr, sizeof(f.src));
-	__builtin_memcpy(&f.dst, &ip6h->daddr, sizeof(f.dst));
+	p.ip6h = ip6h;
+	p.ttl = ip6h->hop_limit;
+	__builtin_memcpy(&p.f.src, &ip6h->saddr, sizeof(p.f.src));
+	__builtin_memcpy(&p.f.dst, &ip6h->daddr, sizeof(p.f.dst));
 	/* would collide with the IPv4 addresses of the maps */
-	if (addr_is_v4_mapped(&f.src) || addr_is_v4_mapped(&f.dst))
+	if (addr_is_v4_mapped(&p.f.src) || addr_is_v4_mapped(&p.f.dst))
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	if (fh) {
-		fkey.src = f.src;
-		fkey.dst = f.dst;
-		fkey.id = fh->identification;
-		fkey.proto = fh->nexthdr;
+		p.fkey.src = p.f.src;
+		p.fkey.dst = p.f.dst;
+		p.fkey.id = fh->identification;
+		p.fkey.proto = fh->nexthdr;
 	}
 
 	/* the payload (extension headers included) lies in the frame */
 	payload_len = bpf_ntohs(ip6h->payload_len);
 	if ((void *)(ip6h + 1) + payload_len > data_end)
 		stat = SBULB_STAT_PASS_MALFORMED;
-	else if (later)
-		stat = frag_follow(&fkey, &f, cfg, &to);
+	else if (p.later)
+		stat = SBULB_CONTINUE;
 	else if (ipv6_is_ext_header(proto))
 		stat = SBULB_STAT_PASS_IPV6_EXT; /* more than we walk */
-	else if (proto == IPPROTO_ICMPV6)
+	else if (proto == IPPROTO_ICMPV6) /* ICMP's TX stats are not is_tx() */
 		stat = fh ? SBULB_STAT_PASS_NOT_BALANCED /* left to the kernel */
-			  : process_icmp_v6(nh, data_end, ip6h, &f, cfg, len);
+			  : process_icmp_v6(nh, data_end, ip6h, &p.f, len);
 	else
-		stat = udp_verdict(nh, data_end, &f, cfg,
-				   payload_len - (nh->pos - (void *)(ip6h + 1)),
-				   fh != NULL, 1, ip6h->hop_limit, &udp, &to, &slot);
-	if (fh && !later)
-		frag_remember(&fkey, &f, cfg, stat, &to);
-	if (!is_tx(stat))
-		return stat; /* ICMP's TX stats are not is_tx(): done already */
-	if (ip6h->hop_limit < SBULB_MIN_TTL)
-		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
-	count_tx(stat, slot, &to, &f.src, len);
-	field6 = stat == SBULB_STAT_TX_INGRESS ? &ip6h->daddr : &ip6h->saddr;
-	if (udp) /* two calls: see process_v4 */
-		nat_v6(ip6h, &udp->check, field6, &to);
-	else
-		nat_v6(ip6h, NULL, field6, &to);
-	return stat;
+		p.ip_payload = payload_len - (nh->pos - (void *)(ip6h + 1));
+	return process_udp(nh, data_end, &p, stat, len);
 }
 
 int sbulb_xdp(struct xdp_md *ctx)
@@ -552,5 +585,8 @@ int sbulb_xdp(struct xdp_md *ctx)
 	if (action == XDP_TX)
 		action = forward(ctx, eth, l3, data_end, proto);
 	count(stat);
+	/* the action it finally got: XDP_ABORTED (0) .. XDP_REDIRECT (4) */
+	if (action >= XDP_ABORTED && action <= XDP_REDIRECT)
+		count(SBULB_STAT_ACTION_ABORTED + action);
 	return action;
 }

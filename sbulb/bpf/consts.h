@@ -15,9 +15,28 @@
 #define SBULB_MAX_PORTS 16
 #endif
 
-/* Maximum number of real servers (-mrs). */
+/* Maximum number of real servers (-mrs): distinct addresses over all
+ * services. */
 #ifndef SBULB_MAX_REAL_SERVERS
 #define SBULB_MAX_REAL_SERVERS 32
+#endif
+
+/* Maximum number of services (--max-services); ids are 1..max. */
+#ifndef SBULB_MAX_SERVICES
+#define SBULB_MAX_SERVICES 64
+#endif
+
+/* Maximum number of (service, real server) memberships: a server in two
+ * services is two members, each with its own slot and counters
+ * (sbulb/config.py Limits.max_members). */
+#ifndef SBULB_MAX_MEMBERS
+#define SBULB_MAX_MEMBERS 2048
+#endif
+
+/* Maximum number of real server address:port pairs that answer for a
+ * service (sbulb/config.py Limits.max_endpoints). */
+#ifndef SBULB_MAX_ENDPOINTS
+#define SBULB_MAX_ENDPOINTS 512
 #endif
 
 /* Size of the client ip:port -> real server LRU map (-ma). */
@@ -35,8 +54,10 @@
 #define SBULB_EVENTS 0
 #endif
 
-/* Entries of the round-robin ring: one smooth weighted round-robin cycle
- * (sum of the weights divided by their gcd; sbulb/config.py RING_SIZE). */
+/* Entries of the round-robin ring: the smooth weighted round-robin cycles
+ * of every service (each the sum of its weights divided by their gcd),
+ * side by side; sbulb/config.py RING_SIZE. sbulb_ring holds two such
+ * halves: a reload writes the other half, then points the services at it. */
 #define SBULB_RING_SIZE 65536
 
 /* Size of the LRU map that makes later fragments follow their first. */
@@ -126,10 +147,18 @@ enum sbulb_stat {
 	SBULB_STAT_FWD_FIB_DROP = 24,       /* FIB: no route (blackhole, unreachable...) */
 	SBULB_STAT_FWD_FIB_LOCAL = 25,      /* FIB: for this host, or beyond XDP: kernel */
 	SBULB_STAT_FWD_FRAG_NEEDED = 26,    /* FIB: bigger than the egress MTU: kernel */
-	SBULB_STAT_MAX = 27,
+	/* the XDP action every packet finally got (on top of its verdict slot:
+	 * a TX verdict the FIB then drops is counted here as a drop) */
+	SBULB_STAT_ACTION_ABORTED = 27,     /* XDP_ABORTED (never returned on purpose) */
+	SBULB_STAT_ACTION_DROP = 28,        /* XDP_DROP */
+	SBULB_STAT_ACTION_PASS = 29,        /* XDP_PASS */
+	SBULB_STAT_ACTION_TX = 30,          /* XDP_TX */
+	SBULB_STAT_ACTION_REDIRECT = 31,    /* XDP_REDIRECT */
+	SBULB_STAT_MAX = 32,
 };
 
-/* Directions of sbulb_rs_stats: index = slot * 2 + direction. */
+/* Directions of sbulb_rs_stats (index = slot * 2 + direction) and of
+ * sbulb_svc_stats (index = service * 2 + direction). */
 enum sbulb_direction {
 	SBULB_DIR_TO_SERVER = 0,   /* client -> real server (and errors to it) */
 	SBULB_DIR_FROM_SERVER = 1, /* real server -> client (and errors about it) */

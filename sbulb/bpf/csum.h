@@ -13,11 +13,17 @@
 #ifndef SBULB_CSUM_H
 #define SBULB_CSUM_H
 
-/* 32-bit one's complement addition (end-around carry). */
+/* 32-bit one's complement addition (end-around carry), without a branch:
+ * the carry out of a 64-bit add is its bit 32. Every branch here would
+ * double the verifier's states for the rest of the program (a rewrite
+ * adds up to 13 words): with `sum + (sum < addend)`, LLVM 14 emits a
+ * conditional jump and the multi-service program no longer fitted the
+ * verifier's 1M instructions (6.18, 2026-12). */
 static __always_inline __u32 sbulb_csum_add(__u32 sum, __u32 addend)
 {
-	sum += addend;
-	return sum + (sum < addend);
+	__u64 s = (__u64)sum + addend;
+
+	return (__u32)s + (__u32)(s >> 32);
 }
 
 /* 32-bit one's complement subtraction. */

@@ -52,37 +52,50 @@ static __always_inline int icmp6_is_error(__u8 type)
 }
 
 /* Which way an error about the quoted datagram goes (SBULB_STAT_TX_ICMP_*)
- * and the address to write into *to; PASS_NOT_BALANCED if not ours. */
+ * and what to write (*t); PASS_NOT_BALANCED if not ours. */
 static __always_inline __u32 icmp_classify(struct flow *outer,
 					   struct flow *quoted,
-					   struct sbulb_cfg *cfg,
-					   struct sbulb_addr *to)
+					   struct target *t)
 {
 	struct sbulb_assoc_key key = {};
+	struct sbulb_member_ref *ref;
+	struct sbulb_service *svc;
 	struct sbulb_assoc *as;
 
-	if (addr_eq(&outer->dst, &cfg->vip) && addr_eq(&quoted->src, &cfg->vip) &&
-	    port_is_balanced(quoted->sport)) {
+	/* about our answer from VIP:port to client:port */
+	t->service = vip_port_service(&quoted->src, quoted->sport);
+	if (t->service) {
+		if (!addr_eq(&outer->dst, &quoted->src))
+			return SBULB_STAT_PASS_NOT_BALANCED;
 		key.client = quoted->dst;
 		key.port = quoted->dport;
+		key.service = t->service;
 		as = assoc_lookup(&key);
 		if (!as)
 			return SBULB_STAT_PASS_NOT_BALANCED;
-		*to = as->server;
-		if (!addr_is_real_server(to))
+		t->to = as->server;
+		t->slot = member_slot(&t->to, quoted->sport, t->service);
+		if (!t->slot)
 			return SBULB_STAT_PASS_NOT_BALANCED;
 		return SBULB_STAT_TX_ICMP_INGRESS;
 	}
-	if (port_is_balanced(quoted->dport) && addr_is_real_server(&quoted->dst)) {
-		key.client = quoted->src;
-		key.port = quoted->sport;
-		as = assoc_lookup(&key);
-		if (!as || !addr_eq(&as->server, &quoted->dst))
-			return SBULB_STAT_PASS_NOT_BALANCED;
-		*to = cfg->vip;
-		return SBULB_STAT_TX_ICMP_EGRESS;
-	}
-	return SBULB_STAT_PASS_NOT_BALANCED;
+	/* about a client's datagram we sent on to real server:port */
+	ref = endpoint_get(&quoted->dst, quoted->dport);
+	if (!ref)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	t->service = ref->service;
+	t->slot = ref->slot;
+	key.client = quoted->src;
+	key.port = quoted->sport;
+	key.service = t->service;
+	as = assoc_lookup(&key);
+	if (!as || !addr_eq(&as->server, &quoted->dst))
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	svc = svc_get(t->service);
+	if (!svc)
+		return SBULB_STAT_PASS_NOT_BALANCED;
+	t->to = svc->vip;
+	return SBULB_STAT_TX_ICMP_EGRESS;
 }
 
 /* IPv4: rewrite a quoted address (*field) to 'to', with the quoted IP and

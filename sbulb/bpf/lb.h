@@ -3,10 +3,11 @@
  * lb.h - the balancing decision, independent of the address family.
  *
  * A parsed UDP packet is a struct flow. classify() tells whether it goes to
- * the VIP (ingress), comes from a real server (egress), or is none of our
- * business. ingress() and egress() consult and update the association map and
- * return a counter slot (enum sbulb_stat): SBULB_STAT_TX_* means "rewrite the
- * address to *to and transmit", anything else is the verdict.
+ * a service's VIP:port (ingress), comes from a real server:port of a
+ * service (egress), or is none of our business. ingress() and egress()
+ * consult and update the service's associations and return a counter slot
+ * (enum sbulb_stat): SBULB_STAT_TX_* means "rewrite the address to t->to
+ * and transmit", anything else is the verdict.
  */
 #ifndef SBULB_LB_H
 #define SBULB_LB_H
@@ -19,6 +20,13 @@ struct flow {
 	struct sbulb_addr dst;
 	__be16 sport;
 	__be16 dport;
+};
+
+/* What a TX verdict rewrites, and whose traffic it is. */
+struct target {
+	struct sbulb_addr to; /* the address written: destination (ingress) or source */
+	__u32 service;        /* service id */
+	__u32 slot;           /* the real server's member slot (0: look it up) */
 };
 
 enum direction {
@@ -50,36 +58,50 @@ static __always_inline int addr_eq(const struct sbulb_addr *x,
 	       x->a[2] == y->a[2] && x->a[3] == y->a[3];
 }
 
-static __always_inline int addr_is_real_server(struct sbulb_addr *addr)
+static __always_inline int addr_is_zero(const struct sbulb_addr *x)
 {
-	return rs_slot(addr) != 0;
+	return !(x->a[0] | x->a[1] | x->a[2] | x->a[3]);
 }
 
-/* Count a packet against a real server found by address (ICMP errors). */
-static __always_inline void count_server(struct sbulb_addr *server, __u32 dir,
-					 __u64 bytes)
+/* The member slot of `server` answering from `port` in service `id`; 0 if
+ * it is not (or no longer) a real server of that service. */
+static __always_inline __u32 member_slot(const struct sbulb_addr *server,
+					 __be16 port, __u32 id)
 {
-	count_slot(rs_slot(server), dir, bytes);
+	struct sbulb_member_ref *ref = endpoint_get(server, port);
+
+	return ref && ref->service == id ? ref->slot : 0;
 }
 
-/* Which way a packet goes; for egress, *slot = the sending server's slot. */
-static __always_inline enum direction classify(struct flow *f,
-					       struct sbulb_cfg *cfg,
-					       __u32 *slot)
+/* Which way a packet goes: ingress (to a VIP:port) or egress (from a real
+ * server:port to anyone but its VIP); t->service (and for egress t->slot)
+ * say whose. *svc = the service. */
+static __always_inline enum direction classify(struct flow *f, struct target *t,
+					       struct sbulb_service **svc)
 {
-	if (addr_eq(&f->dst, &cfg->vip))
-		return port_is_balanced(f->dport) ? DIR_INGRESS : DIR_NONE;
-	if (port_is_balanced(f->sport)) {
-		*slot = rs_slot(&f->src);
-		if (*slot)
-			return DIR_EGRESS;
+	struct sbulb_member_ref *ref;
+
+	t->service = vip_port_service(&f->dst, f->dport);
+	if (t->service) {
+		*svc = svc_get(t->service);
+		return *svc ? DIR_INGRESS : DIR_NONE;
 	}
-	return DIR_NONE;
+	ref = endpoint_get(&f->src, f->sport);
+	if (!ref)
+		return DIR_NONE;
+	t->service = ref->service;
+	t->slot = ref->slot;
+	*svc = svc_get(t->service);
+	/* a server talking to its own VIP (another port) is not answering a
+	 * client */
+	if (!*svc || addr_eq(&f->dst, &(*svc)->vip))
+		return DIR_NONE;
+	return DIR_EGRESS;
 }
 
 /*
- * Next real server in round-robin order, into *out (its slot into
- * *out_slot). Returns 0, or -1 when there is none. Only called when an
+ * Next real server of service t->service in round-robin order, into t->to
+ * and t->slot. Returns 0, or -1 when there is none. Only called when an
  * association is created.
  *
  * The cursor is shared by all CPUs so that new clients alternate strictly.
@@ -87,40 +109,39 @@ static __always_inline enum direction classify(struct flow *f,
  * atomic fetch-and-add whose result is used ("Invalid usage of the XADD
  * return value", 2026-11), so a bpf_spin_lock guards the cursor instead.
  */
-static __always_inline int pick_server(struct sbulb_cfg *cfg,
-				       struct sbulb_addr *out, __u32 *out_slot)
+static __always_inline int pick_server(struct sbulb_service *svc,
+				       struct target *t)
 {
-	__u32 len = cfg->ring_len, idx;
-	struct sbulb_addr *addr;
+	__u32 len = svc->ring_len, idx;
+	struct sbulb_member *member;
 	struct sbulb_rr *rr;
 	__u32 *slot;
 
 	if (len == 0)
 		return -1;
-	rr = rr_get();
+	rr = rr_get(t->service);
 	if (!rr)
 		return -1;
 	bpf_spin_lock(&rr->lock);
 	idx = rr->cursor++;
 	bpf_spin_unlock(&rr->lock);
 
-	idx %= len;
-	slot = ring_get(idx);
+	slot = ring_get(svc->ring_base + idx % len);
 	if (!slot || *slot == 0)
 		return -1;
-	addr = rs_get(*slot);
-	if (!addr)
+	member = rs_get(*slot);
+	/* a slot being emptied, or reused, by a concurrent reload */
+	if (!member || member->service != t->service || addr_is_zero(&member->addr))
 		return -1;
-	*out = *addr;
-	*out_slot = *slot;
-	/* a slot being emptied by a concurrent reload reads as zero */
-	return out->a[2] || out->a[3] || out->a[0] || out->a[1] ? 0 : -1;
+	t->to = member->addr;
+	t->slot = *slot;
+	return 0;
 }
 
-/* Client -> VIP: find or create the client's association; *to = its
- * server, *slot = that server's slot. */
-static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
-				     struct sbulb_addr *to, __u32 *slot)
+/* Client -> VIP: find or create the client's association in its service;
+ * t->to = its server, t->slot = that server's slot. */
+static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
+				     struct target *t)
 {
 	struct sbulb_assoc_key key = {};
 	struct sbulb_addr old = {};
@@ -130,54 +151,56 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_cfg *cfg,
 
 	key.client = f->src;
 	key.port = f->sport;
+	key.service = t->service;
 	as = assoc_lookup(&key);
 	if (as) {
-		*to = as->server;
-		*slot = rs_slot(to);
-		if (*slot) {
-			SBULB_EVENT(2, SBULB_EV_REUSED_INGRESS, &f->src,
-				    f->sport, f->dport, to, NULL);
+		t->to = as->server;
+		t->slot = member_slot(&t->to, f->dport, t->service);
+		if (t->slot) {
+			SBULB_EVENT(2, SBULB_EV_REUSED_INGRESS, t->service, &f->src,
+				    f->sport, f->dport, &t->to, NULL);
 			return SBULB_STAT_TX_INGRESS;
 		}
-		/* its real server was removed: pick another one */
-		old = *to;
+		/* its real server left the service: pick another one */
+		old = t->to;
 		stat = SBULB_STAT_ASSOC_REPICK;
 	}
 
-	if (pick_server(cfg, to, slot) < 0) {
-		SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, &f->src, f->sport,
-			    f->dport, &old, NULL);
+	if (pick_server(svc, t) < 0) {
+		SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, t->service, &f->src,
+			    f->sport, f->dport, &old, NULL);
 		return SBULB_STAT_DROP_NO_REAL_SERVER;
 	}
-	val.server = *to;
+	val.server = t->to;
 	if (stat == SBULB_STAT_ASSOC_REPICK) {
 		if (assoc_update(&key, &val))
 			return SBULB_STAT_DROP_ASSOC_FAILED;
-		SBULB_EVENT(1, SBULB_EV_ASSOC_REPICK, &f->src, f->sport,
-			    f->dport, to, &old);
+		SBULB_EVENT(1, SBULB_EV_ASSOC_REPICK, t->service, &f->src,
+			    f->sport, f->dport, &t->to, &old);
 	} else if (assoc_insert(&key, &val)) {
 		/* another CPU associated this client meanwhile: follow it */
 		as = assoc_lookup(&key);
 		if (!as)
 			return SBULB_STAT_DROP_ASSOC_FAILED;
-		*to = as->server;
-		*slot = 0; /* not the picked one: counting looks it up */
+		t->to = as->server;
+		t->slot = member_slot(&t->to, f->dport, t->service);
 		return SBULB_STAT_TX_INGRESS;
 	} else {
-		SBULB_EVENT(1, SBULB_EV_ASSOC_CLIENT, &f->src, f->sport,
-			    f->dport, to, NULL);
+		SBULB_EVENT(1, SBULB_EV_ASSOC_CLIENT, t->service, &f->src,
+			    f->sport, f->dport, &t->to, NULL);
 	}
 	count(stat);
 	return SBULB_STAT_TX_INGRESS;
 }
 
 /*
- * Real server -> client: the association must name this server, or not
- * exist yet (then the server starts it), or name a removed server (then this
- * one takes the client over). *to = the VIP.
+ * Real server -> client: the association (in the server's service) must
+ * name this server, or not exist yet (then the server starts it), or name
+ * a server that left the service (then this one takes the client over).
+ * t->to = the VIP.
  */
-static __always_inline __u32 egress(struct flow *f, struct sbulb_cfg *cfg,
-				    struct sbulb_addr *to)
+static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
+				    struct target *t)
 {
 	struct sbulb_assoc_key key = {};
 	struct sbulb_assoc val = {};
@@ -186,13 +209,14 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_cfg *cfg,
 
 	key.client = f->dst;
 	key.port = f->dport;
+	key.service = t->service;
 	val.server = f->src;
 	as = assoc_lookup(&key);
 	if (!as) {
 		if (assoc_insert(&key, &val) == 0) {
 			count(SBULB_STAT_ASSOC_SERVER);
-			SBULB_EVENT(1, SBULB_EV_ASSOC_SERVER, &f->dst, f->dport,
-				    f->sport, &f->src, NULL);
+			SBULB_EVENT(1, SBULB_EV_ASSOC_SERVER, t->service, &f->dst,
+				    f->dport, f->sport, &f->src, NULL);
 			goto out;
 		}
 		/* another CPU associated this client meanwhile */
@@ -202,41 +226,42 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_cfg *cfg,
 	}
 	other = as->server;
 	if (addr_eq(&other, &f->src)) {
-		SBULB_EVENT(2, SBULB_EV_REUSED_EGRESS, &f->dst, f->dport,
-			    f->sport, &f->src, NULL);
+		SBULB_EVENT(2, SBULB_EV_REUSED_EGRESS, t->service, &f->dst,
+			    f->dport, f->sport, &f->src, NULL);
 		goto out;
 	}
-	if (addr_is_real_server(&other)) {
-		SBULB_EVENT(1, SBULB_EV_DROP_NOT_ASSOCIATED, &f->dst, f->dport,
-			    f->sport, &f->src, &other);
+	if (member_slot(&other, f->sport, t->service)) {
+		SBULB_EVENT(1, SBULB_EV_DROP_NOT_ASSOCIATED, t->service, &f->dst,
+			    f->dport, f->sport, &f->src, &other);
 		return SBULB_STAT_DROP_NOT_ASSOCIATED;
 	}
-	/* the associated server was removed: this one takes the client */
+	/* the associated server left the service: this one takes the client */
 	if (assoc_update(&key, &val))
 		return SBULB_STAT_DROP_ASSOC_FAILED;
 	count(SBULB_STAT_ASSOC_REPICK);
-	SBULB_EVENT(1, SBULB_EV_ASSOC_REPICK, &f->dst, f->dport, f->sport,
-		    &f->src, &other);
+	SBULB_EVENT(1, SBULB_EV_ASSOC_REPICK, t->service, &f->dst, f->dport,
+		    f->sport, &f->src, &other);
 out:
-	*to = cfg->vip;
+	t->to = svc->vip;
 	return SBULB_STAT_TX_EGRESS;
 }
 
 /* The verdict for a parsed UDP packet (a whole datagram or its first
  * fragment): classify, then let the kernel have it if the TTL / hop limit
  * is about to expire, else NAT it. */
-static __always_inline __u32 decide(struct flow *f, struct sbulb_cfg *cfg,
-				    __u8 ttl, struct sbulb_addr *to, __u32 *slot)
+static __always_inline __u32 decide(struct flow *f, __u8 ttl, struct target *t)
 {
-	switch (classify(f, cfg, slot)) {
+	struct sbulb_service *svc = NULL;
+
+	switch (classify(f, t, &svc)) {
 	case DIR_INGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
-		return ingress(f, cfg, to, slot);
+		return ingress(f, svc, t);
 	case DIR_EGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
-		return egress(f, cfg, to);
+		return egress(f, svc, t);
 	default:
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	}
@@ -244,40 +269,44 @@ static __always_inline __u32 decide(struct flow *f, struct sbulb_cfg *cfg,
 
 /* Could this datagram be ours, whatever its ports? (For fragments: later
  * ones carry no port.) */
-static __always_inline int frag_is_ours(struct flow *f, struct sbulb_cfg *cfg)
+static __always_inline int frag_is_ours(struct flow *f)
 {
-	return addr_eq(&f->dst, &cfg->vip) || addr_is_real_server(&f->src);
+	return is_vip(&f->dst) || is_real_server(&f->src);
 }
 
 /* A first fragment: remember its verdict, whatever it is (pass and drop
  * too), for the later ones, if the datagram could be ours. */
 static __always_inline void frag_remember(struct sbulb_frag_key *key,
-					  struct flow *f, struct sbulb_cfg *cfg,
-					  __u32 stat, struct sbulb_addr *to)
+					  struct flow *f, __u32 stat,
+					  struct target *t)
 {
 	struct sbulb_frag val = {};
 
-	if (!frag_is_ours(f, cfg))
+	if (!frag_is_ours(f))
 		return;
 	val.seen_ns = bpf_ktime_get_ns();
 	val.stat = stat;
-	if (stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS)
-		val.to = *to;
+	if (stat == SBULB_STAT_TX_INGRESS || stat == SBULB_STAT_TX_EGRESS) {
+		val.to = t->to;
+		val.slot = t->slot;
+		val.service = t->service;
+	}
 	frag_store(key, &val);
 }
 
-/* A later fragment: the verdict of its first fragment, *to for TX. One
+/* A later fragment: the verdict of its first fragment, *t for TX. One
  * seen before its first cannot be steered: dropped if it could be ours. */
 static __always_inline __u32 frag_follow(struct sbulb_frag_key *key,
-					 struct flow *f, struct sbulb_cfg *cfg,
-					 struct sbulb_addr *to)
+					 struct flow *f, struct target *t)
 {
 	struct sbulb_frag *val = frag_lookup(key);
 
 	if (!val || bpf_ktime_get_ns() - val->seen_ns > SBULB_FRAG_TIMEOUT_NS)
-		return frag_is_ours(f, cfg) ? SBULB_STAT_DROP_FRAG_UNKNOWN
-					    : SBULB_STAT_PASS_NOT_BALANCED;
-	*to = val->to;
+		return frag_is_ours(f) ? SBULB_STAT_DROP_FRAG_UNKNOWN
+				       : SBULB_STAT_PASS_NOT_BALANCED;
+	t->to = val->to;
+	t->slot = val->slot;
+	t->service = val->service;
 	return val->stat;
 }
 

@@ -2,9 +2,9 @@
 /*
  * maps.h - every map of the data path, one comment each.
  *
- * Runtime data (VIP, ports, real servers) lives here and changes without
- * recompiling; sizes come from consts.h. Real server slot 0 is never used:
- * arrays start zeroed, so 0 means "none".
+ * Runtime data (services: VIPs, ports, real servers) lives here and changes
+ * without recompiling; sizes come from consts.h. Service id 0 and member
+ * slot 0 are never used: arrays start zeroed, so 0 means "none".
  *
  * bcc rewrites map operations (map.lookup(), &map) only in the main source
  * file: in a header they compile to a null map pointer (bcc 0.26, 2026-11).
@@ -17,32 +17,43 @@
 #include "consts.h"
 #include "structs.h"
 
-/* [0]: the virtual IP and the length of the round-robin ring. */
-BPF_ARRAY(sbulb_cfg, struct sbulb_cfg, 1);
-
-/* Balanced UDP ports (network order) -> 1. */
-BPF_HASH(sbulb_ports, __be16, __u8, SBULB_MAX_PORTS);
-
 /*
- * Real server slot (1..2*max) -> address. Twice the maximum: a reload adds
- * the new servers before it removes the old ones, so that a packet never
- * finds a server missing, and that takes room for both.
+ * Sizes are twice what a configuration may hold where a reload adds the
+ * new entries before it removes the old ones (sbulb/state.py orders the
+ * writes), so that a packet never finds a service half written.
  */
-BPF_ARRAY(sbulb_rs, struct sbulb_addr, 2 * SBULB_MAX_REAL_SERVERS + 1);
 
-/* Real server address -> slot: "is this a real server?" (2*max, as above) */
+/* VIP:port -> service id: ingress. */
+BPF_HASH(sbulb_vip_ports, struct sbulb_endpoint, __u32, 2 * SBULB_MAX_PORTS);
+
+/* Real server:port -> (service id, member slot): egress. */
+BPF_HASH(sbulb_endpoints, struct sbulb_endpoint, struct sbulb_member_ref,
+	 2 * SBULB_MAX_ENDPOINTS);
+
+/* Service id -> VIP and round-robin cycle. */
+BPF_ARRAY(sbulb_svc, struct sbulb_service, SBULB_MAX_SERVICES + 1);
+
+/* Member slot (1..2*max) -> real server and service. */
+BPF_ARRAY(sbulb_rs, struct sbulb_member, 2 * SBULB_MAX_MEMBERS + 1);
+
+/* Every VIP and every real server address -> 1: "could this datagram be
+ * ours?" for fragments, which carry no port after the first. */
+BPF_HASH(sbulb_vips, struct sbulb_addr, __u32, 2 * SBULB_MAX_SERVICES);
 BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, 2 * SBULB_MAX_REAL_SERVERS);
 
-/* Round-robin order, one smooth weighted cycle: ring index -> real server
- * slot. A server of weight 3 appears three times; a drained one (weight 0)
- * not at all, though it stays in sbulb_rs_index. */
-BPF_ARRAY(sbulb_ring, __u32, SBULB_RING_SIZE);
+/* Round-robin cycles, ring index -> member slot: two halves of
+ * SBULB_RING_SIZE, each holding every service's cycle (sbulb_service
+ * ring_base, ring_len). A server of weight 3 appears three times in its
+ * service's cycle; a drained one (weight 0) not at all, though it stays a
+ * member. */
+BPF_ARRAY(sbulb_ring, __u32, 2 * SBULB_RING_SIZE);
 
-/* [0]: the round-robin cursor and its lock. */
-BPF_ARRAY(sbulb_rr, struct sbulb_rr, 1);
+/* Service id -> its round-robin cursor and lock. */
+BPF_ARRAY(sbulb_rr, struct sbulb_rr, SBULB_MAX_SERVICES + 1);
 
 /*
- * Client ip:port -> real server; lives until evicted by a newer one. Pinned
+ * (Service, client ip:port) -> real server; lives until evicted by a newer
+ * one. Pinned
  * (SBULB_ASSOC_PIN, a bpffs path given by the daemon) so that a restart or
  * an upgrade keeps every client on its server. bcc reuses an existing pin
  * without checking its layout: dataplane.py checks it before compiling.
@@ -72,9 +83,13 @@ BPF_HASH(sbulb_ifslot, __u32, __u32, SBULB_MAX_INTERFACES);
 BPF_TABLE("lru_hash", struct sbulb_neigh, __u64, sbulb_neigh_miss,
 	  SBULB_MAX_NEIGH_MISSES);
 
-/* Per-CPU traffic per real server slot and direction (slot * 2 + dir). */
+/* Per-CPU traffic per member slot and direction (slot * 2 + dir). */
 BPF_PERCPU_ARRAY(sbulb_rs_stats, struct sbulb_traffic,
-		 2 * (2 * SBULB_MAX_REAL_SERVERS + 1));
+		 2 * (2 * SBULB_MAX_MEMBERS + 1));
+
+/* Per-CPU traffic per service and direction (service * 2 + dir). */
+BPF_PERCPU_ARRAY(sbulb_svc_stats, struct sbulb_traffic,
+		 2 * (SBULB_MAX_SERVICES + 1));
 
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
@@ -85,13 +100,17 @@ BPF_RINGBUF_OUTPUT(sbulb_events, SBULB_EVENT_PAGES);
 #endif
 
 /* Accessors, defined in balancer.c (see above). */
-static __always_inline struct sbulb_cfg *cfg_get(void);
-static __always_inline int port_is_balanced(__be16 port);
-/* the real server's slot (1..), 0 if the address is not a real server */
-static __always_inline __u32 rs_slot(struct sbulb_addr *addr);
+/* the service id of a VIP:port, 0 if none */
+static __always_inline __u32 vip_port_service(const struct sbulb_addr *vip, __be16 port);
+/* the member a real server:port is, NULL if none */
+static __always_inline struct sbulb_member_ref *endpoint_get(const struct sbulb_addr *addr,
+							      __be16 port);
+static __always_inline struct sbulb_service *svc_get(__u32 id);
+static __always_inline int is_vip(const struct sbulb_addr *addr);
+static __always_inline int is_real_server(const struct sbulb_addr *addr);
 static __always_inline __u32 *ring_get(__u32 idx);
-static __always_inline struct sbulb_addr *rs_get(__u32 slot);
-static __always_inline struct sbulb_rr *rr_get(void);
+static __always_inline struct sbulb_member *rs_get(__u32 slot);
+static __always_inline struct sbulb_rr *rr_get(__u32 id);
 static __always_inline struct sbulb_assoc *assoc_lookup(struct sbulb_assoc_key *key);
 /* insert only if absent (BPF_NOEXIST); 0 on success */
 static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbulb_assoc *val);
@@ -104,20 +123,22 @@ static __always_inline int is_redirect_target(__u32 ifindex);
 /* XDP_REDIRECT to one of our interfaces (XDP_PASS if it is not one) */
 static __always_inline int redirect_to(__u32 ifindex);
 static __always_inline void neigh_miss(struct sbulb_neigh *key);
-/* count a packet of `bytes` to/from the real server in a slot (0: none;
- * enum sbulb_direction) */
-static __always_inline void count_slot(__u32 slot, __u32 dir, __u64 bytes);
+/* count a packet of `bytes` to/from a member slot (0: none) and its
+ * service (enum sbulb_direction) */
+static __always_inline void count_traffic(__u32 service, __u32 slot, __u32 dir,
+					  __u64 bytes);
 /* add one to a counter slot (enum sbulb_stat) */
 static __always_inline void count(__u32 stat);
 
 #if SBULB_EVENTS
-static __always_inline void emit_event(__u32 type,
+static __always_inline void emit_event(__u32 type, __u32 service,
 				       const struct sbulb_addr *client,
 				       __be16 client_port, __be16 port,
 				       const struct sbulb_addr *server,
 				       const struct sbulb_addr *other);
 
-/* SBULB_EVENT(level, type, client, client_port, port, server, other):
+/* SBULB_EVENT(level, type, service, client, client_port, port, server,
+ * other):
  * emit an event if SBULB_EVENTS >= level; nothing is compiled otherwise. */
 #define SBULB_EVENT(level, ...)                                               \
 	do {                                                                  \

@@ -18,24 +18,55 @@ struct sbulb_addr {
 	__be32 a[4];
 };
 
-/* The single entry of sbulb_cfg. */
-struct sbulb_cfg {
-	struct sbulb_addr vip; /* virtual IP */
-	__u32 ring_len;        /* used entries of sbulb_ring; 0: no server */
-	__u32 pad;
+/*
+ * A UDP endpoint, the key of two maps: sbulb_vip_ports (a VIP and one of
+ * its service's ports) and sbulb_endpoints (a real server and a port it
+ * answers from: the same ports, since only addresses are rewritten).
+ */
+struct sbulb_endpoint {
+	struct sbulb_addr addr; /* VIP or real server IP */
+	__be16 port;            /* UDP port */
+	__u16 pad;              /* zero */
 };
 
-/* Round-robin cursor over sbulb_ring, shared by every CPU. */
+/* Value of sbulb_endpoints: which member a real server:port is. */
+struct sbulb_member_ref {
+	__u32 service; /* service id (1..SBULB_MAX_SERVICES) */
+	__u32 slot;    /* member slot (1..): index of sbulb_rs, sbulb_rs_stats */
+};
+
+/* Value of sbulb_svc, indexed by service id (0: none, never used). */
+struct sbulb_service {
+	struct sbulb_addr vip; /* its virtual IP */
+	__u32 ring_base;       /* first entry of its cycle in sbulb_ring */
+	__u32 ring_len;        /* entries of its cycle; 0: no server takes new clients */
+	__u32 flags;           /* reserved for modes, zero */
+	__u32 pad;             /* zero */
+};
+
+/* Value of sbulb_rs, indexed by member slot: one real server of one
+ * service. An empty slot is all zero. */
+struct sbulb_member {
+	struct sbulb_addr addr; /* real server IP */
+	__u32 service;          /* the service it belongs to */
+	__u32 pad;              /* zero */
+};
+
+/* Round-robin cursor of one service over its cycle, shared by every CPU. */
 struct sbulb_rr {
 	struct bpf_spin_lock lock;
-	__u32 cursor; /* next index into sbulb_ring, modulo ring_len */
+	__u32 cursor; /* next index into the cycle, modulo ring_len */
 };
 
-/* Key of sbulb_assoc: the foreign peer (client) of an association. */
+/*
+ * Key of sbulb_assoc: the foreign peer (client) of an association, within
+ * one service. Version 2 of the pinned layout (sbulb_assoc_v2): version 1
+ * had a zero pad where the service id now is.
+ */
 struct sbulb_assoc_key {
 	struct sbulb_addr client; /* client IP */
 	__be16 port;              /* client UDP port */
-	__u16 pad;                /* zero */
+	__u16 service;            /* service id */
 };
 
 /* Value of sbulb_assoc. */
@@ -56,11 +87,14 @@ struct sbulb_frag_key {
 struct sbulb_frag {
 	struct sbulb_addr to; /* address written (SBULB_STAT_TX_* only) */
 	__u32 stat;           /* the first fragment's verdict slot (enum sbulb_stat) */
+	__u32 slot;           /* its member slot (SBULB_STAT_TX_* only) */
+	__u32 service;        /* its service id (SBULB_STAT_TX_* only) */
 	__u32 pad;            /* zero */
 	__u64 seen_ns;        /* when (bpf_ktime_get_ns), to let old ones expire */
 };
 
-/* Value of sbulb_rs_stats: traffic of one real server in one direction. */
+/* Value of sbulb_rs_stats and sbulb_svc_stats: traffic of one member or
+ * one service in one direction. */
 struct sbulb_traffic {
 	__u64 packets;
 	__u64 bytes; /* frame bytes, Ethernet header included */
@@ -83,6 +117,7 @@ struct sbulb_event {
 	u32 type;        /* enum sbulb_event_type */
 	u16 client_port; /* client UDP port */
 	u16 port;        /* balanced (VIP / real server) UDP port */
+	u32 service;     /* service id */
 	u8 client[16];   /* client IP */
 	u8 server[16];   /* real server the packet goes to / came from */
 	u8 other[16];    /* the previous or the associated server, or zero */

@@ -1,0 +1,166 @@
+"""Several services in the data path, frame by frame (BPF_PROG_TEST_RUN,
+no interface): each VIP:port leads to its own pool, associations are per
+service, a server of one service is not a server of another, counters are
+per service and per (service, server)."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from sbulb.config import RealServer
+from sbulb.consts import Stat, XdpAction
+from sbulb.dataplane import Dataplane, Traffic
+from sbulb.state import DesiredState, ServiceSpec
+from tests.packets import NETS, udp
+
+TX, PASS, DROP = XdpAction.TX, XdpAction.PASS, XdpAction.DROP
+V4, V6 = NETS[4], NETS[6]
+COAP, SYSLOG = 5683, 514
+OTHER_VIP = "10.0.0.50"
+
+
+def service(name: str, vip: str, ports: tuple[int, ...], *servers: str) -> ServiceSpec:
+    return ServiceSpec(name, V4.ip(vip), ports, tuple(RealServer(V4.ip(s)) for s in servers))
+
+
+def three_services(dp: Dataplane, syslog_servers: tuple[str, ...] | None = None) -> None:
+    """coap (VIP:5683, rs0 rs1), syslog (same VIP, 514: rs2, and rs0 from
+    its port 514), coap6 (the IPv6 VIP, 5683: rs0 rs1 of IPv6), and `edge`
+    (another VIP, 5683: rs3)."""
+    rs = V4.real_servers
+    syslog = syslog_servers if syslog_servers is not None else (rs[2], rs[0])
+    dp.set_services(DesiredState((
+        service("coap", V4.vip, (COAP,), rs[0], rs[1]),
+        service("syslog", V4.vip, (SYSLOG,), *syslog),
+        service("coap6", V6.vip, (COAP,), *V6.real_servers[:2]),
+        service("edge", OTHER_VIP, (COAP,), rs[3]),
+    )))
+
+
+def send(dp: Dataplane, frame: bytes) -> tuple[XdpAction, Ether]:
+    result = dp.test_run(frame)
+    return result.action, Ether(result.frame)
+
+
+def to_vip(dp: Dataplane, client: str, sport: int, dport: int, vip: str = V4.vip,
+           net=V4) -> str:
+    """A client's datagram to a VIP:port: the real server it went to."""
+    action, out = send(dp, bytes(udp(net, client, vip, sport, dport)))
+    assert action == TX, out.show2(dump=True)
+    layer = out[IP] if net.family == 4 else out[IPv6]
+    return layer.dst
+
+
+def fresh(dp: Dataplane) -> None:
+    dp.reset_state()
+    three_services(dp)
+
+
+def test_each_vip_port_leads_to_its_own_pool(loaded: Dataplane) -> None:
+    fresh(loaded)
+    rs = V4.real_servers
+    assert [to_vip(loaded, V4.clients[0], p, COAP) for p in (1, 2, 3)] == [rs[0], rs[1], rs[0]]
+    assert [to_vip(loaded, V4.clients[0], p, SYSLOG) for p in (1, 2, 3)] == [rs[2], rs[0], rs[2]]
+    assert to_vip(loaded, V4.clients[0], 1, COAP, vip=OTHER_VIP) == rs[3]
+    assert [to_vip(loaded, V6.clients[0], p, COAP, vip=V6.vip, net=V6) for p in (1, 2)] == list(
+        V6.real_servers[:2])
+    # a port of the VIP no service has is not ours
+    assert send(loaded, bytes(udp(V4, V4.clients[0], V4.vip, 1, 9999)))[0] == PASS
+    # syslog's port on the other VIP is not balanced either
+    assert send(loaded, bytes(udp(V4, V4.clients[0], OTHER_VIP, 1, SYSLOG)))[0] == PASS
+
+
+def test_a_client_of_two_services_has_an_association_in_each(loaded: Dataplane) -> None:
+    fresh(loaded)
+    rs = V4.real_servers
+    client = V4.clients[1]
+    assert to_vip(loaded, client, 4000, COAP) == rs[0]
+    assert to_vip(loaded, client, 4000, SYSLOG) == rs[2]
+    for _ in range(3):  # and each sticks, whichever the other says
+        assert to_vip(loaded, client, 4000, SYSLOG) == rs[2]
+        assert to_vip(loaded, client, 4000, COAP) == rs[0]
+    ids = {name: loaded.service_id(name) for name in ("coap", "syslog")}
+    held = loaded.service_associations()
+    assert held[(ids["coap"], V4.ip(client), 4000)] == V4.ip(rs[0])
+    assert held[(ids["syslog"], V4.ip(client), 4000)] == V4.ip(rs[2])
+    assert loaded.association(V4.ip(client), 4000, ids["syslog"]) == V4.ip(rs[2])
+
+
+def test_egress_belongs_to_the_service_of_the_server_port(loaded: Dataplane) -> None:
+    fresh(loaded)
+    rs = V4.real_servers
+    client = V4.clients[0]
+    assert to_vip(loaded, client, 7000, COAP) == rs[0]  # coap: rs0
+    # rs0 answers from 5683: coap's server, source becomes the VIP
+    action, out = send(loaded, bytes(udp(V4, rs[0], client, COAP, 7000)))
+    assert action == TX and (out[IP].src, out[UDP].sport) == (V4.vip, COAP)
+    # rs0 is syslog's too: from 514 it speaks first to the same client,
+    # which gets an association in syslog (none moved in coap)
+    action, out = send(loaded, bytes(udp(V4, rs[0], client, SYSLOG, 7000)))
+    assert action == TX and (out[IP].src, out[UDP].sport) == (V4.vip, SYSLOG)
+    assert loaded.association(V4.ip(client), 7000, loaded.service_id("syslog")) == V4.ip(rs[0])
+    # rs2 (syslog) is not this client's syslog server: dropped
+    assert send(loaded, bytes(udp(V4, rs[2], client, SYSLOG, 7000)))[0] == DROP
+    # rs1 (coap) is not its coap server: dropped
+    assert send(loaded, bytes(udp(V4, rs[1], client, COAP, 7000)))[0] == DROP
+    # rs2 from coap's port is not a coap server at all: not ours
+    assert send(loaded, bytes(udp(V4, rs[2], client, COAP, 7000)))[0] == PASS
+    # rs3 (edge, the other VIP) from 5683: edge's server, the other VIP
+    action, out = send(loaded, bytes(udp(V4, rs[3], client, COAP, 7001)))
+    assert action == TX and out[IP].src == OTHER_VIP
+
+
+def test_changing_one_pool_moves_no_client_of_another(loaded: Dataplane) -> None:
+    fresh(loaded)
+    rs = V4.real_servers
+    coap = [to_vip(loaded, V4.clients[0], p, COAP) for p in range(10, 16)]
+    syslog = [to_vip(loaded, V4.clients[0], p, SYSLOG) for p in range(10, 16)]
+    assert set(syslog) == {rs[0], rs[2]}
+    three_services(loaded, syslog_servers=(rs[2], rs[1]))  # rs0 leaves syslog only
+    assert [to_vip(loaded, V4.clients[0], p, COAP) for p in range(10, 16)] == coap
+    after = [to_vip(loaded, V4.clients[0], p, SYSLOG) for p in range(10, 16)]
+    for before, now in zip(syslog, after):  # rs2's stay; rs0's pick anew
+        assert now == rs[2] if before == rs[2] else now in (rs[1], rs[2])
+    assert rs[1] in after
+    # rs0 from 514 is no longer a server of anything: not ours
+    assert send(loaded, bytes(udp(V4, rs[0], V4.clients[0], SYSLOG, 10)))[0] == PASS
+
+
+def test_counters_per_service_and_per_member(loaded: Dataplane) -> None:
+    fresh(loaded)
+    rs = V4.real_servers
+    client = V4.clients[0]
+    to_coap = bytes(udp(V4, client, V4.vip, 1, COAP))
+    to_syslog = bytes(udp(V4, client, V4.vip, 1, SYSLOG, payload=b"x" * 50))
+    for _ in range(3):
+        assert send(loaded, to_coap)[0] == TX  # rs0 in coap
+    for _ in range(2):
+        assert send(loaded, to_syslog)[0] == TX  # rs2 in syslog
+    back = bytes(udp(V4, rs[0], client, COAP, 1))
+    assert send(loaded, back)[0] == TX
+    ids = {name: loaded.service_id(name) for name in ("coap", "syslog", "coap6", "edge")}
+    per_service = loaded.service_traffic(list(ids.values()))
+    assert per_service[ids["coap"]] == Traffic(3, 3 * len(to_coap), 1, len(back))
+    assert per_service[ids["syslog"]] == Traffic(2, 2 * len(to_syslog), 0, 0)
+    assert per_service[ids["coap6"]] == Traffic() == per_service[ids["edge"]]
+    members = loaded.member_traffic()
+    assert members[(ids["coap"], V4.ip(rs[0]))] == Traffic(3, 3 * len(to_coap), 1, len(back))
+    # rs0 is in syslog too, where it has carried nothing
+    assert members[(ids["syslog"], V4.ip(rs[0]))] == Traffic()
+    assert members[(ids["syslog"], V4.ip(rs[2]))] == Traffic(2, 2 * len(to_syslog), 0, 0)
+
+
+def test_every_packet_gets_one_counted_xdp_action(loaded: Dataplane) -> None:
+    fresh(loaded)
+    frames = [bytes(udp(V4, V4.clients[0], V4.vip, 1, COAP)),     # TX
+              bytes(udp(V4, V4.clients[0], V4.vip, 1, 9999)),     # PASS: not ours
+              bytes(udp(V4, V4.real_servers[1], V4.clients[0], COAP, 1)),  # DROP
+              bytes(udp(V4, V4.clients[0], V4.vip, 2, SYSLOG))]   # TX
+    actions = [send(loaded, f)[0] for f in frames]
+    assert actions == [TX, PASS, DROP, TX]
+    stats = loaded.stats()
+    assert stats[Stat.ACTION_TX] == 2 and stats[Stat.ACTION_PASS] == 1
+    assert stats[Stat.ACTION_DROP] == 1
+    assert stats[Stat.ACTION_ABORTED] == stats[Stat.ACTION_REDIRECT] == 0
