@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench install uninstall
+.PHONY: setup demo test test-unit bench install uninstall
 
 setup:
 	./scripts/setup.sh
@@ -13,6 +13,13 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# the inner loop: what needs neither root nor bcc (config, planner, watcher,
+# the bench's report), a few seconds; `make test` runs these too
+UNIT_TESTS = tests/test_config.py tests/test_state.py tests/test_watcher.py \
+	tests/test_bench_report.py
+test-unit:
+	$(PYTHON) -m pytest -p no:cacheprovider $(UNIT_TESTS) $(PYTEST_ARGS)
 
 # sbulb side by side with nftables, nginx and a Python forwarder (~7 min);
 # results in bench-results/ (BENCH_ARGS: see python3 -m sbulb.bench --help)

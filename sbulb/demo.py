@@ -4,7 +4,8 @@ Builds the lab, starts `python3 -m sbulb` in the load balancer's namespace
 with a config file, exactly as an operator would, and shows what crosses the
 wire: clients spread over the real servers and sticking to them, answers
 from the virtual IP, a server speaking first, a server added while traffic
-runs, IPv6, then a clean stop and teardown. Bounded in time and packets.
+runs, IPv6, several services in one instance, then a clean stop and
+teardown. Bounded in time and packets.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from sbulb.config import endpoint
-from sbulb.lab import PORT, Client, Lab, LabError, SbulbProcess
+from sbulb.lab import PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess
 
 CLIENTS = 9
 ROUNDS = 10
@@ -161,6 +162,52 @@ def story(lab: Lab, workdir: Path) -> None:
     say(f"  again: {sum(r.server == owner6[c.port] for r, c in zip(replies, clients6))}/4 sticky, "
         f"{sum(r.source == v6.vip for r in replies)}/4 from {endpoint(v6.vip, PORT)}")
     code = lb6.stop()
+    say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")
+
+    say()
+    services(lab, workdir)
+
+
+def services_text(lab: Lab, telemetry: tuple[int, ...]) -> str:
+    v4, v6 = lab.addresses(4), lab.addresses(6)
+    return (
+        f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+        f"servers = {v4.real_servers[0]} {v4.real_servers[1]}\n\n"
+        f"[Service telemetry]\naddress = {v4.vip}\nports = {SECOND_PORT}\n"
+        f"servers = {' '.join(str(v4.real_servers[i]) for i in telemetry)}\n\n"
+        f"[Service coap6]\naddress = {v6.vip}\nports = {PORT}\n"
+        f"servers = {v6.real_servers[2]} {v6.real_servers[3]}\n"
+    )
+
+
+def services(lab: Lab, workdir: Path) -> None:
+    """Several services in one sbulb: a VIP with two, an IPv6 one beside."""
+    v4, v6 = lab.addresses(4), lab.addresses(6)
+    conf = workdir / "services.conf"
+    conf.write_text(services_text(lab, (2, 3)))
+    say(f"8. several services in one sbulb, {conf}:")
+    for line in conf.read_text().splitlines():
+        say(f"  {line}")
+    args = [*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"]
+    say(f"$ ip netns exec {lab.lb_ns} python3 -m sbulb {shlex.join(args)}")
+    lb = lab.start_sbulb(args, workdir)
+    say(f"  READY=1: {lb.wait_ready().partition('STATUS=')[2]}")
+    clients = [lab.client(4, index=i % 2) for i in range(4)]
+    coap = [c.exchange(v4.vip, PORT, b"coap").server for c in clients]
+    telemetry = [c.exchange(v4.vip, SECOND_PORT, b"telemetry").server for c in clients]
+    say(f"  the same 4 clients ip:port, to {endpoint(v4.vip, PORT)}: {' '.join(coap)}; "
+        f"to {endpoint(v4.vip, SECOND_PORT)}: {' '.join(telemetry)}")
+    six = [lab.client(6).exchange(v6.vip, PORT, b"coap6").server for _ in range(2)]
+    say(f"  and to {endpoint(v6.vip, PORT)}: {' '.join(six)}")
+    conf.write_text(services_text(lab, (3,)))
+    lb.notify.wait_for("RELOADING=1", 10)
+    lb.notify.wait_for("READY=1", 10)
+    again = [c.exchange(v4.vip, PORT, b"coap again").server for c in clients]
+    moved = [c.exchange(v4.vip, SECOND_PORT, b"telemetry again").server for c in clients]
+    stayed = sum(a == b for a, b in zip(again, coap))
+    say(f"  rs2 removed from telemetry: coap's clients stay ({stayed}/4 on their server), "
+        f"telemetry's go to: {' '.join(moved)}")
+    code = lb.stop()
     say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")
 
 

@@ -50,6 +50,7 @@ from sbulb.config import IPAddress
 
 PREFIX = "sblab"
 PORT = 5683  # balanced by the lab's sbulb
+SECOND_PORT = 5684  # the real servers listen here too (a second service)
 CLOSED_PORT = 5699  # may be balanced too, but no real server listens there
 UNBALANCED_PORT = 7777
 START_TIMEOUT = 120.0  # compile + load on a slow machine
@@ -280,9 +281,11 @@ class NotifySocket:
         self.sock.bind(str(self.path))
         self.received: list[str] = []
 
-    def wait_for(self, prefix: str, timeout: float) -> str:
+    def wait_for(self, prefix: str, timeout: float,
+                 alive: Callable[[], bool] = lambda: True) -> str:
         """The first message (already received or to come) with a line that
-        starts with `prefix`; TimeoutError after `timeout` seconds."""
+        starts with `prefix`; TimeoutError after `timeout` seconds, or as
+        soon as alive() (checked every half second) says the sender is gone."""
         deadline = time.monotonic() + timeout
         while True:
             for message in self.received:
@@ -290,9 +293,9 @@ class NotifySocket:
                     self.received.remove(message)
                     return message
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not alive():
                 raise TimeoutError(f"no {prefix!r} within {timeout}s; got {self.received}")
-            self.sock.settimeout(remaining)
+            self.sock.settimeout(min(remaining, 0.5))
             try:
                 self.received.append(self.sock.recv(4096).decode())
             except TimeoutError:
@@ -349,7 +352,8 @@ class SbulbProcess:
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
         """READY=1's message; fails with sbulb's stderr if it never comes."""
         try:
-            return self.notify.wait_for("READY=1", timeout)
+            return self.notify.wait_for("READY=1", timeout,
+                                        alive=lambda: self.proc.poll() is None)
         except TimeoutError:
             raise LabError(
                 f"sbulb not ready after {timeout}s (exit code {self.proc.poll()}): {self.stderr}"
@@ -474,7 +478,7 @@ class Lab:
         """The UDP service on each real server, and 'lb-local' on the load
         balancer's own stack (balanced and unbalanced ports)."""
         for name, ns in zip(self.server_names, self.server_ns):
-            self.services.append(UdpService(ns, name, [PORT]))
+            self.services.append(UdpService(ns, name, [PORT, SECOND_PORT]))
         self.services.append(UdpService(self.lb_ns, "lb-local", [PORT, UNBALANCED_PORT]))
 
     def _build(self) -> None:
@@ -525,7 +529,8 @@ class Lab:
                  "load balancer's link")
 
         self._start_services()
-        self.say(f"lab: UDP services on port {PORT} of {', '.join(self.server_names)} "
+        self.say(f"lab: UDP services on ports {PORT} and {SECOND_PORT} of "
+                 f"{', '.join(self.server_names)} "
                  f"(and 'lb-local' on the load balancer's own stack)")
 
     # -- use

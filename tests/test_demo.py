@@ -32,6 +32,9 @@ def test_demo_tells_the_story() -> None:
         " 0 by another server than before",
         "sbulb exited with 0; XDP programs left on the interface: none",
         "4/4 sticky, 4/4 from [fd77:100::1]:5683",
+        "to 10.77.100.1:5683: rs0 rs1 rs0 rs1; to 10.77.100.1:5684: rs2 rs3 rs2 rs3",
+        "and to [fd77:100::1]:5683: rs2 rs3",
+        "coap's clients stay (4/4 on their server), telemetry's go to: rs3 rs3 rs3 rs3",
     ]:
         assert line in out, out
     assert "rs3" in out.split("4 new clients go to:")[1].splitlines()[0]
