@@ -3,18 +3,23 @@
     sbulbctl status
     sbulbctl associations list [--client IP] [--server IP] [--limit N]
     sbulbctl associations count | get IP:PORT | delete IP:PORT | flush --server IP
+    sbulbctl associations flush --all [--yes]
     sbulbctl top [--interval S] [--count N]
 
 Every command takes --service NAME to cover one service only (default:
 all of them). It talks to the daemon through its control socket
-(sbulb/control.py), as root. Read commands take --json. Exit codes: 0 ok,
-1 error (no daemon, a refused request), 2 usage.
+(sbulb/control.py), as root, and waits --timeout seconds (30) for an
+answer. Read commands take --json. Exit codes: 0 ok, 1 error (no daemon,
+no answer, a refused request: one line on stderr), 2 usage, 141 when the
+reader of its output went away (`sbulbctl status | head -1`: quietly).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +29,7 @@ from sbulb import control
 from sbulb.config import ConfigError, parse_address
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head -1`'s yes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="JSON output (read commands)")
     parser.add_argument("-s", "--service", metavar="NAME",
                         help="only this service (default: every service)")
+    parser.add_argument("--timeout", type=_seconds, default=control.CLIENT_TIMEOUT,
+                        metavar="S", help="seconds to wait for the daemon's answer "
+                        f"(default: {control.CLIENT_TIMEOUT:g})")
     # --json and --service after the command too (they do not reset one
     # given before it)
-    json_too = argparse.ArgumentParser(add_help=False)
+    json_too = _Parser(add_help=False)
     json_too.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                           help="JSON output")
     json_too.add_argument("-s", "--service", metavar="NAME", default=argparse.SUPPRESS,
                           help="only this service")
-    service_too = argparse.ArgumentParser(add_help=False)
+    service_too = _Parser(add_help=False)
     service_too.add_argument("-s", "--service", metavar="NAME", default=argparse.SUPPRESS,
                              help="only this service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,13 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="forget one client (its next datagram picks anew)")
     delete.add_argument("endpoint", metavar="IP:PORT")
     flush = actions.add_parser("flush", parents=[service_too],
-                               help="forget every client of one real server")
-    flush.add_argument("--server", required=True)
+                               help="forget every client of one real server (or --all)")
+    which = flush.add_mutually_exclusive_group(required=True)
+    which.add_argument("--server", help="the clients of this real server")
+    which.add_argument("--all", action="store_true",
+                       help="every client (of --service NAME, or of every service)")
+    flush.add_argument("-y", "--yes", action="store_true",
+                       help="--all without asking first")
     top = commands.add_parser("top", parents=[json_too],
                               help="per-server rates, refreshed in place")
     top.add_argument("--interval", type=float, default=1.0, help="seconds (default: 1)")
     top.add_argument("--count", type=int, default=0, help="stop after N refreshes")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
+    return value
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -88,9 +112,9 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def find_daemon(interface: str | None) -> Path:
-    running = control.daemons()
+    running = control.daemons(control.RUN_DIR)
     if interface is not None:
-        return control.socket_path(interface)
+        return control.socket_path(interface, control.RUN_DIR)
     if not running:
         raise control.ControlError(
             f"no sbulb daemon is running in this network namespace (no control socket in "
@@ -139,14 +163,14 @@ def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
 
 
 def top(path: Path, service: str | None, interval: float, count: int, as_json: bool,
-        out: TextIO) -> None:
-    query = {"service": service} if service else None
-    previous = control.request(path, "status", query)
+        out: TextIO, timeout: float = control.CLIENT_TIMEOUT) -> None:
+    query = {"service": service} if service is not None else None
+    previous = control.request(path, "status", query, timeout)
     previous_at = time.monotonic()
     done = 0
     while not count or done < count:
         time.sleep(interval)  # the refresh period the operator asked for
-        status = control.request(path, "status", query)
+        status = control.request(path, "status", query, timeout)
         now = time.monotonic()
         elapsed = max(now - previous_at, 1e-9)
         before = {(v["name"], s["address"]): s
@@ -182,6 +206,46 @@ def top(path: Path, service: str | None, interval: float, count: int, as_json: b
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """sbulbctl; its exit code. Whatever goes wrong is one line on stderr,
+    never a traceback."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:  # `sbulbctl ... | head`: the reader is gone
+        _quiet_stdout()
+        return EXIT_PIPE
+    return code
+
+
+def _quiet_stdout() -> None:
+    """What is left in stdout's buffer goes nowhere: no second error when
+    Python flushes it at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _confirm_flush_all(path: Path, args: argparse.Namespace,
+                       parser: argparse.ArgumentParser) -> bool:
+    """flush --all without --yes: ask at a terminal, refuse elsewhere."""
+    if not sys.stdin.isatty():
+        parser.error("flush --all forgets every client: confirm with --yes")
+    count = control.request(path, "associations.count", _service_query(args), args.timeout)
+    which = f"of service {args.service}" if args.service is not None else "of every service"
+    sys.stderr.write(f"forget all {count} association(s) {which}? [y/N] ")
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "endpoint", None) is not None:
@@ -192,15 +256,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     try:
         path = find_daemon(args.interface)
+        if (args.command == "associations" and args.action == "flush" and args.all
+                and not args.yes and not _confirm_flush_all(path, args, parser)):
+            print("sbulbctl: nothing flushed", file=sys.stderr)
+            return EXIT_ERROR
         if args.command == "status":
-            status = control.request(path, "status", _service_query(args))
+            status = control.request(path, "status", _service_query(args), args.timeout)
             if args.json:
                 json.dump(status, out, indent=2)
                 out.write("\n")
             else:
                 print_status(status, out)
         elif args.command == "top":
-            top(path, args.service, args.interval, args.count, args.json, out)
+            top(path, args.service, args.interval, args.count, args.json, out, args.timeout)
         else:
             result = associations(path, args)
             if args.json:
@@ -210,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     client = f"[{a['client']}]" if ":" in a["client"] else a["client"]
                     out.write(f"{client}:{a['port']} -> {a['server']} ({a['service']})\n")
                 out.write(f"({len(result['associations'])} of {result['total']})\n")
+            elif args.action == "flush" and args.all:
+                out.write(f"{result} association(s) forgotten\n")
             elif args.action == "flush":
                 out.write(f"{result} association(s) of {args.server} forgotten\n")
             elif args.action == "count":
@@ -222,26 +292,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (control.ControlError, ConfigError) as e:
         print(f"sbulbctl: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        raise  # stdout's reader is gone: main() ends quietly
+    except OSError as e:  # the run directory, a socket's file
+        print(f"sbulbctl: error: {e.strerror or e}"
+              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # an answer not as expected
+        print(f"sbulbctl: error: the daemon's answer is not one this sbulbctl reads "
+              f"({type(e).__name__}: {e})", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
 def _service_query(args: argparse.Namespace) -> dict[str, Any]:
-    return {"service": args.service} if args.service else {}
+    return {"service": args.service} if args.service is not None else {}
 
 
 def associations(path: Path, args: argparse.Namespace) -> Any:
     query = _service_query(args)
+    timeout = args.timeout
     if args.action == "list":
         query.update(client=args.client, server=args.server, limit=args.limit)
-        return control.request(path, "associations.list", query)
+        return control.request(path, "associations.list", query, timeout)
     if args.action == "count":
-        return control.request(path, "associations.count", query)
+        return control.request(path, "associations.count", query, timeout)
+    if args.action == "flush" and args.all:
+        return control.request(path, "associations.flush", {**query, "all": True}, timeout)
     if args.action == "flush":
-        return control.request(path, "associations.flush", {**query, "server": args.server})
+        return control.request(path, "associations.flush", {**query, "server": args.server},
+                               timeout)
     return control.request(path, f"associations.{args.action}",
-                           {**query, "client": args.client, "port": args.port})
+                           {**query, "client": args.client, "port": args.port}, timeout)
 
 
 if __name__ == "__main__":

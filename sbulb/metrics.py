@@ -1,8 +1,9 @@
 """Prometheus metrics (off unless --metrics is given), through
 prometheus-client: a collector that reads the running state's frozen
-snapshot (sbulb/state.py) and the data path's counters at each scrape,
-served over HTTP by a thread of the daemon. Map reads are lock-free
-syscalls, safe beside the main loop's writes.
+snapshot (sbulb/state.py) and the data path's counters, rendered at most
+once a second whatever the number of scrapes, served over HTTP by one
+thread of the daemon (MetricsServer). Map reads are lock-free syscalls,
+safe beside the main loop's writes.
 
     sbulb_packets_total{service,server,direction}   packets to / from a real server
     sbulb_bytes_total{service,server,direction}     frame bytes, idem
@@ -13,12 +14,14 @@ syscalls, safe beside the main loop's writes.
     sbulb_service_info{service,virtual_server,ports,mode}   1
     sbulb_associations                              client -> server entries, all services
     sbulb_associations_max                          -ma
+    sbulb_associations_fill_ratio                   sbulb_associations / _max
     sbulb_associations_created_total{by}            client, server, repick
     sbulb_forwarded_total{kind}                     rewritten packets: ingress, egress, icmp_*
     sbulb_passed_total{reason}                      given to the kernel untouched
     sbulb_drops_total{reason}                       dropped
     sbulb_forward_path_total{path}                  how rewritten packets left (fib_tx, ...)
     sbulb_xdp_actions_total{action}                 the XDP action each packet finally got
+    sbulb_associations_refused_total{reason}        new clients not remembered (rate_limited)
     sbulb_info{version,interfaces,forward}          1
 """
 
@@ -26,15 +29,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import selectors
 import socket
 import threading
-from socketserver import ThreadingMixIn
+import time
 from typing import Callable, Iterator
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sbulb import __version__
 from sbulb.consts import Stat, StatKind
@@ -45,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 class Collector:
-    """Reads the snapshot and the data path's counters at each scrape."""
+    """Reads the snapshot and the data path's counters at each render
+    (Exposition: at most once per RENDER_INTERVAL, not at each scrape)."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], dataplane: Dataplane) -> None:
         self.snapshot = snapshot
@@ -101,6 +105,10 @@ class Collector:
                                 value=len(associations))
         yield GaugeMetricFamily("sbulb_associations_max", "Size of the association map (-ma)",
                                 value=snap.max_associations)
+        yield GaugeMetricFamily("sbulb_associations_fill_ratio",
+                                "How full the association map is (0..1): near 1, new "
+                                "clients evict the least recently seen ones",
+                                value=len(associations) / max(1, snap.max_associations))
 
         stats = dp.stats()
         families = {
@@ -118,6 +126,9 @@ class Collector:
             StatKind.ACTION: CounterMetricFamily("sbulb_xdp_actions",
                                                  "The XDP action each packet finally got",
                                                  labels=["action"]),
+            StatKind.LIMIT: CounterMetricFamily("sbulb_associations_refused",
+                                                "New clients balanced but not remembered",
+                                                labels=["reason"]),
         }
         for stat in Stat:
             family = families.get(stat.kind)
@@ -134,40 +145,258 @@ def _add_traffic(packets: CounterMetricFamily, octets: CounterMetricFamily, labe
     octets.add_metric(labels + ["from_server"], t.bytes_from)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+# Why the server looks like this: the metrics port is reachable by any local
+# user, so what a client can make the daemon spend must not grow with the
+# number of clients. One thread serves every connection from a selector (a
+# thread per connection let 3000 idle clients starve the main loop, and with
+# it sbulbctl and systemd's watchdog); a connection lives REQUEST_TIMEOUT
+# seconds at most, whatever it does; at most MAX_CONNECTIONS are open, the
+# excess is closed as soon as it is accepted; and the exposition text (whose
+# rendering walks the whole association map) is rendered at most once per
+# RENDER_INTERVAL, however many scrapes come.
+
+MAX_CONNECTIONS = 64  # open at once; more are closed on accept
+REQUEST_TIMEOUT = 5.0  # seconds a connection may live: request, answer and close
+RENDER_INTERVAL = 1.0  # seconds between the end of a render and the next one
+MAX_REQUEST = 8192  # bytes of request line and headers
+LISTEN_BACKLOG = 128
+ACCEPTS_PER_WAKEUP = 64  # then serve the open connections before accepting more
+STOP_TIMEOUT = 30.0  # seconds stop() waits for a render in progress
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+class Exposition:
+    """The rendered exposition text, shared by every scrape: render() runs
+    again only when the text is RENDER_INTERVAL old, counted from the end
+    of the last render (so a slow render is not followed by another at
+    once). A failed render is remembered as None for as long, so failures
+    cost no more than successes. Used by the server thread only: no lock."""
+
+    def __init__(self, render: Callable[[], bytes], interval: float = RENDER_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._render = render
+        self._interval = interval
+        self._clock = clock
+        self._text: bytes | None = None
+        self._fresh_until: float | None = None
+        self.renders = 0
+
+    def get(self) -> bytes | None:
+        """The text, or None if the last render failed."""
+        if self._fresh_until is None or self._clock() >= self._fresh_until:
+            self.renders += 1
+            try:
+                self._text = self._render()
+            except Exception as e:  # a map read that failed: one line, the daemon goes on
+                log.warning("metrics.render_failed error=%s", e or type(e).__name__)
+                self._text = None
+            self._fresh_until = self._clock() + self._interval
+        return self._text
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("metrics.request %s", format % args)
+class _Connection:
+    """One client: the request read so far, then the answer left to send,
+    then (answer sent, our side shut) what it still sends, discarded until
+    it closes: closing with unread data would reset the connection and
+    could cut the answer short."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.request = bytearray()
+        self.answer: memoryview | None = None  # None: still reading the request
+        self.lingering = False
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              head: bool = False, extra: str = "") -> bytes:
+    header = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+              f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
+    return header.encode("ascii") + (b"" if head else body)
 
 
 class MetricsServer:
-    """The HTTP endpoint, in a daemon thread; stop() closes it."""
+    """The HTTP endpoint: one thread, a selector, bounded connections and a
+    cached rendering (see above). stop() ends it and joins its thread, so
+    nothing reads the data path once stop() has returned."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], dataplane: Dataplane, host: str,
-                 port: int) -> None:
+                 port: int, max_connections: int = MAX_CONNECTIONS,
+                 timeout: float = REQUEST_TIMEOUT, render_interval: float = RENDER_INTERVAL
+                 ) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(snapshot, dataplane))  # type: ignore[arg-type]
-        app = make_wsgi_app(registry)
+        self.exposition = Exposition(lambda: generate_latest(registry), render_interval)
+        self._max_connections = max_connections
+        self._timeout = timeout
         try:
             is_v6 = ipaddress.ip_address(host).version == 6
         except ValueError:
             is_v6 = False  # a host name: IPv4
-        server_class = _Server6 if is_v6 else _Server
-        self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
-        self.address = (host, self._server.server_port)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        daemon=True)
+        listener = socket.socket(socket.AF_INET6 if is_v6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        # stop() writes a byte here to wake the selector
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._stopping = False
+        self.rejected = 0  # connections closed on accept: too many open
+        self._next_warning = 0.0
+        self.address = (host, listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
         self._thread.start()
         log.info("metrics.listening address=%s port=%d", host, self.address[1])
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        """Stop accepting, close every connection, end the thread and wait
+        for it (a render in progress finishes first)."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the thread has ended already
+        self._thread.join(timeout=STOP_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("metrics.stop_timeout seconds=%s", STOP_TIMEOUT)
+        self._wake_w.close()
+
+    close = stop
+
+    # -- the server thread
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                # wake up for the next deadline; at least once a second anyway
+                wait = min([c.deadline for c in self._connections.values()], default=now + 1.0)
+                for key, _ in self._selector.select(max(0.0, min(wait - now, 1.0))):
+                    if self._stopping:
+                        break
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.fileobj is self._wake_r:
+                        self._drain_wakeups()
+                    else:
+                        conn = self._connections.get(key.fileobj)  # type: ignore[call-overload]
+                        if conn is not None:
+                            self._service(conn)
+                now = time.monotonic()
+                for conn in [c for c in self._connections.values() if c.deadline <= now]:
+                    log.debug("metrics.timeout")
+                    self._close(conn)
+        except Exception:
+            log.exception("metrics.failed: the metrics endpoint has stopped")
+        finally:
+            for conn in list(self._connections.values()):
+                self._close(conn)
+            self._selector.close()
+            self._listener.close()
+            self._wake_r.close()
+
+    def _warn_rarely(self, message: str, *args: object) -> None:
+        """At most one warning a minute: a client must not flood the log."""
+        now = time.monotonic()
+        if now >= self._next_warning:
+            self._next_warning = now + 60.0
+            log.warning(message, *args)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            self._wake_r.recv(64)
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ECONNABORTED...: the next wakeup retries
+                self._warn_rarely("metrics.accept_failed error=%s", e.strerror or e)
+                return
+            if len(self._connections) >= self._max_connections:
+                self.rejected += 1
+                sock.close()
+                self._warn_rarely("metrics.busy open=%d rejected_total=%d: connection closed",
+                                  len(self._connections), self.rejected)
+                continue
+            sock.setblocking(False)
+            conn = _Connection(sock, time.monotonic() + self._timeout)
+            self._connections[sock] = conn
+            self._selector.register(sock, selectors.EVENT_READ, None)
+
+    def _service(self, conn: _Connection) -> None:
+        try:
+            if conn.answer is not None and not conn.lingering:
+                self._send(conn)
+                return
+            data = conn.sock.recv(4096)
+            if not data:  # the client has closed (or given up)
+                self._close(conn)
+                return
+            if conn.lingering:
+                return  # discarded
+            conn.request += data
+            end = conn.request.find(b"\r\n\r\n")
+            if end < 0:
+                end = conn.request.find(b"\n\n")
+            if end >= 0:
+                conn.answer = memoryview(self._answer(bytes(conn.request[:end])))
+                self._send(conn)
+            elif len(conn.request) > MAX_REQUEST:
+                conn.answer = memoryview(_response("431 Request Header Fields Too Large",
+                                                   b"request too large\n"))
+                self._send(conn)
+        except OSError:  # reset by the client and the like
+            self._close(conn)
+
+    def _answer(self, request: bytes) -> bytes:
+        parts = request.split(b"\r\n" if b"\r\n" in request else b"\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            return _response("400 Bad Request", b"bad request\n")
+        method = parts[0]
+        if method not in (b"GET", b"HEAD"):
+            return _response("405 Method Not Allowed", b"GET or HEAD\n",
+                             extra="Allow: GET, HEAD\r\n")
+        # every path answers the metrics, as prometheus-client's own server does
+        text = self.exposition.get()
+        if text is None:
+            return _response("500 Internal Server Error", b"cannot read the counters\n",
+                             head=method == b"HEAD")
+        return _response("200 OK", text, CONTENT_TYPE_LATEST, head=method == b"HEAD")
+
+    def _send(self, conn: _Connection) -> None:
+        assert conn.answer is not None
+        try:
+            sent = conn.sock.send(conn.answer)
+        except BlockingIOError:
+            sent = 0  # the send buffer is full: wait until it is writable
+        conn.answer = conn.answer[sent:]
+        if conn.answer:
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, None)
+            return
+        # all sent: shut our side, then wait (within the deadline) for the
+        # client to close, discarding whatever it still sends
+        conn.sock.shutdown(socket.SHUT_WR)
+        conn.lingering = True
+        self._selector.modify(conn.sock, selectors.EVENT_READ, None)
+
+    def _close(self, conn: _Connection) -> None:
+        self._connections.pop(conn.sock, None)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()

@@ -1,8 +1,11 @@
 """The running daemon: start, main loop, signals, reload, sd_notify, stop.
 
 Signal handlers and the file watcher only record what was asked and wake
-the main loop through a pipe; the main loop does all the work, so maps are
-only ever written from one thread.
+the main loop through a pipe; the main loop does all the work, so the
+configuration maps are only ever written from one thread. Control requests
+(sbulbctl) are answered on the control server's threads (sbulb/control.py),
+never in the main loop: they read the frozen snapshot and the maps, and
+delete associations, nothing else.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import select
 import signal
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sbulb import __version__, neigh, state
 from sbulb.config import (
@@ -41,6 +44,9 @@ from sbulb.dataplane import (
 from sbulb.log import TRACE
 from sbulb.state import DesiredState, Layout, PlanError, Snapshot
 from sbulb.watcher import ConfigWatcher
+
+if TYPE_CHECKING:  # prometheus-client is needed only with --metrics
+    from sbulb.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +214,7 @@ class Service:
         self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
         self._run_dir = lock_dir
         self._control: ControlServer | None = None
-        self._metrics = None  # sbulb.metrics.MetricsServer, with --metrics
+        self._metrics: MetricsServer | None = None  # with --metrics
         self._watchdog = watchdog_interval()  # seconds between WATCHDOG=1, or None
         self._next_ping = 0.0
 
@@ -276,7 +282,8 @@ class Service:
         try:
             self.dataplane.apply(planned.writes)
         except DataplaneError:
-            self._roll_back(planned.layout)
+            if self.layout.services:  # at start there is nothing to go back to
+                self._roll_back(planned.layout)
             raise
         self.layout, self.desired = planned.layout, desired
         self.snapshot = self._make_snapshot()
@@ -514,7 +521,8 @@ class Service:
                 ",".join(map(str, spec.servers)),
             )
 
-    # -- control requests (sbulbctl), served from the main loop
+    # -- control requests (sbulbctl), answered on the control server's
+    # threads: read self.snapshot once (frozen), and the maps
 
     def handle_control(self, command: str, args: dict) -> object:
         """Answer one sbulbctl request. `service` (a name) narrows every
@@ -523,7 +531,7 @@ class Service:
         ids = _service_arg(args, snapshot)
         names = snapshot.names()
         if command == "status":
-            return self.status_report(ids)
+            return self.status_report(ids, snapshot)
         if command == "associations.list":
             client = _address_arg(args, "client")
             server = _address_arg(args, "server")
@@ -548,33 +556,43 @@ class Service:
                 log.info("assoc.deleted client=%s services=%s by=sbulbctl",
                          endpoint(client, port), ",".join(deleted) or "-")
                 return bool(deleted)
-            found = {names.get(i, str(i)): server for i in sorted(ids)
-                     if (server := self.dataplane.association(client, port, i)) is not None}
-            if len(found) > 1:
+            owners = {names.get(i, str(i)): server for i in sorted(ids)
+                      if (server := self.dataplane.association(client, port, i)) is not None}
+            if len(owners) > 1:
                 raise ControlError(
                     f"{endpoint(client, port)} is a client of several services "
-                    f"({', '.join(found)}): choose one with --service")
-            return str(next(iter(found.values()))) if found else None
+                    f"({', '.join(owners)}): choose one with --service")
+            return str(next(iter(owners.values()))) if owners else None
         if command == "associations.flush":
-            server = _address_arg(args, "server", required=True)
+            # every association only when asked in so many words ("all": true)
+            flush_all = _bool_arg(args, "all")
+            server = _address_arg(args, "server")
+            if server is None and not flush_all:
+                raise ControlError("server is required (or all: true, to flush every client)")
+            if server is not None and flush_all:
+                raise ControlError("flush one server's clients or all of them, not both")
             count = 0
             for (i, client, port), owner in self.dataplane.service_associations().items():
-                if i in ids and owner == server:
+                if i in ids and (flush_all or owner == server):
                     count += self.dataplane.delete_association(client, port, i)
-            log.info("assoc.flushed server=%s services=%s count=%d by=sbulbctl", server,
+            log.info("assoc.flushed server=%s services=%s count=%d by=sbulbctl",
+                     "*" if flush_all else server,
                      ",".join(names.get(i, str(i)) for i in sorted(ids)), count)
             return count
         raise ControlError(f"unknown command '{command}'")
 
-    def status_report(self, ids: set[int] | None = None) -> dict:
+    def status_report(self, ids: set[int] | None = None,
+                      snapshot: Snapshot | None = None) -> dict:
         """What sbulbctl status shows: every service (or those of `ids`),
         its servers and their traffic, and the counters."""
-        snapshot = self.snapshot
+        snapshot = snapshot or self.snapshot
         traffic = self.dataplane.member_traffic()
         associations = self.dataplane.service_associations()
         per_member: dict[tuple[int, IPAddress], int] = {}
+        per_service: dict[int, int] = {}
         for (i, _, _), server in associations.items():
             per_member[(i, server)] = per_member.get((i, server), 0) + 1
+            per_service[i] = per_service.get(i, 0) + 1
         service_ids = [snapshot.ids[spec.name] for spec in snapshot.services]
         service_traffic = self.dataplane.service_traffic(service_ids)
         services = []
@@ -598,7 +616,7 @@ class Service:
                 "virtual_server": str(spec.vip),
                 "ports": list(spec.ports),
                 "mode": "sticky",
-                "associations": sum(1 for (j, _, _) in associations if j == i),
+                "associations": per_service.get(i, 0),
                 **_traffic_fields(service_traffic.get(i, Traffic())),
                 "real_servers": servers,
             })
@@ -609,7 +627,9 @@ class Service:
             "forward": snapshot.forward,
             "config_file": snapshot.config_file,
             "last_reload_ok": snapshot.last_reload_ok,
-            "associations": sum(s["associations"] for s in services),
+            "associations": sum(per_service.get(snapshot.ids[spec.name], 0)
+                                for spec in snapshot.services
+                                if ids is None or snapshot.ids[spec.name] in ids),
             "max_associations": snapshot.max_associations,
             "services": services,
             "counters": {stat.name: value for stat, value in self.dataplane.stats().items()},
@@ -649,13 +669,8 @@ class Service:
     def loop(self) -> None:
         while not self._stop_requested:
             self._ping_watchdog()
-            waiting: list = [self._wake_r]
-            if self._control is not None:
-                waiting.append(self._control)
-            readable, _, _ = select.select(waiting, [], [], self._timeout())
+            select.select([self._wake_r], [], [], self._timeout())
             self._drain_wake_pipe()
-            if self._control is not None and self._control in readable:
-                self._control.serve_one()
             if self._stop_requested:
                 break
             if self._reload_requested:
@@ -698,14 +713,24 @@ class Service:
         return 0
 
 
+def _shown(value: object) -> str:
+    """A request's value in an error message: short, whatever it is."""
+    if isinstance(value, (str, int, float)):
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+    return f"a JSON {type(value).__name__}"
+
+
 def _address_arg(args: dict, name: str, required: bool = False) -> IPAddress | None:
     value = args.get(name)
     if value is None:
         if required:
             raise ControlError(f"{name} is required")
         return None
+    if not isinstance(value, str):
+        raise ControlError(f"{name} must be an IP address (a string), not {_shown(value)}")
     try:
-        return parse_address(str(value), name)
+        return parse_address(value, name)
     except ConfigError as e:
         raise ControlError(str(e)) from None
 
@@ -715,16 +740,29 @@ def _service_arg(args: dict, snapshot: Snapshot) -> set[int]:
     name = args.get("service")
     if name is None:
         return {snapshot.ids[s.name] for s in snapshot.services}
-    if not isinstance(name, str) or snapshot.service(name) is None:
+    if not isinstance(name, str):
+        raise ControlError(f"service must be a name (a string), not {_shown(name)}")
+    if snapshot.service(name) is None:
         known = ", ".join(s.name for s in snapshot.services)
         raise ControlError(f"no service '{name}' (services: {known})")
     return {snapshot.ids[name]}
 
 
 def _int_arg(args: dict, name: str) -> int:
-    value = args.get(name) or 0
+    value = args.get(name)
+    if value is None:
+        return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ControlError(f"{name} must be a whole number, not {value!r}")
+        raise ControlError(f"{name} must be a whole number, not {_shown(value)}")
+    return value
+
+
+def _bool_arg(args: dict, name: str) -> bool:
+    value = args.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ControlError(f"{name} must be true or false, not {_shown(value)}")
     return value
 
 
@@ -734,10 +772,15 @@ def _traffic_fields(t: Traffic) -> dict[str, int]:
 
 
 def _port_arg(args: dict) -> int:
+    value = args.get("port")
+    if value is None:
+        raise ControlError("a client port is required")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ControlError(f"port must be a number, not {_shown(value)}")
     try:
-        port = int(args.get("port"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ControlError("a client port is required") from None
+        port = int(value)
+    except ValueError:
+        raise ControlError(f"port must be a number, not {_shown(value)}") from None
     if not 1 <= port <= 65535:
         raise ControlError(f"port {port} is not between 1 and 65535")
     return port

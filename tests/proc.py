@@ -4,6 +4,9 @@ removed, even when the test fails."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +16,21 @@ from sbulb import lab
 from sbulb.lab import SbulbProcess, sh
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def sbulbctl(in_lab: lab.Lab, *args: str):
+    """`python3 -m sbulb.ctl ARGS` in the lab's load-balancer namespace."""
+    return subprocess.run(
+        ["ip", "netns", "exec", in_lab.lb_ns, sys.executable, "-m", "sbulb.ctl", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+
+
+def ctl_json(in_lab: lab.Lab, *args: str):
+    """sbulbctl ARGS --json, which must succeed: its answer."""
+    result = sbulbctl(in_lab, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def run(*cmd: str, check: bool = True):

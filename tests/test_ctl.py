@@ -4,8 +4,10 @@ packets sent, its actions against what the data path then does."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
-import sys
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,20 +15,7 @@ import pytest
 
 from sbulb.lab import PORT, Client, Lab, SbulbProcess
 from tests.conftest import require_root
-from tests.proc import REPO
-
-
-def sbulbctl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", lab.lb_ns, sys.executable, "-m", "sbulb.ctl", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
-
-
-def ctl_json(lab: Lab, *args: str):
-    result = sbulbctl(lab, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+from tests.proc import ctl_json, sbulbctl
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +71,55 @@ def test_status_counts_what_was_sent(lab: Lab, balancer: SbulbProcess) -> None:
     assert human.returncode == 0 and str(lab.v4.real_servers[0]) in human.stdout
 
 
-def test_control_socket_is_owner_only(lab: Lab, balancer: SbulbProcess) -> None:
+def control_socket(lab: Lab) -> Path:
     netns = subprocess.run(["ip", "netns", "exec", lab.lb_ns, "stat", "-L", "-c", "%i",
                             "/proc/self/ns/net"], capture_output=True, text=True).stdout.strip()
-    path = Path(f"/run/sbulb/eth0.{netns}.sock")
+    return Path(f"/run/sbulb/eth0.{netns}.sock")
+
+
+def test_control_socket_is_owner_only(lab: Lab, balancer: SbulbProcess) -> None:
+    path = control_socket(lab)
     assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_slow_control_client_delays_nothing(lab: Lab, tmp_path: Path) -> None:
+    """A client that sends its request a byte at a time: the daemon still
+    reloads a changed config at once, and answers sbulbctl meanwhile."""
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1, 2])
+    process = lab.start_sbulb(lab.sbulb_args(4, conf), tmp_path)
+    try:
+        process.wait_ready()
+        slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        slow.connect(str(control_socket(lab)))
+        stop = threading.Event()
+
+        def trickle() -> None:  # 30 s of request, without its end
+            for byte in b'{"command": "status", "args": {"service": "default"}}' * 2:
+                try:
+                    slow.send(bytes([byte]))
+                except OSError:  # cut off by its deadline
+                    return
+                if stop.wait(0.3):  # a slow client's pace, not a synchronisation
+                    return
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            lab.write_config(conf, 4, [0, 1])
+            process.notify.wait_for("READY=1", timeout=3.0)  # reloaded (1 s promise)
+            started = time.monotonic()
+            status = ctl_json(lab, "status")
+            assert time.monotonic() - started < 5.0  # a python start, not the slow client
+            assert [s["address"] for s in status["real_servers"]] == [
+                str(a) for a in lab.v4.real_servers[:2]]
+        finally:
+            stop.set()
+            sender.join(10)
+            slow.close()
+        assert process.stop() == 0
+    finally:
+        process.close()
 
 
 def test_association_commands(lab: Lab, balancer: SbulbProcess) -> None:
@@ -172,7 +205,9 @@ def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
     assert m["sbulb_service_packets_total{direction=to_server,service=default}"] == 4
     assert m["sbulb_service_associations{service=default}"] == 3
     assert m["sbulb_xdp_actions_total{action=tx}"] == 8
+    assert m["sbulb_associations_refused_total{reason=rate_limited}"] == 0
     assert m["sbulb_associations{}"] == 3 and m["sbulb_associations_max{}"] == 1048576
+    assert m["sbulb_associations_fill_ratio{}"] == 3 / 1048576
     assert m["sbulb_associations_created_total{by=client}"] == 3
     assert m["sbulb_forwarded_total{kind=ingress}"] == 4
     assert m["sbulb_drops_total{reason=not_associated}"] == 0
