@@ -29,6 +29,7 @@ from sbulb.config import (
     parse_address,
     parse_listen,
     parse_real_server,
+    default_new_association_rate,
     read_file,
 )
 from sbulb.log import LEVELS
@@ -111,6 +112,16 @@ def _listen(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -214,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
         "'default'). (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-new-associations-per-second",
+        type=_whole,
+        default=None,
+        metavar="N",
+        help="new clients remembered per second at most, over all CPUs; above it a new "
+        "client is still balanced (by a hash of its ip:port) but not remembered, so a flood "
+        "of new sources cannot evict established clients. 0: no limit. (default: a "
+        "sixtieth of -ma, at least 100)",
+    )
+    parser.add_argument(
         "--forward",
         choices=FORWARD_MODES,
         default="fib",
@@ -260,6 +281,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_real_servers=args.max_realservers,
         max_associations=args.max_associations,
         max_services=args.max_services,
+        new_associations_per_second=(
+            default_new_association_rate(args.max_associations)
+            if args.max_new_associations_per_second is None
+            else args.max_new_associations_per_second),
     )
     cli_ports = tuple(args.port) if args.port else None
     config_file: Path | None = args.config_file
@@ -294,7 +319,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 "file's [Virtual Server])"
             )
     try:
-        return Config(
+        config = Config(
             interfaces=tuple(args.ifnet),
             virtual_server=vip,
             ports=ports,
@@ -311,6 +336,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             cli_ports=cli_ports,
             services=file.services,
         )
+        file.check(limits)  # the file whole, even what -vs/-p override
+        return config
     except ConfigError as e:
         if config_file is not None:
             raise ConfigError(f"config file {config_file}: {e}") from None

@@ -33,6 +33,7 @@ error is a ConfigError whose text is one line meant for the operator.
 from __future__ import annotations
 
 import configparser
+import io
 import ipaddress
 import math
 import re
@@ -72,6 +73,11 @@ LIMIT_MAX_PORTS = 65535
 LIMIT_MAX_REAL_SERVERS = 65535
 LIMIT_MAX_ASSOCIATIONS = 2**31 - 1
 LIMIT_MAX_SERVICES = 4096
+LIMIT_NEW_ASSOCIATIONS = 100_000_000  # per second
+
+# The most of a config file that is read: a larger one is rejected (a real
+# one is a few kilobytes; this keeps a runaway file from filling memory).
+MAX_FILE_SIZE = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -87,23 +93,37 @@ class Limits:
     max_real_servers: int = DEFAULT_MAX_REAL_SERVERS
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     max_services: int = DEFAULT_MAX_SERVICES
+    # new associations made by clients per second, over all CPUs; 0: no
+    # limit (the command line's default is default_new_association_rate())
+    new_associations_per_second: int = 0
 
     def __post_init__(self) -> None:
         _check_range("--max_ports", self.max_ports, 1, LIMIT_MAX_PORTS)
         _check_range("--max_realservers", self.max_real_servers, 1, LIMIT_MAX_REAL_SERVERS)
         _check_range("--max_associations", self.max_associations, 1, LIMIT_MAX_ASSOCIATIONS)
         _check_range("--max-services", self.max_services, 1, LIMIT_MAX_SERVICES)
+        _check_range("--max-new-associations-per-second", self.new_associations_per_second, 0,
+                     LIMIT_NEW_ASSOCIATIONS)
 
     @property
     def max_members(self) -> int:
-        """(service, real server) pairs: a valid Config has at most this many."""
-        return self.max_services * self.max_real_servers
+        """(service, real server) pairs: a valid Config has at most this many
+        (every service has a port, and there are -mp ports at most)."""
+        return min(self.max_services, self.max_ports) * self.max_real_servers
 
     @property
     def max_endpoints(self) -> int:
         """real server:port pairs: a valid Config has at most this many (no
         two services share a real server:port)."""
         return self.max_ports * self.max_real_servers
+
+
+def default_new_association_rate(max_associations: int) -> int:
+    """New clients per second that may be remembered, by default: a
+    sixtieth of the map, so that a flood of new sources takes at least a
+    minute to turn the map over (established clients, which keep sending,
+    stay the most recently used); at least 100."""
+    return max(100, max_associations // 60)
 
 
 @dataclass(frozen=True)
@@ -138,12 +158,14 @@ class FileConfig:
     """What a config file says (None: the file does not say). The service
     `default` ([Real Servers], [Virtual Server] or [Service default]) is in
     real_servers, virtual_server and ports; the other [Service NAME]
-    sections are in services, in file order."""
+    sections are in services, in file order. default_section names where
+    the file describes `default`, for error messages."""
 
     real_servers: tuple[RealServer, ...] = ()
     virtual_server: IPAddress | None = None
     ports: tuple[int, ...] | None = None
     services: tuple[ServiceConfig, ...] = ()
+    default_section: str = field(default=VIRTUAL_SERVER_SECTION, compare=False)
 
     @property
     def has_default(self) -> bool:
@@ -155,6 +177,31 @@ class FileConfig:
             or self.ports is not None
             or not self.services
         )
+
+    def check(self, limits: Limits) -> None:
+        """The file on its own, whatever the command line overrides: the
+        address and ports it gives the service `default` are checked (range,
+        family, not one of its own real servers, not another service's...)
+        as if they were used. Config checks what runs; this rejects a file
+        that would be invalid without -vs/-p. Raises ConfigError."""
+        vip, ports, servers = self.virtual_server, self.ports, self.real_servers
+        try:
+            if vip is not None:
+                check_virtual_server(vip)
+                check_real_servers(servers, vip, limits)
+            if ports is not None:
+                check_ports(ports, limits)
+        except ConfigError as e:
+            raise ConfigError(f"[{self.default_section}]: {e}{_CHECKED_WHOLE}") from None
+        if vip is not None and ports is not None:
+            default = ServiceConfig(DEFAULT_SERVICE, vip, ports, servers)
+            try:
+                check_services((default, *self.services), limits)
+            except ConfigError as e:
+                raise ConfigError(f"{e}{_CHECKED_WHOLE}") from None
+
+
+_CHECKED_WHOLE = " (the file is checked whole, even where -vs/-p override it)"
 
 
 @dataclass(frozen=True)
@@ -236,16 +283,19 @@ class Config:
         """This config with what a (re-read) config file says: the command
         line still wins for the service `default`, and what the file no
         longer says of it stays as it is; the named services are the
-        file's. Raises ConfigError."""
+        file's. The file must be valid on its own too (FileConfig.check),
+        even where the command line overrides it. Raises ConfigError."""
         if file.has_default or self.cli_virtual_server or self.cli_ports:
             vip = self.cli_virtual_server or file.virtual_server or self.virtual_server
             ports = self.cli_ports or file.ports or self.ports
             servers = file.real_servers
         else:  # the file dropped the service `default` (or never had it)
             vip, ports, servers = None, (), ()
-        return replace(
+        config = replace(
             self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services
         )
+        file.check(self.limits)
+        return config
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -507,7 +557,7 @@ def parse_file(text: str) -> FileConfig:
                 f"service {DEFAULT_SERVICE}: keep one"
             )
         return FileConfig(default.real_servers, default.virtual_server, default.ports,
-                          tuple(services))
+                          tuple(services), f"{SERVICE_SECTION} {DEFAULT_SERVICE}")
     if not parser.has_section(REAL_SERVERS_SECTION) and (legacy or not services):
         raise ConfigError(f"no [{REAL_SERVERS_SECTION}] section")
     servers = []
@@ -581,9 +631,18 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
 
 
 def read_file(path: Path) -> FileConfig:
-    """Read and parse a config file."""
+    """Read and parse a config file: at most MAX_FILE_SIZE bytes, a larger
+    file is rejected (read with a bound, not sized first: it may grow)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+        if len(data) > MAX_FILE_SIZE:
+            raise ConfigError(
+                f"the file is larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB "
+                f"({MAX_FILE_SIZE} bytes), the most sbulb reads"
+            )
+        # as Path.read_text() decodes: UTF-8, universal newlines
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
     except FileNotFoundError:
         raise ConfigError("file not found (deleted?)") from None
     except (OSError, UnicodeDecodeError) as e:

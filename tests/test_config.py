@@ -13,6 +13,7 @@ import pytest
 from sbulb import cli
 from sbulb.config import (
     DEFAULT_SERVICE,
+    MAX_FILE_SIZE,
     RING_SIZE,
     Config,
     ConfigError,
@@ -139,13 +140,15 @@ def test_every_flag_short_and_long() -> None:
     assert short.real_servers == rs("10.0.0.2", "10.0.0.3")
     assert short.ports == (5683, 5684)
     assert (short.debug, short.log_level) == (2, "TRACE")
-    assert short.limits == Limits(max_ports=4, max_real_servers=8, max_associations=1000)
+    assert short.limits == Limits(max_ports=4, max_real_servers=8, max_associations=1000,
+                                  new_associations_per_second=100)
     assert short.config_file is None
 
 
 def test_sbulbs_defaults() -> None:
     config = parse(*V4, "-rs", "10.0.0.2")
-    assert config.limits == Limits(max_ports=16, max_real_servers=32, max_associations=1048576)
+    assert config.limits == Limits(max_ports=16, max_real_servers=32, max_associations=1048576,
+                                   new_associations_per_second=1048576 // 60)
     assert (config.debug, config.log_level) == (0, "ERROR")
     assert (config.forward, config.xdp_mode) == ("fib", "auto")
 
@@ -664,7 +667,8 @@ def test_named_services_only_need_no_vip_or_ports(capsys: pytest.CaptureFixture[
 def test_max_services_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert parse(*V4, "-rs", "10.0.0.2").limits.max_services == 64
     assert parse(*V4, "-rs", "10.0.0.2", "--max-services", "4096").limits.max_services == 4096
-    assert parse(*V4, "-rs", "10.0.0.2", "--max-services", "1").limits == Limits(max_services=1)
+    assert parse(*V4, "-rs", "10.0.0.2", "--max-services", "1").limits == Limits(
+        max_services=1, new_associations_per_second=1048576 // 60)
     assert "--max-services must be between 1 and 4096, not 4097" in usage_error(
         capsys, *V4, "-rs", "10.0.0.2", "--max-services", "4097")
     assert "0 is not a positive number" in usage_error(
@@ -686,3 +690,104 @@ def test_max_services_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 def test_file_config_defaults() -> None:
     assert FileConfig().has_default  # sbulb's -rs: always the default service
     assert FileConfig(rs("10.0.0.2")).services == ()
+
+
+# ---- the file's size, and the file checked whole
+
+
+def test_a_file_larger_than_the_cap_is_rejected(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    head = "[Real Servers]\n10.0.0.4\n"
+    # exactly the cap (padded with a comment) is read
+    path.write_text(head + "#" * (MAX_FILE_SIZE - len(head) - 1) + "\n")
+    assert path.stat().st_size == MAX_FILE_SIZE
+    assert read_file(path).real_servers == rs("10.0.0.4")
+    config = parse(*V4, "-cfg", str(path))
+    # one byte more is not, at reload and at start
+    path.write_text(head + "#" * (MAX_FILE_SIZE - len(head)) + "\n")
+    with pytest.raises(ConfigError, match=r"larger than 1 MiB \(1048576 bytes\)"):
+        read_file(path)
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        config.with_file(read_file(path))
+    err = usage_error(capsys, *V4, "-cfg", str(path))
+    assert f"config file {path}: the file is larger than 1 MiB" in err
+
+
+def test_the_file_is_read_with_a_bound() -> None:
+    """Not sized first: /dev/zero says 0 bytes and never ends."""
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        read_file(Path("/dev/zero"))
+
+
+def test_crlf_and_utf8_are_read_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_bytes("# é\r\n[Real Servers]\r\n10.0.0.4 = 2\r\n10.0.0.5\r\n".encode())
+    assert read_file(path).real_servers == rs("10.0.0.4=2", "10.0.0.5")
+
+
+OVERRIDDEN = [
+    # (the file's [Virtual Server] / [Service default], the reason)
+    ("[Virtual Server]\naddress = 10.0.0.1\nports = 70000\n[Real Servers]\n10.0.0.4\n",
+     "[Virtual Server]: a UDP port must be between 1 and 65535, not 70000"),
+    ("[Virtual Server]\nports = 5683 5683\n[Real Servers]\n10.0.0.4\n",
+     "[Virtual Server]: a UDP port is listed twice"),
+    ("[Virtual Server]\naddress = 10.0.0.4\nports = 5683\n[Real Servers]\n10.0.0.4\n10.0.0.5\n",
+     "[Virtual Server]: real server 10.0.0.4 is the virtual server itself"),
+    ("[Virtual Server]\naddress = 2001:db8::1\n[Real Servers]\n10.0.0.4\n",
+     "[Virtual Server]: real server 10.0.0.4 is IPv4 but the virtual server 2001:db8::1 is IPv6"),
+    ("[Virtual Server]\naddress = 224.0.0.1\n[Real Servers]\n10.0.0.4\n",
+     "[Virtual Server]: virtual server address 224.0.0.1 is not a unicast address"),
+    ("[Service default]\naddress = 10.0.0.4\nports = 5683\nservers = 10.0.0.4\n",
+     "[Service default]: real server 10.0.0.4 is the virtual server itself"),
+    # the file's own address and ports meet a named service's
+    ("[Virtual Server]\naddress = 10.0.0.1\nports = 514\n[Real Servers]\n10.0.0.4\n" + TWO_SERVICES,
+     "[Service syslog]: 10.0.0.1:514 is already in the service default"),
+    ("[Virtual Server]\naddress = 10.0.2.1\nports = 7\n[Real Servers]\n10.0.0.4\n" + TWO_SERVICES,
+     "[Service syslog]: real server 10.0.2.1 is the virtual server of the service default"),
+]
+
+
+@pytest.mark.parametrize("text,reason", OVERRIDDEN)
+def test_an_overridden_virtual_server_is_checked_all_the_same(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, reason: str
+) -> None:
+    """-vs/-p win for what runs, but a file invalid on its own is rejected,
+    at start (usage error) and at reload (the running config stays)."""
+    path = tmp_path / "sbulb.conf"
+    good = "[Real Servers]\n10.0.0.4\n10.0.0.5\n"
+    path.write_text(good)
+    argv = ["eth0", "-vs", "10.0.0.9", "-p", "7000", "-cfg", str(path)]
+    running = parse(*argv)
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        running.with_file(read_file(path))
+    assert reason in str(exc.value) and "checked whole" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    err = usage_error(capsys, *argv)
+    assert f"config file {path}: {reason}" in err
+
+
+def test_a_valid_overridden_virtual_server_still_loses_to_the_command_line(
+        tmp_path: Path) -> None:
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 5683\n"
+                    "[Real Servers]\n10.0.0.4\n")
+    config = parse("eth0", "-vs", "10.0.0.9", "-p", "7000", "-cfg", str(path))
+    assert (config.virtual_server, config.ports) == (ip("10.0.0.9"), (7000,))
+    path.write_text("[Virtual Server]\naddress = 10.0.0.2\nports = 5684\n"
+                    "[Real Servers]\n10.0.0.5\n")
+    reloaded = config.with_file(read_file(path))
+    assert (reloaded.virtual_server, reloaded.ports) == (ip("10.0.0.9"), (7000,))
+    assert reloaded.real_servers == rs("10.0.0.5")
+
+
+def test_new_association_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """On by default: a sixtieth of -ma (at least 100); 0 turns it off."""
+    assert parse(*V4, "-rs", "10.0.0.2", "-ma", "6000000").limits.new_associations_per_second == (
+        100000)
+    assert parse(*V4, "-rs", "10.0.0.2", "-ma", "1024").limits.new_associations_per_second == 100
+    flag = "--max-new-associations-per-second"
+    assert parse(*V4, "-rs", "10.0.0.2", flag, "0").limits.new_associations_per_second == 0
+    assert parse(*V4, "-rs", "10.0.0.2", flag, "5000").limits.new_associations_per_second == 5000
+    assert "-5 is negative" in usage_error(capsys, *V4, "-rs", "10.0.0.2", flag, "-5")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import queue
+import shutil
 import subprocess
 import threading
 import time
@@ -19,13 +20,14 @@ from typing import Iterator, Sequence
 
 import pytest
 
-from sbulb.config import Config, IPAddress, Limits, read_file
+from sbulb.config import MAX_FILE_SIZE, Config, IPAddress, Limits, read_file
 from sbulb.consts import XdpAction
 from sbulb.dataplane import AttachedProgram, Dataplane, DataplaneError
 from sbulb import state
 from sbulb.service import Service
 from tests.conftest import require_root
 from tests.packets import NETS, PORT, udp
+from tests.test_watcher import LogWaiter
 
 ip = ipaddress.ip_address
 WAIT = 10.0  # generous bound for anything but the 1-second reload promise
@@ -196,6 +198,7 @@ def test_valid_changes_applied_within_a_second(fake_service, conf: Path) -> None
         ("[Real Servers]\n", "no real server"),
         ("[Real Servers]\n" + "".join(f"10.0.1.{i}\n" for i in range(1, 6)), "at most 4"),
         (None, "file not found (deleted?)"),
+        ("[Real Servers]\n10.0.0.9\n" + "#" * MAX_FILE_SIZE + "\n", "larger than 1 MiB"),
     ],
 )
 def test_invalid_file_keeps_the_running_config(
@@ -261,6 +264,34 @@ def test_reload_request_rereads_the_file(fake_service, conf: Path) -> None:
         service.request_reload()
         recorder.expect_reload()
         assert fake.servers == {ip("10.0.0.2"), ip("10.0.0.3")}
+
+
+def test_directory_removed_and_created_again(tmp_path: Path) -> None:
+    """A configuration tool replaces the file's directory: the daemon says it
+    waits for the file, and a save made once the directory is back is
+    applied (not only after a SIGHUP)."""
+    require_root()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "sbulb.conf"
+    write_servers(conf, ["10.0.0.2", "10.0.0.3"])
+    fake, recorder = FakeDataplane(), Recorder()
+    service = Service(make_config(conf), fake, recorder, lock_dir=tmp_path / "run")  # type: ignore[arg-type]
+    with LogWaiter() as logs, Running(service, recorder):
+        shutil.rmtree(etc)
+        waiting = logs.wait("config.waiting")
+        assert waiting.levelname == "WARNING"
+        assert f"file={conf}" in waiting.getMessage()
+        assert "reason=directory removed" in waiting.getMessage()
+        assert "(last reload rejected)" in recorder.expect_reload()  # the file went too
+        assert fake.servers == {ip("10.0.0.2"), ip("10.0.0.3")}
+        etc.mkdir()
+        logs.wait("config.watching_resumed")
+        write_servers(conf, ["10.0.0.7"])
+        ready = recorder.expect_reload()
+        assert "rejected" not in ready
+        assert fake.servers == {ip("10.0.0.7")}
+        assert len(logs.messages("config.waiting")) == 1
 
 
 def test_foreign_xdp_program_is_refused(conf: Path, tmp_path: Path) -> None:
