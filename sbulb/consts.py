@@ -44,6 +44,9 @@ class Stat(enum.IntEnum):
     ACTION_PASS = 29
     ACTION_TX = 30
     ACTION_REDIRECT = 31
+    DROP_ICMP_MISDIRECTED = 32
+    ASSOC_RATE_LIMITED = 33
+    DROP_FRAG_RATE = 34
 
     @property
     def kind(self) -> "StatKind":
@@ -69,6 +72,7 @@ class StatKind(enum.Enum):
     ASSOC = "assoc"  # associations created (on top of a verdict)
     FWD = "fwd"  # how rewritten packets left (on top of a verdict)
     ACTION = "action"  # the XDP action each packet finally got
+    LIMIT = "limit"  # new clients balanced but not remembered (on top of a verdict)
     RETIRED = "retired"  # a slot no longer counted; its number is never reused
 
 
@@ -106,9 +110,12 @@ STAT_KINDS = {
     Stat.ACTION_PASS: StatKind.ACTION,
     Stat.ACTION_TX: StatKind.ACTION,
     Stat.ACTION_REDIRECT: StatKind.ACTION,
+    Stat.DROP_ICMP_MISDIRECTED: StatKind.DROP,
+    Stat.ASSOC_RATE_LIMITED: StatKind.LIMIT,
+    Stat.DROP_FRAG_RATE: StatKind.DROP,
 }
 
-STAT_MAX = 32
+STAT_MAX = 35
 
 
 class EventType(enum.IntEnum):

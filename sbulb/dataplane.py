@@ -65,7 +65,7 @@ LEGACY_ASSOC_PIN = "sbulb_assoc_v1"
 # Service name -> id, beside the associations they key (ids must survive a
 # restart with them).
 REGISTRY_PIN = "sbulb_services_v1"
-REGISTRY_ENTRIES = 4097  # ids 1..4096 (config.LIMIT_MAX_SERVICES)
+REGISTRY_ENTRIES = 8193  # ids 1..2 * config.LIMIT_MAX_SERVICES (state.max_service_id)
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_LRU_HASH = 9
 
@@ -415,12 +415,25 @@ class Dataplane:
             f"-DSBULB_MAX_MEMBERS={self.limits.max_members}",
             f"-DSBULB_MAX_ENDPOINTS={self.limits.max_endpoints}",
             f"-DSBULB_MAX_ASSOCIATIONS={self.limits.max_associations}",
+            *self._rate_flags(),
             f"-DSBULB_EVENTS={self.events}",
             f"-DSBULB_FORWARD_FIB={int(self.forward == 'fib')}",
             f"-DSBULB_MAX_INTERFACES={MAX_INTERFACES}",
             *(f"-D{name}={value}" for name, value in self._defines.items()),
             *([f'-DSBULB_ASSOC_PIN="{self.pin / ASSOC_PIN}"'] if self.pin else []),
         ]
+
+    def _rate_flags(self) -> list[str]:
+        """The new-association rate limit, shared evenly among the CPUs
+        (each CPU has its own bucket: no lock), with a burst of a tenth of
+        a second's worth."""
+        rate = self.limits.new_associations_per_second
+        if rate == 0:
+            return []
+        cpus = os.cpu_count() or 1
+        interval = max(1, cpus * 1_000_000_000 // rate)
+        burst = max(1, rate // 10 // cpus)
+        return [f"-DSBULB_NEW_ASSOC_INTERVAL_NS={interval}", f"-DSBULB_NEW_ASSOC_BURST={burst}"]
 
     def load(self) -> None:
         """Compile the program and load it into the kernel (not attached)."""

@@ -287,7 +287,7 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
 
 def _lowest_free(used: Iterable[int], low: int, high: int, count: int) -> list[int]:
     taken = set(used)
-    free = []
+    free: list[int] = []
     n = low
     while len(free) < count:
         if n > high:
@@ -298,21 +298,35 @@ def _lowest_free(used: Iterable[int], low: int, high: int, count: int) -> list[i
     return free
 
 
-def plan(running: Layout, desired: DesiredState, limits: Limits) -> Plan:
+def max_service_id(limits: Limits) -> int:
+    """Service ids are 1..2 * --max-services: a plan that replaces every
+    service (renames) needs new ids while the old ones still serve."""
+    return 2 * limits.max_services
+
+
+def plan(running: Layout, desired: DesiredState, limits: Limits,
+         force: bool = False) -> Plan:
     """The writes that take the maps from `running` to `desired`, in a safe
-    order, and the layout they leave. Raises PlanError (nothing to apply)."""
+    order, and the layout they leave. Raises PlanError (nothing to apply).
+    With `force`, every entry of the desired state is written again, also
+    those `running` says are there (see rollback())."""
     check_fits(desired, limits)
     old = running
     wanted = {s.name: s for s in desired.services}
+    top = max_service_id(limits)
 
-    # service ids: kept by name; new names get the lowest free ids
-    ids = {name: i for name, i in old.ids.items()
-           if name in wanted and i <= limits.max_services}
+    # service ids: kept by name (if they fit); new names get the lowest
+    # free ids. An id only the registry holds (no descriptor in the maps:
+    # a restart) is free at once; one whose service still serves is freed
+    # at the end of this plan, so it is not reused by it.
+    ids = {name: i for name, i in old.ids.items() if name in wanted and i <= top}
     new_names = [s.name for s in desired.services if s.name not in ids]
-    for name, i in zip(new_names, _lowest_free(old.ids.values(), 1, limits.max_services,
-                                               len(new_names))):
+    busy = set(ids.values()) | {i for name, i in old.ids.items() if name in old.services}
+    for name, i in zip(new_names, _lowest_free(busy, 1, top, len(new_names))):
         ids[name] = i
-    forgotten = {name: i for name, i in old.ids.items() if name not in wanted}
+    reused = set(ids.values())
+    forgotten = {name: i for name, i in old.ids.items()
+                 if ids.get(name) != i and i not in reused}
 
     # member slots: kept for members that stay
     members = [(spec.name, s.address) for spec in desired.services for s in spec.servers]
@@ -342,19 +356,35 @@ def plan(running: Layout, desired: DesiredState, limits: Limits) -> Plan:
 
     new = Layout(ids=ids, services=dict(wanted), slots=slots, rings=rings, half=half)
     writes: list[Write] = []
+    live = {name: ids[name] for name in old.services if name in ids}  # described now
 
     # 1. names
-    writes.extend(NameService(ids[name], name) for name in new_names)
+    writes.extend(NameService(ids[name], name) for name in wanted
+                  if force or name in new_names)
     # 2. addresses
-    old_addrs = _addresses(old.services.values())
+    old_addrs = set() if force else _addresses(old.services.values())
     new_addrs = _addresses(wanted.values())
     writes.extend(PutAddress(kind, a) for kind, a in sorted(new_addrs - old_addrs, key=_addr_key))
     # 3. members
-    old_members = {m: (old.slots[m], old.ids[m[0]]) for m in old.slots}
+    old_members = {} if force else {m: (old.slots[m], old.ids[m[0]]) for m in old.slots}
     writes.extend(PutMember(slots[m], m[1], ids[m[0]]) for m in members
                   if old_members.get(m) != (slots[m], ids[m[0]]))
+    # 3b. a descriptor (VIP, no cycle yet) for each new service, before
+    # anything leads to it: its endpoints may take over a server's replies
+    # (a server that moves to it) before its cycle is written
+    if force:
+        # (a rollback: the cycles are where they were, in the half in use,
+        # so each descriptor is whole at once)
+        if ring_writes:
+            raise PlanError("nothing to roll back to (the cycles were never written)")
+        for spec in desired.services:
+            base, cycle = rings[spec.name]
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle)))
+    else:
+        writes.extend(PutService(ids[name], wanted[name].vip, 0, 0) for name in wanted
+                      if live.get(name) != ids[name])
     # 4. endpoints
-    old_ep, new_ep = old.endpoints(), new.endpoints()
+    old_ep, new_ep = ({} if force else old.endpoints()), new.endpoints()
     writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
                   if old_ep.get((a, p)) != (svc, slot))
     # 5. rings
@@ -363,20 +393,26 @@ def plan(running: Layout, desired: DesiredState, limits: Limits) -> Plan:
     for spec in desired.services:
         base, cycle = rings[spec.name]
         before = old.services.get(spec.name)
-        if (before is None or before.vip != spec.vip or old.rings.get(spec.name) != (base, cycle)
+        if force:
+            break  # written above
+        if (before is None or before.vip != spec.vip
+                or old.rings.get(spec.name) != (base, cycle)
                 or old.ids.get(spec.name) != ids[spec.name]):
             writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle)))
     # 7. ingress
-    old_vp, new_vp = old.vip_ports(), new.vip_ports()
+    old_vp, new_vp = ({} if force else old.vip_ports()), new.vip_ports()
     writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
                   if old_vp.get((v, p)) != svc)
-    # 8. removals
+    # 8. removals: nothing leads to what is removed any more, in the
+    # reverse order (an endpoint before its service's descriptor)
+    old_vp, old_ep = old.vip_ports(), old.endpoints()
+    old_addrs = _addresses(old.services.values())
     writes.extend(DelVipPort(v, p) for (v, p) in old_vp if (v, p) not in new_vp)
+    writes.extend(DelEndpoint(a, p) for (a, p) in old_ep if (a, p) not in new_ep)
     for name, i in forgotten.items():
         if name in old.services:
             writes.append(ClearService(i))
         writes.append(ForgetService(i))
-    writes.extend(DelEndpoint(a, p) for (a, p) in old_ep if (a, p) not in new_ep)
     writes.extend(ClearMember(n) for m, n in old.slots.items() if m not in slots)
     writes.extend(DelAddress(kind, a) for kind, a in sorted(old_addrs - new_addrs, key=_addr_key))
 
@@ -394,16 +430,15 @@ def plan(running: Layout, desired: DesiredState, limits: Limits) -> Plan:
 
 def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limits) -> Plan:
     """The writes that take the maps back to `desired` (what `old` holds)
-    after the writes towards `attempted` failed part way: the maps then hold
-    some of each, so plan from `attempted` (every write is a put of a whole
-    entry or the delete of one, so re-doing one is harmless) while keeping
-    the ids of `old` (its services' associations are keyed by them), and
-    name every service again (the failed plan may have forgotten some)."""
-    running = Layout(ids={**old.ids, **attempted.ids}, services=attempted.services,
-                     slots=attempted.slots, rings=attempted.rings, half=attempted.half)
-    back = plan(running, desired, limits)
-    names = tuple(NameService(i, name) for name, i in sorted(back.layout.ids.items()))
-    return Plan(layout=back.layout, writes=names + back.writes)
+    after the writes towards `attempted` failed part way, when the maps
+    hold some of each. Every entry of `desired` is written again where
+    `old` had it (same ids, same slots; the old ring half, which a plan
+    never writes while it is in use, still holds the old cycles), and
+    whatever `attempted` may have added is removed. Every write is the put
+    of a whole entry or the delete of one, so doing one twice is harmless."""
+    running = Layout(ids={**attempted.ids, **old.ids}, services=attempted.services,
+                     slots={**attempted.slots, **old.slots}, rings=old.rings, half=old.half)
+    return plan(running, desired, limits, force=True)
 
 
 def _addresses(services: Iterable[ServiceSpec]) -> set[tuple[str, IPAddress]]:

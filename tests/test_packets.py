@@ -351,6 +351,7 @@ def _v4_flows(n: Net, ingress, passes) -> dict[str, list[Step]]:
     reply_zero = with_udp_checksum_zero(udp(n, RS[0], C[0], PORT, 11))
     frag_first = Ether(bytes(udp(n, C[0], V, 1, PORT, ttl=1)))
     frag_first[IP].flags = "MF"
+    del frag_first[IP].chksum  # recomputed: a wrong one is malformed
     frag_later = Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IP(
         src=C[0], dst=V, proto=17, frag=3, id=4242, ttl=1
     ) / Raw(b"later fragment")

@@ -98,6 +98,7 @@ class Maps:
         for (address, _), (service, slot) in self.endpoints.items():
             assert self.members.get(slot) == (address, service)
             assert ("server", address) in self.addresses
+            assert service in self.services, f"endpoint -> service {service} without descriptor"
 
     def pick(self, vip: IPAddress, port: int) -> list[IPAddress]:
         """The cycle a new client of vip:port walks."""
@@ -221,8 +222,14 @@ def test_removals_come_after_every_addition() -> None:
                 state.ClearMember, state.DelAddress)
     first_removal = min(i for i, k in enumerate(kinds) if k in removals)
     assert all(k in removals for k in kinds[first_removal:])
-    assert kinds.index(state.PutService) < kinds.index(state.PutVipPort)
-    assert max(i for i, k in enumerate(kinds) if k is state.PutRing) < kinds.index(state.PutService)
+    switches = [i for i, w in enumerate(p.writes) if isinstance(w, state.PutService) and w.ring_len]
+    assert max(switches) < kinds.index(state.PutVipPort)
+    assert max(i for i, k in enumerate(kinds) if k is state.PutRing) < min(switches)
+    # a new service is described (VIP, no cycle yet) before its endpoints
+    dns = p.layout.ids["dns"]
+    first_endpoint = min(i for i, w in enumerate(p.writes)
+                         if isinstance(w, state.PutEndpoint) and w.service == dns)
+    assert p.writes.index(state.PutService(dns, DNS6.vip, 0, 0)) < first_endpoint
 
 
 def test_a_vip_change_moves_the_ports_to_the_new_vip() -> None:
@@ -247,15 +254,38 @@ def test_a_rename_is_a_new_service_and_is_reported() -> None:
 
 
 def test_ids_come_back_from_the_registry_after_a_restart() -> None:
+    """After a restart the maps are empty: an id only the registry holds
+    is free at once (renamed there, not forgotten after)."""
     p = plan(Layout.with_ids({"syslog": 3, "gone": 1}), DesiredState((COAP, SYSLOG)), LIMITS)
-    assert p.layout.ids["syslog"] == 3
-    assert p.layout.ids["coap"] == 2  # 1 is forgotten only at the end of this plan
-    assert state.ForgetService(1) in p.writes
+    assert p.layout.ids == {"syslog": 3, "coap": 1}
+    assert state.NameService(1, "coap") in p.writes
+    assert not [w for w in p.writes if isinstance(w, state.ForgetService)]
+
+
+def test_a_full_registry_does_not_stop_a_start() -> None:
+    registry = {f"old{i}": i for i in range(1, 2 * LIMITS.max_services + 1)}
+    p = plan(Layout.with_ids(registry), DesiredState((COAP, SYSLOG, DNS6)), LIMITS)
+    assert sorted(p.layout.ids.values()) == [1, 2, 3]
+
+
+def test_renaming_every_service_at_the_limit() -> None:
+    """The old ids still serve until the end of the plan: the new names
+    take others (ids go up to twice --max-services)."""
+    full = DesiredState(tuple(spec(f"s{i}", "10.0.0.1", (i + 1,), f"10.0.1.{i + 1}")
+                              for i in range(LIMITS.max_services)))
+    maps = Maps()
+    first = run(maps, Layout(), full)
+    renamed = DesiredState(tuple(ServiceSpec("r" + s.name, s.vip, s.ports, s.servers)
+                                 for s in full.services))
+    second = run(maps, first.layout, renamed)
+    assert not set(second.layout.ids.values()) & set(first.layout.ids.values())
+    assert maps.names == {i: n for n, i in second.layout.ids.items()}
 
 
 def test_an_id_beyond_a_smaller_max_services_is_not_kept() -> None:
     p = plan(Layout.with_ids({"syslog": 60}), DesiredState((SYSLOG,)), LIMITS)
-    assert 1 <= p.layout.ids["syslog"] <= LIMITS.max_services
+    assert 1 <= p.layout.ids["syslog"] <= 2 * LIMITS.max_services
+    assert state.ForgetService(60) in p.writes  # or the registry would say 60 again
 
 
 @pytest.mark.parametrize(
@@ -279,7 +309,7 @@ def test_rollback_restores_the_running_maps_after_a_partial_apply() -> None:
     the maps back to exactly what a clean start with the old state holds."""
     old_desired = DesiredState((COAP, SYSLOG))
     new_desired = DesiredState((spec("coap", "10.0.0.1", (5683,), "10.0.1.9"), DNS6))
-    for cut in range(0, 60, 7):
+    for cut in range(0, 60):
         maps = Maps()
         first = run(maps, Layout(), old_desired)
         attempted = plan(first.layout, new_desired, LIMITS)
@@ -288,7 +318,18 @@ def test_rollback_restores_the_running_maps_after_a_partial_apply() -> None:
         back = state.rollback(first.layout, attempted.layout, old_desired, LIMITS)
         for w in back.writes:
             maps.write(w)
+            maps.check_walkable()
         maps.check_walkable(final=True)
+        # the rollback's layout is what the maps hold: a later plan from it
+        # leaves them as a clean start would
+        later = Maps()
+        run(later, Layout(), new_desired)
+        moved = run(maps, back.layout, new_desired)
+        assert maps.vip_ports.keys() == later.vip_ports.keys()
+        assert sorted(str(a) for a, _ in maps.members.values()) == sorted(
+            str(a) for a, _ in later.members.values())
+        assert maps.addresses == later.addresses
+        run(maps, moved.layout, old_desired)  # and back again
         assert back.layout.ids == first.layout.ids
         assert maps.names == {i: n for n, i in first.layout.ids.items()}
         clean = Maps()

@@ -81,6 +81,13 @@ static __always_inline struct sbulb_rr *rr_get(__u32 id)
 	return sbulb_rr.lookup(&id);
 }
 
+static __always_inline struct sbulb_rate *rate_get(void)
+{
+	__u32 zero = 0;
+
+	return sbulb_new_rate.lookup(&zero);
+}
+
 static __always_inline struct sbulb_assoc *
 assoc_lookup(struct sbulb_assoc_key *key)
 {
@@ -212,6 +219,8 @@ static __always_inline int stat_action(__u32 stat)
 	case SBULB_STAT_DROP_NOT_ASSOCIATED:
 	case SBULB_STAT_DROP_ASSOC_FAILED:
 	case SBULB_STAT_DROP_FRAG_UNKNOWN:
+	case SBULB_STAT_DROP_ICMP_MISDIRECTED:
+	case SBULB_STAT_DROP_FRAG_RATE:
 		return XDP_DROP;
 	}
 	return XDP_PASS;
@@ -395,7 +404,7 @@ static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 	p->udp = u;
 	p->f.sport = u->source;
 	p->f.dport = u->dest;
-	return decide(&p->f, p->ttl, &p->t);
+	return decide(&p->f, p->ttl, p->fragment, &p->t);
 }
 
 /* Rewrite a TX packet's address (the destination for ingress, the source
@@ -463,7 +472,7 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 	int proto;
 
 	proto = parse_iphdr(nh, data_end, &iph);
-	if (proto < 0)
+	if (proto < 0 || !sbulb_ipv4_csum_ok(iph, data_end))
 		return SBULB_STAT_PASS_MALFORMED;
 	if (proto == IPPROTO_ICMP)
 		return process_icmp_v4(nh, data_end, iph, len);

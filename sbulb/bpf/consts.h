@@ -21,7 +21,7 @@
 #define SBULB_MAX_REAL_SERVERS 32
 #endif
 
-/* Maximum number of services (--max-services); ids are 1..max. */
+/* Maximum number of services (--max-services); ids are 1..2 * max. */
 #ifndef SBULB_MAX_SERVICES
 #define SBULB_MAX_SERVICES 64
 #endif
@@ -37,6 +37,19 @@
  * service (sbulb/config.py Limits.max_endpoints). */
 #ifndef SBULB_MAX_ENDPOINTS
 #define SBULB_MAX_ENDPOINTS 512
+#endif
+
+/* New associations made by clients, per CPU: at most one every
+ * SBULB_NEW_ASSOC_INTERVAL_NS on average, in bursts of up to
+ * SBULB_NEW_ASSOC_BURST (--max-new-associations-per-second, shared evenly
+ * among the CPUs). Above it a new client is balanced by a hash of its
+ * ip:port and not remembered, so that a flood of new (spoofed) sources
+ * cannot evict the clients the map holds. 0: no limit. */
+#ifndef SBULB_NEW_ASSOC_INTERVAL_NS
+#define SBULB_NEW_ASSOC_INTERVAL_NS 0
+#endif
+#ifndef SBULB_NEW_ASSOC_BURST
+#define SBULB_NEW_ASSOC_BURST 1
 #endif
 
 /* Size of the client ip:port -> real server LRU map (-ma). */
@@ -154,7 +167,13 @@ enum sbulb_stat {
 	SBULB_STAT_ACTION_PASS = 29,        /* XDP_PASS */
 	SBULB_STAT_ACTION_TX = 30,          /* XDP_TX */
 	SBULB_STAT_ACTION_REDIRECT = 31,    /* XDP_REDIRECT */
-	SBULB_STAT_MAX = 32,
+	SBULB_STAT_DROP_ICMP_MISDIRECTED = 32, /* ICMP error from a real server to
+					      * another host than the quoted client */
+	SBULB_STAT_ASSOC_RATE_LIMITED = 33, /* a new client over the rate: balanced
+					     * by hash, not remembered */
+	SBULB_STAT_DROP_FRAG_RATE = 34,     /* first fragment of a new client over
+					     * the rate */
+	SBULB_STAT_MAX = 35,
 };
 
 /* Directions of sbulb_rs_stats (index = slot * 2 + direction) and of

@@ -80,4 +80,31 @@ static __always_inline __u16 sbulb_csum_udp_mangled0(__u16 check)
 	return check ? check : 0xffff;
 }
 
+/*
+ * Is an IPv4 header's checksum right? The kernel drops a header whose
+ * checksum is wrong, so we must not balance (and associate) one. The
+ * header is 20 to 60 bytes (ihl 5..15): summed 4 bytes at a time in a
+ * bounded loop (at most 15 turns, which the verifier walks), each word
+ * bounds-checked against data_end. A right header sums, checksum included, to
+ * 0xffff.
+ */
+static __always_inline int sbulb_ipv4_csum_ok(const struct iphdr *iph, const void *data_end)
+{
+	const __u32 *word = (const __u32 *)iph;
+	__u32 words = iph->ihl, sum = 0, i;
+
+	/* LLVM knows the parser checked iph + ihl * 4 <= data_end and drops
+	 * the checks below as redundant; the verifier does not know it. An
+	 * empty asm makes data_end opaque to LLVM, so they stay (2026-12). */
+	asm volatile("" : "+r"(data_end));
+	for (i = 0; i < 15; i++) {
+		if (i >= words)
+			break;
+		if ((const void *)(word + i + 1) > data_end)
+			return 0;
+		sum = sbulb_csum_add(sum, word[i]);
+	}
+	return sbulb_csum_fold(sum) == 0;
+}
+
 #endif /* SBULB_CSUM_H */

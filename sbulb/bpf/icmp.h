@@ -91,8 +91,12 @@ static __always_inline __u32 icmp_classify(struct flow *outer,
 	as = assoc_lookup(&key);
 	if (!as || !addr_eq(&as->server, &quoted->dst))
 		return SBULB_STAT_PASS_NOT_BALANCED;
+	/* it is about that client's datagram: it goes to that client, or
+	 * nowhere (else a server could send anyone an error from the VIP) */
+	if (!addr_eq(&outer->dst, &quoted->src))
+		return SBULB_STAT_DROP_ICMP_MISDIRECTED;
 	svc = svc_get(t->service);
-	if (!svc)
+	if (!svc_live(svc))
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	t->to = svc->vip;
 	return SBULB_STAT_TX_ICMP_EGRESS;

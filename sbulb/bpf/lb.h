@@ -63,6 +63,13 @@ static __always_inline int addr_is_zero(const struct sbulb_addr *x)
 	return !(x->a[0] | x->a[1] | x->a[2] | x->a[3]);
 }
 
+/* Is this service described? (An array entry always exists; a zero VIP
+ * means that no service has that id, or not yet, or not any more.) */
+static __always_inline int svc_live(const struct sbulb_service *svc)
+{
+	return svc && !addr_is_zero(&svc->vip);
+}
+
 /* The member slot of `server` answering from `port` in service `id`; 0 if
  * it is not (or no longer) a real server of that service. */
 static __always_inline __u32 member_slot(const struct sbulb_addr *server,
@@ -84,7 +91,7 @@ static __always_inline enum direction classify(struct flow *f, struct target *t,
 	t->service = vip_port_service(&f->dst, f->dport);
 	if (t->service) {
 		*svc = svc_get(t->service);
-		return *svc ? DIR_INGRESS : DIR_NONE;
+		return svc_live(*svc) ? DIR_INGRESS : DIR_NONE;
 	}
 	ref = endpoint_get(&f->src, f->sport);
 	if (!ref)
@@ -94,9 +101,30 @@ static __always_inline enum direction classify(struct flow *f, struct target *t,
 	*svc = svc_get(t->service);
 	/* a server talking to its own VIP (another port) is not answering a
 	 * client */
-	if (!*svc || addr_eq(&f->dst, &(*svc)->vip))
+	if (!svc_live(*svc) || addr_eq(&f->dst, &(*svc)->vip))
 		return DIR_NONE;
 	return DIR_EGRESS;
+}
+
+/* The real server at position idx (< ring_len) of a service's cycle, into
+ * t->to and t->slot. Returns 0, or -1 when the slot is not (or no longer)
+ * one of the service's. */
+static __always_inline int pick_at(struct sbulb_service *svc, struct target *t,
+				   __u32 idx)
+{
+	struct sbulb_member *member;
+	__u32 *slot;
+
+	slot = ring_get(svc->ring_base + idx);
+	if (!slot || *slot == 0)
+		return -1;
+	member = rs_get(*slot);
+	/* a slot being emptied, or reused, by a concurrent reload */
+	if (!member || member->service != t->service || addr_is_zero(&member->addr))
+		return -1;
+	t->to = member->addr;
+	t->slot = *slot;
+	return 0;
 }
 
 /*
@@ -113,9 +141,7 @@ static __always_inline int pick_server(struct sbulb_service *svc,
 				       struct target *t)
 {
 	__u32 len = svc->ring_len, idx;
-	struct sbulb_member *member;
 	struct sbulb_rr *rr;
-	__u32 *slot;
 
 	if (len == 0)
 		return -1;
@@ -125,23 +151,50 @@ static __always_inline int pick_server(struct sbulb_service *svc,
 	bpf_spin_lock(&rr->lock);
 	idx = rr->cursor++;
 	bpf_spin_unlock(&rr->lock);
+	return pick_at(svc, t, idx % len);
+}
 
-	slot = ring_get(svc->ring_base + idx % len);
-	if (!slot || *slot == 0)
-		return -1;
-	member = rs_get(*slot);
-	/* a slot being emptied, or reused, by a concurrent reload */
-	if (!member || member->service != t->service || addr_is_zero(&member->addr))
-		return -1;
-	t->to = member->addr;
-	t->slot = *slot;
-	return 0;
+/* A hash of a client's ip:port (a few multiply-xor rounds: spreads the
+ * addresses of one subnet, and costs nothing next to a map lookup). */
+static __always_inline __u32 client_hash(const struct flow *f)
+{
+	__u32 h = 0x9e3779b9, i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = (h ^ f->src.a[i]) * 0x85ebca6b;
+	h = (h ^ f->sport) * 0xc2b2ae35;
+	return h ^ (h >> 16);
+}
+
+/*
+ * The new-association rate limit (consts.h): may a client create one now?
+ * GCRA on this CPU's due time: the next one is due one interval after the
+ * previous one's, and may come early by up to BURST - 1 intervals. Per CPU,
+ * so no lock; a packet stays on one CPU.
+ */
+static __always_inline int new_assoc_allowed(void)
+{
+#if SBULB_NEW_ASSOC_INTERVAL_NS
+	struct sbulb_rate *r = rate_get();
+	__u64 now, due;
+
+	if (!r)
+		return 1;
+	now = bpf_ktime_get_ns();
+	due = r->due_ns > now ? r->due_ns : now;
+	if (due - now > (SBULB_NEW_ASSOC_BURST - 1) * (__u64)SBULB_NEW_ASSOC_INTERVAL_NS)
+		return 0;
+	r->due_ns = due + SBULB_NEW_ASSOC_INTERVAL_NS;
+#endif
+	return 1;
 }
 
 /* Client -> VIP: find or create the client's association in its service;
- * t->to = its server, t->slot = that server's slot. */
+ * t->to = its server, t->slot = that server's slot. `fragment`: the
+ * datagram is a first fragment. */
 static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
-				     struct target *t)
+				     struct target *t, int fragment)
 {
 	struct sbulb_assoc_key key = {};
 	struct sbulb_addr old = {};
@@ -164,6 +217,20 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 		/* its real server left the service: pick another one */
 		old = t->to;
 		stat = SBULB_STAT_ASSOC_REPICK;
+	} else if (!new_assoc_allowed()) {
+		/* over the rate (a flood of new sources?): a whole datagram
+		 * still reaches a server, the same for the same ip:port while
+		 * the cycle stays, but evicts nobody; a first fragment is
+		 * dropped, since spoofed ones would fill the servers'
+		 * reassembly queues */
+		__u32 len = svc->ring_len;
+
+		if (fragment)
+			return SBULB_STAT_DROP_FRAG_RATE;
+		if (len == 0 || pick_at(svc, t, client_hash(f) % len) < 0)
+			return SBULB_STAT_DROP_NO_REAL_SERVER;
+		count(SBULB_STAT_ASSOC_RATE_LIMITED);
+		return SBULB_STAT_TX_INGRESS;
 	}
 
 	if (pick_server(svc, t) < 0) {
@@ -249,7 +316,8 @@ out:
 /* The verdict for a parsed UDP packet (a whole datagram or its first
  * fragment): classify, then let the kernel have it if the TTL / hop limit
  * is about to expire, else NAT it. */
-static __always_inline __u32 decide(struct flow *f, __u8 ttl, struct target *t)
+static __always_inline __u32 decide(struct flow *f, __u8 ttl, int fragment,
+				    struct target *t)
 {
 	struct sbulb_service *svc = NULL;
 
@@ -257,7 +325,7 @@ static __always_inline __u32 decide(struct flow *f, __u8 ttl, struct target *t)
 	case DIR_INGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
-		return ingress(f, svc, t);
+		return ingress(f, svc, t, fragment);
 	case DIR_EGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;

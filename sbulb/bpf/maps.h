@@ -30,8 +30,9 @@ BPF_HASH(sbulb_vip_ports, struct sbulb_endpoint, __u32, 2 * SBULB_MAX_PORTS);
 BPF_HASH(sbulb_endpoints, struct sbulb_endpoint, struct sbulb_member_ref,
 	 2 * SBULB_MAX_ENDPOINTS);
 
-/* Service id -> VIP and round-robin cycle. */
-BPF_ARRAY(sbulb_svc, struct sbulb_service, SBULB_MAX_SERVICES + 1);
+/* Service id (1..2 * max: a plan that renames services takes new ids while
+ * the old ones still serve; sbulb/state.py) -> VIP and round-robin cycle. */
+BPF_ARRAY(sbulb_svc, struct sbulb_service, 2 * SBULB_MAX_SERVICES + 1);
 
 /* Member slot (1..2*max) -> real server and service. */
 BPF_ARRAY(sbulb_rs, struct sbulb_member, 2 * SBULB_MAX_MEMBERS + 1);
@@ -49,7 +50,10 @@ BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, 2 * SBULB_MAX_REAL_SERVERS);
 BPF_ARRAY(sbulb_ring, __u32, 2 * SBULB_RING_SIZE);
 
 /* Service id -> its round-robin cursor and lock. */
-BPF_ARRAY(sbulb_rr, struct sbulb_rr, SBULB_MAX_SERVICES + 1);
+BPF_ARRAY(sbulb_rr, struct sbulb_rr, 2 * SBULB_MAX_SERVICES + 1);
+
+/* The new-association rate limit's state, per CPU (consts.h). */
+BPF_PERCPU_ARRAY(sbulb_new_rate, struct sbulb_rate, 1);
 
 /*
  * (Service, client ip:port) -> real server; lives until evicted by a newer
@@ -89,7 +93,7 @@ BPF_PERCPU_ARRAY(sbulb_rs_stats, struct sbulb_traffic,
 
 /* Per-CPU traffic per service and direction (service * 2 + dir). */
 BPF_PERCPU_ARRAY(sbulb_svc_stats, struct sbulb_traffic,
-		 2 * (SBULB_MAX_SERVICES + 1));
+		 2 * (2 * SBULB_MAX_SERVICES + 1));
 
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
@@ -111,6 +115,7 @@ static __always_inline int is_real_server(const struct sbulb_addr *addr);
 static __always_inline __u32 *ring_get(__u32 idx);
 static __always_inline struct sbulb_member *rs_get(__u32 slot);
 static __always_inline struct sbulb_rr *rr_get(__u32 id);
+static __always_inline struct sbulb_rate *rate_get(void);
 static __always_inline struct sbulb_assoc *assoc_lookup(struct sbulb_assoc_key *key);
 /* insert only if absent (BPF_NOEXIST); 0 on success */
 static __always_inline int assoc_insert(struct sbulb_assoc_key *key, struct sbulb_assoc *val);

@@ -31,7 +31,7 @@ struct sbulb_endpoint {
 
 /* Value of sbulb_endpoints: which member a real server:port is. */
 struct sbulb_member_ref {
-	__u32 service; /* service id (1..SBULB_MAX_SERVICES) */
+	__u32 service; /* service id (1..2 * SBULB_MAX_SERVICES) */
 	__u32 slot;    /* member slot (1..): index of sbulb_rs, sbulb_rs_stats */
 };
 
@@ -121,6 +121,12 @@ struct sbulb_event {
 	u8 client[16];   /* client IP */
 	u8 server[16];   /* real server the packet goes to / came from */
 	u8 other[16];    /* the previous or the associated server, or zero */
+};
+
+/* Value of sbulb_new_rate (per CPU): when the next new association is
+ * due, for the rate limit (GCRA, consts.h SBULB_NEW_ASSOC_INTERVAL_NS). */
+struct sbulb_rate {
+	__u64 due_ns;
 };
 
 #endif /* SBULB_STRUCTS_H */

@@ -1,0 +1,193 @@
+"""What a hostile network found, frame by frame (BPF_PROG_TEST_RUN): ICMP
+errors a real server addresses to another client, IPv4 headers with a bad
+checksum, and floods of new sources (whole datagrams and first
+fragments) that would evict the clients the association map holds."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from typing import Iterator
+
+import pytest
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+
+from sbulb.config import Limits, default_new_association_rate
+from sbulb.consts import Stat, XdpAction
+from sbulb.dataplane import Dataplane
+from tests.conftest import require_root
+from tests.packets import NETS, PORT, big_udp, fragments, icmp_error, quoted, udp
+
+TX, PASS, DROP = XdpAction.TX, XdpAction.PASS, XdpAction.DROP
+NET = NETS[4]
+MAX_ASSOCIATIONS = 1024
+ESTABLISHED = 200
+FLOOD = 20000  # spoofed new sources
+FLOOD_RATE = 20000  # per second
+
+
+def dataplane(rate: int) -> Iterator[Dataplane]:
+    require_root()
+    dp = Dataplane(Limits(max_ports=4, max_real_servers=8, max_associations=MAX_ASSOCIATIONS,
+                          new_associations_per_second=rate), forward="mac-swap")
+    dp.load()
+    try:
+        dp.configure(NET.vip_ip, [PORT])
+        dp.set_real_servers(NET.rs_ips(0, 1, 2))
+        yield dp
+    finally:
+        dp.close()
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[Dataplane]:
+    """As the command line builds it by default for -ma 1024."""
+    yield from dataplane(default_new_association_rate(MAX_ASSOCIATIONS))
+
+
+@pytest.fixture(scope="module")
+def unlimited() -> Iterator[Dataplane]:
+    yield from dataplane(0)
+
+
+def spoofed(n: int) -> str:
+    """The n-th spoofed source: anywhere in 198.18.0.0/15 (benchmarking
+    addresses, never ours)."""
+    return str(ipaddress.IPv4Address("198.18.0.0") + n % 131072)
+
+
+def establish(dp: Dataplane, count: int = ESTABLISHED) -> dict[int, str]:
+    """`count` clients (one address, many ports), arriving no faster than
+    the default rate lets them be remembered: port -> server. A test run
+    stays on one CPU, which has its share of the rate."""
+    dp.reset_state()
+    interval = 1.2 * (os.cpu_count() or 1) / default_new_association_rate(MAX_ASSOCIATIONS)
+    owner = {}
+    for port in range(1000, 1000 + count):
+        out = dp.test_run(bytes(udp(NET, NET.clients[0], NET.vip, port, PORT)))
+        assert out.action == TX
+        owner[port] = Ether(out.frame)[IP].dst
+        time.sleep(interval)  # pacing the arrivals, not waiting for anything
+    assert len(dp.associations()) == count
+    return owner
+
+
+def flood(dp: Dataplane, frames: list[bytes]) -> list[XdpAction]:
+    """Send the frames at FLOOD_RATE (paced in batches of 100)."""
+    actions = []
+    began = time.monotonic()
+    for i, frame in enumerate(frames):
+        if i % 100 == 0:
+            due = began + i / FLOOD_RATE
+            while time.monotonic() < due:  # bounded: the schedule is fixed
+                pass
+        actions.append(dp.test_run(frame).action)
+    return actions
+
+
+def moved(dp: Dataplane, owner: dict[int, str]) -> int:
+    count = 0
+    for port, server in owner.items():
+        out = dp.test_run(bytes(udp(NET, NET.clients[0], NET.vip, port, PORT)))
+        count += out.action != TX or Ether(out.frame)[IP].dst != server
+    return count
+
+
+def spoofed_datagrams() -> list[bytes]:
+    return [bytes(udp(NET, spoofed(i), NET.vip, 2000 + i % 50000, PORT)) for i in range(FLOOD)]
+
+
+def test_a_flood_of_new_sources_keeps_the_established_clients(limited: Dataplane) -> None:
+    owner = establish(limited)
+    actions = flood(limited, spoofed_datagrams())
+    # the flood is still balanced (a hash picks each source's server)...
+    assert actions.count(TX) == FLOOD
+    stats = limited.stats()
+    assert stats[Stat.ASSOC_RATE_LIMITED] >= FLOOD * 0.9
+    # ...but evicts (almost) nobody: at most 5% of the clients moved
+    assert moved(limited, owner) <= ESTABLISHED * 0.05
+    assert len(limited.associations()) < MAX_ASSOCIATIONS
+
+
+def test_without_the_limit_the_same_flood_moves_them(unlimited: Dataplane) -> None:
+    """The test above would fail without the feature."""
+    owner = establish(unlimited)
+    flood(unlimited, spoofed_datagrams())
+    assert moved(unlimited, owner) > ESTABLISHED * 0.5
+
+
+@pytest.fixture(scope="module")
+def trickle() -> Iterator[Dataplane]:
+    """One new association per second: after the first, every new client
+    for a while is over the rate."""
+    yield from dataplane(1)
+
+
+def test_a_new_client_over_the_rate_still_has_one_server(trickle: Dataplane) -> None:
+    """Not remembered, but hashed: each ip:port reaches one server, and
+    the sources are still spread over the servers."""
+    trickle.reset_state()
+    assert trickle.test_run(bytes(udp(NET, "198.51.100.1", NET.vip, 1, PORT))).action == TX
+    spread = set()
+    for n in range(30):
+        servers = set()
+        for _ in range(3):
+            out = trickle.test_run(bytes(udp(NET, spoofed(n), NET.vip, 4444, PORT)))
+            assert out.action == TX
+            servers.add(Ether(out.frame)[IP].dst)
+        assert len(servers) == 1
+        spread |= servers
+    assert spread == {str(a) for a in NET.rs_ips(0, 1, 2)}
+    assert len(trickle.associations()) == 1
+    assert trickle.stats()[Stat.ASSOC_RATE_LIMITED] == 90
+
+
+def test_first_fragments_of_new_sources_over_the_rate_are_dropped(limited: Dataplane) -> None:
+    """Spoofed first fragments would fill the servers' reassembly queues:
+    over the rate they are dropped; an established client's fragmented
+    datagrams still go through."""
+    owner = establish(limited, count=10)
+    firsts = [fragments(bytes(big_udp(NET, spoofed(i), NET.vip, 3000 + i, PORT, frag_id=i)))[0]
+              for i in range(3000)]
+    actions = flood(limited, firsts)
+    assert actions.count(DROP) >= len(firsts) * 0.9
+    assert limited.stats()[Stat.DROP_FRAG_RATE] == actions.count(DROP)
+    port = next(iter(owner))
+    for frame in fragments(bytes(big_udp(NET, NET.clients[0], NET.vip, port, PORT, frag_id=7))):
+        out = limited.test_run(frame)
+        assert out.action == TX and Ether(out.frame)[IP].dst == owner[port]
+
+
+def test_icmp_error_to_another_client_is_dropped(unlimited: Dataplane) -> None:
+    """rs0 is A's server; an error from rs0 quoting A's datagram but sent
+    to B must not leave from the VIP to B."""
+    unlimited.reset_state()
+    a, b = NET.clients
+    out = unlimited.test_run(bytes(udp(NET, a, NET.vip, 1000, PORT)))
+    assert out.action == TX
+    server = Ether(out.frame)[IP].dst
+    about_a = quoted(NET, a, server, 1000, PORT)
+    to_b = unlimited.test_run(icmp_error(NET, server, b, about_a, "unreachable"))
+    assert to_b.action == DROP
+    assert unlimited.stats()[Stat.DROP_ICMP_MISDIRECTED] == 1
+    to_a = unlimited.test_run(icmp_error(NET, server, a, about_a, "unreachable"))
+    assert to_a.action == TX and Ether(to_a.frame)[IP].src == NET.vip
+
+
+def test_an_ipv4_header_with_a_bad_checksum_is_malformed(unlimited: Dataplane) -> None:
+    unlimited.reset_state()
+    good = Ether(bytes(udp(NET, NET.clients[0], NET.vip, 1000, PORT)))
+    bad = bytearray(bytes(good))
+    bad[14 + 10] ^= 0x01  # the header checksum
+    assert unlimited.test_run(bytes(bad)).action == PASS
+    assert unlimited.stats()[Stat.PASS_MALFORMED] == 1
+    assert unlimited.associations() == {}
+    # with options too (IHL 6): checked over the whole header
+    options = bytearray(bytes(Ether(bytes(good)[:14]) / IP(
+        bytes(IP(src=NET.clients[0], dst=NET.vip, options=b"\x01\x01\x01\x00") /
+              good[IP].payload))))
+    assert unlimited.test_run(bytes(options)).action == TX
+    options[14 + 21] ^= 0x01  # an option byte, not the checksum
+    assert unlimited.test_run(bytes(options)).action == PASS
