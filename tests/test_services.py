@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from sbulb.dataplane import (
 )
 from sbulb.lab import PORT, SECOND_PORT, Lab, LabError, SbulbProcess, netns
 from tests.conftest import require_root
-from tests.proc import REPO
+from tests.proc import REPO, ctl_json, sbulbctl
 
 RELOAD = 10.0
 ip_of = ipaddress.ip_address
@@ -57,19 +55,6 @@ def services_file(lab: Lab, path: Path, other: tuple[int, ...] = (2, 3)) -> None
     tmp = path.with_name(path.name + ".new")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def sbulbctl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", lab.lb_ns, sys.executable, "-m", "sbulb.ctl", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
-
-
-def ctl_json(lab: Lab, *args: str):
-    result = sbulbctl(lab, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture
