@@ -505,8 +505,10 @@ class Dataplane:
         if not kept:
             registry.unlink(missing_ok=True)
         self._registry = _Registry(registry)
+        # a v1 pin is migrated whenever it is there: also after a migration
+        # that was cut short (the copy never overwrites, so it can run again)
         legacy = directory / LEGACY_ASSOC_PIN
-        if not kept and legacy.exists():
+        if legacy.exists():
             info = pinned_map_info(legacy)
             if info is not None and (info.type, info.key_size, info.value_size) == (
                     BPF_MAP_TYPE_LRU_HASH, ASSOC_KEY_SIZE, ASSOC_SIZE):

@@ -313,4 +313,18 @@ def test_upgrade_places_each_client_in_the_service_of_its_server(
     finally:
         process.close()
     assert served == ("rs1", "rs3", "rs0")  # c's server is in no pool: it picked anew
+    # a migration cut short leaves both pins: the next start copies what is
+    # missing, keeps what is there, and removes the old pin
+    d = lab.client(4)
+    make_v1_pin(directory / LEGACY_ASSOC_PIN, {(a.address, a.port): v4.real_servers[0],
+                                               (d.address, d.port): v4.real_servers[1]})
+    again = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
+    try:
+        again.wait_ready()
+        served = (a.exchange(v4.vip, PORT, b"4").server, d.exchange(v4.vip, PORT, b"5").server)
+        assert "copied=1" in again.stderr
+    finally:
+        again.close()
+    assert served == ("rs1", "rs1")  # a kept its newer association; d was copied
+    assert not (directory / LEGACY_ASSOC_PIN).exists()
 
