@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_whole,
         default=None,
         metavar="N",
-        help="new clients remembered per second at most, over all CPUs; above it a new "
-        "client is still balanced (by a hash of its ip:port) but not remembered, so a flood "
-        "of new sources cannot evict established clients. 0: no limit. (default: a "
-        "sixtieth of -ma, at least 100)",
+        help="new associations per second at most, shared evenly among the CPUs (each "
+        "allows its share); above it a new client is still balanced (by a hash of its "
+        "ip:port) but not remembered, so a flood of new sources cannot evict established "
+        "clients. 0: no limit. (default: a sixtieth of -ma, at least 100)",
     )
     parser.add_argument(
         "--forward",

@@ -325,6 +325,8 @@ class MetricsServer:
                 return
             except OSError as e:  # EMFILE, ECONNABORTED...: the next wakeup retries
                 self._warn_rarely("metrics.accept_failed error=%s", e.strerror or e)
+                # the listener stays readable: back off rather than spin
+                time.sleep(0.1)
                 return
             if len(self._connections) >= self._max_connections:
                 self.rejected += 1

@@ -280,6 +280,13 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 	val.server = f->src;
 	as = assoc_lookup(&key);
 	if (!as) {
+		/* a server speaking first makes a new association too, and
+		 * servers answer floods: over the rate the datagram still
+		 * reaches the client from the VIP, and evicts nobody */
+		if (!new_assoc_allowed()) {
+			count(SBULB_STAT_ASSOC_RATE_LIMITED);
+			goto out;
+		}
 		if (assoc_insert(&key, &val) == 0) {
 			count(SBULB_STAT_ASSOC_SERVER);
 			SBULB_EVENT(1, SBULB_EV_ASSOC_SERVER, t->service, &f->dst,
