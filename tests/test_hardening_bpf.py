@@ -229,3 +229,27 @@ def test_an_ipv4_header_with_a_bad_checksum_is_malformed(unlimited: Dataplane) -
     assert unlimited.test_run(bytes(options)).action == TX
     options[14 + 21] ^= 0x01  # an option byte, not the checksum
     assert unlimited.test_run(bytes(options)).action == PASS
+
+
+@pytest.fixture(scope="module")
+def slow() -> Iterator[Dataplane]:
+    """20 new associations per second: one every 1/20 s per CPU share."""
+    yield from dataplane(20)
+
+
+def test_a_client_not_remembered_keeps_its_server_once_it_is(slow: Dataplane) -> None:
+    """While the limit refuses, a new client goes where the hash says; when
+    it is remembered at last (the rate allows one again), it is with that
+    server, not the next in round robin: its flow does not move."""
+    slow.reset_state()
+    interval = (os.cpu_count() or 1) / 20
+    assert slow.test_run(bytes(udp(NET, "198.51.100.1", NET.vip, 1, PORT))).action == TX
+    for n in range(6):
+        frame = bytes(udp(NET, spoofed(n), NET.vip, 5000, PORT))
+        first = slow.test_run(frame)  # the token was just spent: refused
+        assert first.action == TX
+        assert (ipaddress.ip_address(spoofed(n)), 5000) not in slow.associations()
+        time.sleep(interval * 1.2)  # the rate's next token (the behaviour under test)
+        again = slow.test_run(frame)  # allowed: remembered
+        assert (ipaddress.ip_address(spoofed(n)), 5000) in slow.associations()
+        assert Ether(again.frame)[IP].dst == Ether(first.frame)[IP].dst

@@ -51,6 +51,13 @@
 #ifndef SBULB_NEW_ASSOC_BURST
 #define SBULB_NEW_ASSOC_BURST 1
 #endif
+/* For this long after the limit last refused one, a new association takes
+ * the server the hash picks (the one the client was balanced to while it
+ * was not remembered), not the next in round robin: a client that sends
+ * during a flood keeps its server when it is remembered at last. */
+#ifndef SBULB_HASHED_AFTER_LIMIT_NS
+#define SBULB_HASHED_AFTER_LIMIT_NS 1000000000ULL
+#endif
 
 /* Size of the client ip:port -> real server LRU map (-ma). */
 #ifndef SBULB_MAX_ASSOCIATIONS

@@ -171,9 +171,10 @@ static __always_inline __u32 client_hash(const struct flow *f)
  * The new-association rate limit (consts.h): may a client create one now?
  * GCRA on this CPU's due time: the next one is due one interval after the
  * previous one's, and may come early by up to BURST - 1 intervals. Per CPU,
- * so no lock; a packet stays on one CPU.
+ * so no lock; a packet stays on one CPU. *hashed: the limit refused one
+ * lately, so the new association takes the hash's server.
  */
-static __always_inline int new_assoc_allowed(void)
+static __always_inline int new_assoc_allowed(int *hashed)
 {
 #if SBULB_NEW_ASSOC_INTERVAL_NS
 	struct sbulb_rate *r = rate_get();
@@ -183,11 +184,25 @@ static __always_inline int new_assoc_allowed(void)
 		return 1;
 	now = bpf_ktime_get_ns();
 	due = r->due_ns > now ? r->due_ns : now;
-	if (due - now > (SBULB_NEW_ASSOC_BURST - 1) * (__u64)SBULB_NEW_ASSOC_INTERVAL_NS)
+	if (due - now > (SBULB_NEW_ASSOC_BURST - 1) * (__u64)SBULB_NEW_ASSOC_INTERVAL_NS) {
+		r->hashed_until_ns = now + SBULB_HASHED_AFTER_LIMIT_NS;
 		return 0;
+	}
 	r->due_ns = due + SBULB_NEW_ASSOC_INTERVAL_NS;
+	*hashed = now < r->hashed_until_ns;
 #endif
 	return 1;
+}
+
+/* The server a hash of the client's ip:port picks in its service's cycle. */
+static __always_inline int pick_hashed(struct sbulb_service *svc, struct target *t,
+				       const struct flow *f)
+{
+	__u32 len = svc->ring_len;
+
+	if (len == 0)
+		return -1;
+	return pick_at(svc, t, client_hash(f) % len);
 }
 
 /* Client -> VIP: find or create the client's association in its service;
@@ -201,6 +216,7 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_assoc val = {};
 	struct sbulb_assoc *as;
 	__u32 stat = SBULB_STAT_ASSOC_CLIENT;
+	int hashed = 0;
 
 	key.client = f->src;
 	key.port = f->sport;
@@ -217,23 +233,21 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 		/* its real server left the service: pick another one */
 		old = t->to;
 		stat = SBULB_STAT_ASSOC_REPICK;
-	} else if (!new_assoc_allowed()) {
+	} else if (!new_assoc_allowed(&hashed)) {
 		/* over the rate (a flood of new sources?): a whole datagram
 		 * still reaches a server, the same for the same ip:port while
 		 * the cycle stays, but evicts nobody; a first fragment is
 		 * dropped, since spoofed ones would fill the servers'
 		 * reassembly queues */
-		__u32 len = svc->ring_len;
-
 		if (fragment)
 			return SBULB_STAT_DROP_FRAG_RATE;
-		if (len == 0 || pick_at(svc, t, client_hash(f) % len) < 0)
+		if (pick_hashed(svc, t, f) < 0)
 			return SBULB_STAT_DROP_NO_REAL_SERVER;
 		count(SBULB_STAT_ASSOC_RATE_LIMITED);
 		return SBULB_STAT_TX_INGRESS;
 	}
 
-	if (pick_server(svc, t) < 0) {
+	if ((hashed ? pick_hashed(svc, t, f) : pick_server(svc, t)) < 0) {
 		SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, t->service, &f->src,
 			    f->sport, f->dport, &old, NULL);
 		return SBULB_STAT_DROP_NO_REAL_SERVER;
@@ -283,7 +297,9 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 		/* a server speaking first makes a new association too, and
 		 * servers answer floods: over the rate the datagram still
 		 * reaches the client from the VIP, and evicts nobody */
-		if (!new_assoc_allowed()) {
+		int hashed = 0;
+
+		if (!new_assoc_allowed(&hashed)) {
 			count(SBULB_STAT_ASSOC_RATE_LIMITED);
 			goto out;
 		}

@@ -127,6 +127,7 @@ struct sbulb_event {
  * due, for the rate limit (GCRA, consts.h SBULB_NEW_ASSOC_INTERVAL_NS). */
 struct sbulb_rate {
 	__u64 due_ns;
+	__u64 hashed_until_ns; /* new associations take the hash's server until then */
 };
 
 #endif /* SBULB_STRUCTS_H */
