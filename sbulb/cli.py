@@ -28,6 +28,7 @@ from sbulb.config import (
     RealServer,
     parse_address,
     parse_listen,
+    parse_mode,
     parse_real_server,
     default_new_association_rate,
     read_file,
@@ -110,6 +111,13 @@ def _port(text: str) -> int:
 def _listen(text: str) -> tuple[str, int]:
     try:
         return parse_listen(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _mode(text: str) -> str:
+    try:
+        return parse_mode(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -225,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         "'default'). (default: %(default)s)",
     )
     parser.add_argument(
+        "--mode",
+        type=_mode,
+        default=None,
+        metavar="MODE",
+        help="what the service of -vs does with a datagram: 'sticky' (a client keeps its "
+        "server: sbulb's behaviour) or 'per-packet' (each datagram to the next server, no "
+        "association). (default: sticky, or the config file's [Virtual Server] mode)",
+    )
+    parser.add_argument(
         "--max-new-associations-per-second",
         type=_whole,
         default=None,
@@ -299,7 +316,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     # the service `default`: -rs, [Real Servers] or [Service default] (with -vs/-p or
     # the file's address and ports); a file with only [Service NAME] sections has none
     vip: IPAddress | None = None
-    ports: tuple[int, ...] | None = ()
+    ports: tuple[int, ...] = ()
     if not file.has_default and (args.virtual_server or cli_ports):
         raise ConfigError(
             f"config file {config_file}: no real server for -vs/-p (the file has no "
@@ -312,12 +329,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 "the following arguments are required: -vs/--virtual_server (or an address in "
                 "the config file's [Virtual Server])"
             )
-        ports = cli_ports or file.ports
-        if ports is None:
+        chosen = cli_ports or file.ports
+        if chosen is None:
             raise ConfigError(
                 "the following arguments are required: -p/--port (or ports in the config "
                 "file's [Virtual Server])"
             )
+        ports = chosen
     try:
         config = Config(
             interfaces=tuple(args.ifnet),
@@ -335,6 +353,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             cli_virtual_server=args.virtual_server,
             cli_ports=cli_ports,
             services=file.services,
+            mode=args.mode or file.mode or "sticky",
+            cli_mode=args.mode,
         )
         file.check(limits)  # the file whole, even what -vs/-p override
         return config

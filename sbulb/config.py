@@ -46,7 +46,22 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 REAL_SERVERS_SECTION = "Real Servers"
 VIRTUAL_SERVER_SECTION = "Virtual Server"
 SERVICE_SECTION = "Service"  # [Service NAME]
-SERVICE_KEYS = ("address", "ports", "servers")
+SERVICE_KEYS = ("address", "ports", "servers")  # required
+SERVICE_OPTIONAL_KEYS = ("mode",)
+# what a service does with a datagram to it (sbulb/bpf/consts.h SBULB_SVC_F_*)
+MODES = ("sticky", "per-packet")
+MODES_PLANNED = ("mirror", "telemetry")  # specified, not built yet
+
+
+def parse_mode(text: str) -> str:
+    """A service's mode, or ConfigError."""
+    mode = text.strip().lower()
+    if mode in MODES:
+        return mode
+    if mode in MODES_PLANNED:
+        raise ConfigError(f"mode '{mode}' is not available in this release "
+                          f"(available: {', '.join(MODES)})")
+    raise ConfigError(f"unknown mode '{text.strip()}' (modes: {', '.join(MODES)})")
 
 # sbulb's one virtual server (-vs/-rs/-p, [Virtual Server], [Real Servers]).
 DEFAULT_SERVICE = "default"
@@ -146,6 +161,7 @@ class ServiceConfig:
     virtual_server: IPAddress
     ports: tuple[int, ...]
     real_servers: tuple[RealServer, ...]
+    mode: str = "sticky"
 
     @property
     def family(self) -> int:
@@ -166,6 +182,7 @@ class FileConfig:
     ports: tuple[int, ...] | None = None
     services: tuple[ServiceConfig, ...] = ()
     default_section: str = field(default=VIRTUAL_SERVER_SECTION, compare=False)
+    mode: str | None = None  # of the service `default`
 
     @property
     def has_default(self) -> bool:
@@ -224,6 +241,9 @@ class Config:
     # what the command line said (it wins over the config file at reload)
     cli_virtual_server: IPAddress | None = None
     cli_ports: tuple[int, ...] | None = None
+    # the mode of the service `default`; --mode (cli_mode) wins over the file
+    mode: str = "sticky"
+    cli_mode: str | None = None
     # the named services ([Service NAME]) other than `default`, in file order
     services: tuple[ServiceConfig, ...] = ()
 
@@ -262,7 +282,8 @@ class Config:
         """sbulb's one virtual server, as the service `default` (if any)."""
         if self.virtual_server is None:
             return None
-        return ServiceConfig(DEFAULT_SERVICE, self.virtual_server, self.ports, self.real_servers)
+        return ServiceConfig(DEFAULT_SERVICE, self.virtual_server, self.ports, self.real_servers,
+                             self.mode)
 
     @property
     def all_services(self) -> tuple[ServiceConfig, ...]:
@@ -292,7 +313,8 @@ class Config:
         else:  # the file dropped the service `default` (or never had it)
             vip, ports, servers = None, (), ()
         config = replace(
-            self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services
+            self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services,
+            mode=self.cli_mode or file.mode or "sticky",
         )
         file.check(self.limits)
         return config
@@ -557,7 +579,8 @@ def parse_file(text: str) -> FileConfig:
                 f"service {DEFAULT_SERVICE}: keep one"
             )
         return FileConfig(default.real_servers, default.virtual_server, default.ports,
-                          tuple(services), f"{SERVICE_SECTION} {DEFAULT_SERVICE}")
+                          tuple(services), f"{SERVICE_SECTION} {DEFAULT_SERVICE}",
+                          None if default.mode == "sticky" else default.mode)
     if not parser.has_section(REAL_SERVERS_SECTION) and (legacy or not services):
         raise ConfigError(f"no [{REAL_SERVERS_SECTION}] section")
     servers = []
@@ -572,6 +595,7 @@ def parse_file(text: str) -> FileConfig:
             )
     vip: IPAddress | None = None
     ports: tuple[int, ...] | None = None
+    mode: str | None = None
     if parser.has_section(VIRTUAL_SERVER_SECTION):
         for key, value in parser.items(VIRTUAL_SERVER_SECTION):
             name = key.lower()
@@ -581,11 +605,16 @@ def parse_file(text: str) -> FileConfig:
                 vip = parse_address(value, "virtual server")
             elif name == "ports":
                 ports = parse_ports(value)
+            elif name == "mode":
+                try:
+                    mode = parse_mode(value)
+                except ConfigError as e:
+                    raise ConfigError(f"[{VIRTUAL_SERVER_SECTION}]: {e}") from None
             else:
                 raise ConfigError(
-                    f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports)"
+                    f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports, mode)"
                 )
-    return FileConfig(tuple(servers), vip, ports, tuple(services))
+    return FileConfig(tuple(servers), vip, ports, tuple(services), mode=mode)
 
 
 def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> ServiceConfig:
@@ -598,9 +627,10 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
         values: dict[str, str] = {}
         for key, value in items:
             lower = key.lower()
-            if lower not in SERVICE_KEYS:
+            if lower not in SERVICE_KEYS + SERVICE_OPTIONAL_KEYS:
                 raise ConfigError(
-                    f"unknown key '{key}' (valid keys: {', '.join(SERVICE_KEYS)})"
+                    f"unknown key '{key}' (valid keys: "
+                    f"{', '.join(SERVICE_KEYS + SERVICE_OPTIONAL_KEYS)})"
                 )
             if lower in values:
                 raise ConfigError(f"'{key}' is given twice")
@@ -625,9 +655,10 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
             if server.address in seen:
                 raise ConfigError(f"real server {server.address} is listed twice")
             seen.add(server.address)
+        mode = parse_mode(values["mode"]) if "mode" in values else "sticky"
     except ConfigError as e:
         raise ConfigError(f"[{section}]: {e}") from None
-    return ServiceConfig(name, vip, ports, servers)
+    return ServiceConfig(name, vip, ports, servers, mode)
 
 
 def read_file(path: Path) -> FileConfig:

@@ -615,7 +615,8 @@ class Dataplane:
             self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
         elif isinstance(w, state.PutService):
             self._put("sbulb_svc", struct.pack("I", w.id),
-                      addr_to_bytes(w.vip) + struct.pack("IIII", w.ring_base, w.ring_len, 0, 0))
+                      addr_to_bytes(w.vip) + struct.pack("IIII", w.ring_base, w.ring_len, w.flags,
+                                                         0))
         elif isinstance(w, state.ClearService):
             self._put("sbulb_svc", struct.pack("I", w.id), bytes(SERVICE_SIZE))
             stats = self._table("sbulb_svc_stats")

@@ -91,7 +91,7 @@ class Collector:
         for spec in snap.services:
             i = snap.ids[spec.name]
             svc_info.add_metric([spec.name, str(spec.vip), " ".join(map(str, spec.ports)),
-                                 "sticky"], 1)
+                                 spec.mode], 1)
             _add_traffic(svc_packets, svc_octets, [spec.name], per_service.get(i, Traffic()))
             svc_assoc.add_metric([spec.name], counts.get(i, 0))
             for server in spec.servers:

@@ -407,8 +407,9 @@ class Service:
                  ",".join(self.config.interfaces), self.config.forward,
                  len(self.desired.services))
         for spec in self.desired.services:
-            log.info("start.service service=%s vip=%s ports=%s real_servers=%s", spec.name,
-                     spec.vip, ",".join(map(str, spec.ports)), ",".join(map(str, spec.servers)))
+            log.info("start.service service=%s mode=%s vip=%s ports=%s real_servers=%s",
+                     spec.name, spec.mode, spec.vip, ",".join(map(str, spec.ports)),
+                     ",".join(map(str, spec.servers)))
         self._warn_if_all_drained()
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
@@ -505,16 +506,17 @@ class Service:
             log.info("config.service_removed service=%s (its clients are forgotten)", name)
         for name in planned.added:
             spec = planned.layout.services[name]
-            log.info("config.service_added service=%s vip=%s ports=%s real_servers=%s", name,
-                     spec.vip, ",".join(map(str, spec.ports)), ",".join(map(str, spec.servers)))
+            log.info("config.service_added service=%s mode=%s vip=%s ports=%s real_servers=%s",
+                     name, spec.mode, spec.vip, ",".join(map(str, spec.ports)),
+                     ",".join(map(str, spec.servers)))
         for change in planned.changes:
             if not change.changed:
                 continue
             spec = planned.layout.services[change.name]
             log.info(
-                "config.applied file=%s trigger=%s service=%s vip=%s ports=%s added=%s "
+                "config.applied file=%s trigger=%s service=%s mode=%s vip=%s ports=%s added=%s "
                 "removed=%s reweighted=%s real_servers=%s",
-                path, trigger, change.name, spec.vip, ",".join(map(str, spec.ports)),
+                path, trigger, change.name, spec.mode, spec.vip, ",".join(map(str, spec.ports)),
                 ",".join(map(str, change.added)) or "-",
                 ",".join(map(str, change.removed)) or "-",
                 ",".join(map(str, change.reweighted)) or "-",
@@ -615,7 +617,7 @@ class Service:
                 "id": i,
                 "virtual_server": str(spec.vip),
                 "ports": list(spec.ports),
-                "mode": "sticky",
+                "mode": spec.mode,
                 "associations": per_service.get(i, 0),
                 **_traffic_fields(service_traffic.get(i, Traffic())),
                 "real_servers": servers,

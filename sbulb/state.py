@@ -41,6 +41,9 @@ from sbulb.config import (
 )
 
 
+SVC_F_PER_PACKET = 1  # every datagram to the next server, no association
+
+
 class PlanError(ValueError):
     """The desired state does not fit the maps. str() is one line."""
 
@@ -56,6 +59,12 @@ class ServiceSpec:
     vip: IPAddress
     ports: tuple[int, ...]
     servers: tuple[RealServer, ...]
+    mode: str = "sticky"
+
+    @property
+    def flags(self) -> int:
+        """The descriptor's flags (sbulb/bpf/consts.h SBULB_SVC_F_*)."""
+        return SVC_F_PER_PACKET if self.mode == "per-packet" else 0
 
     def server(self, address: IPAddress) -> RealServer | None:
         return next((s for s in self.servers if s.address == address), None)
@@ -70,7 +79,7 @@ class DesiredState:
     @classmethod
     def from_config(cls, config: Config) -> "DesiredState":
         return cls(tuple(
-            ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers))
+            ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers), s.mode)
             for s in config.all_services
         ))
 
@@ -199,6 +208,7 @@ class PutService:
     vip: IPAddress
     ring_base: int
     ring_len: int
+    flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,11 +249,12 @@ class ServiceChange:
     reweighted: tuple[IPAddress, ...] = ()
     vip_changed: bool = False
     ports_changed: bool = False
+    mode_changed: bool = False
 
     @property
     def changed(self) -> bool:
         return bool(self.added or self.removed or self.reweighted or self.vip_changed
-                    or self.ports_changed)
+                    or self.ports_changed or self.mode_changed)
 
 
 @dataclass(frozen=True)
@@ -379,10 +390,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             raise PlanError("nothing to roll back to (the cycles were never written)")
         for spec in desired.services:
             base, cycle = rings[spec.name]
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle)))
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags))
     else:
-        writes.extend(PutService(ids[name], wanted[name].vip, 0, 0) for name in wanted
-                      if live.get(name) != ids[name])
+        writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags)
+                      for name in wanted if live.get(name) != ids[name])
     # 4. endpoints
     old_ep, new_ep = ({} if force else old.endpoints()), new.endpoints()
     writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
@@ -395,10 +406,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         before = old.services.get(spec.name)
         if force:
             break  # written above
-        if (before is None or before.vip != spec.vip
+        if (before is None or before.vip != spec.vip or before.mode != spec.mode
                 or old.rings.get(spec.name) != (base, cycle)
                 or old.ids.get(spec.name) != ids[spec.name]):
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle)))
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags))
     # 7. ingress
     old_vp, new_vp = ({} if force else old.vip_ports()), new.vip_ports()
     writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
@@ -463,6 +474,7 @@ def _service_change(old: ServiceSpec, new: ServiceSpec) -> ServiceChange:
         reweighted=tuple(a for a in new_w if a in old_w and old_w[a] != new_w[a]),
         vip_changed=old.vip != new.vip,
         ports_changed=old.ports != new.ports,
+        mode_changed=old.mode != new.mode,
     )
 
 

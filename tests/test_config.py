@@ -517,7 +517,7 @@ def svc(name: str = "coap", address: str | None = "10.0.0.1", ports: str | None 
         (svc("x" * 33), f"invalid service name in [Service {'x' * 33}]"),
         (svc("caf\u00e9"), "invalid service name in [Service caf\u00e9]"),
         (svc(extra="vip = 10.0.0.2\n"),
-         "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers)"),
+         "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers, mode)"),
         (svc(extra="10.0.1.9\n"), "[Service coap]: unknown key '10.0.1.9'"),
         (svc(address=None), "[Service coap]: no 'address' (required: address, ports, servers)"),
         (svc(ports=None), "[Service coap]: no 'ports'"),
@@ -791,3 +791,40 @@ def test_new_association_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse(*V4, "-rs", "10.0.0.2", flag, "0").limits.new_associations_per_second == 0
     assert parse(*V4, "-rs", "10.0.0.2", flag, "5000").limits.new_associations_per_second == 5000
     assert "-5 is negative" in usage_error(capsys, *V4, "-rs", "10.0.0.2", flag, "-5")
+
+
+def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """mode = sticky | per-packet per service; --mode for the -vs one (it
+    wins over [Virtual Server] mode); the modes not built yet say so."""
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nmode = per-packet\n\n"
+                    "[Real Servers]\n10.0.0.2\n\n"
+                    "[Service dns]\naddress = 10.0.0.1\nports = 53\nservers = 10.0.1.1\n"
+                    "mode = Per-Packet\n\n"
+                    "[Service coap]\naddress = 10.0.0.1\nports = 5683\nservers = 10.0.1.2\n")
+    config = parse("eth0", "-cfg", str(path))
+    assert [(s.name, s.mode) for s in config.all_services] == [
+        ("default", "per-packet"), ("dns", "per-packet"), ("coap", "sticky")]
+    assert parse("eth0", "-cfg", str(path), "--mode", "sticky").default_service.mode == "sticky"
+    assert parse(*V4, "-rs", "10.0.0.2").default_service.mode == "sticky"
+    assert parse(*V4, "-rs", "10.0.0.2", "--mode", "per-packet").default_service.mode == (
+        "per-packet")
+    assert "mode 'mirror' is not available in this release" in usage_error(
+        capsys, *V4, "-rs", "10.0.0.2", "--mode", "mirror")
+    assert "unknown mode 'fast'" in usage_error(capsys, *V4, "-rs", "10.0.0.2", "--mode", "fast")
+    path.write_text("[Service dns]\naddress = 10.0.0.1\nports = 53\nservers = 10.0.1.1\n"
+                    "mode = telemetry\n")
+    assert "[Service dns]: mode 'telemetry' is not available" in usage_error(
+        capsys, "eth0", "-cfg", str(path))
+    # a reload takes the file's mode for `default`, unless --mode was given
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\n\n"
+                    "[Real Servers]\n10.0.0.2\n")
+    plain, forced = parse("eth0", "-cfg", str(path)), parse("eth0", "-cfg", str(path), "--mode",
+                                                           "per-packet")
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nmode = per-packet\n\n"
+                    "[Real Servers]\n10.0.0.2\n")
+    assert plain.with_file(read_file(path)).default_service.mode == "per-packet"
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nmode = sticky\n\n"
+                    "[Real Servers]\n10.0.0.2\n")
+    assert forced.with_file(read_file(path)).default_service.mode == "per-packet"
+    assert plain.with_file(read_file(path)).default_service.mode == "sticky"

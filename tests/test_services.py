@@ -328,3 +328,31 @@ def test_upgrade_places_each_client_in_the_service_of_its_server(
     assert served == ("rs1", "rs1")  # a kept its newer association; d was copied
     assert not (directory / LEGACY_ASSOC_PIN).exists()
 
+
+
+def test_per_packet_mode_spreads_one_client_port(lab: Lab, tmp_path: Path) -> None:
+    """mode = per-packet through the real CLI: one client ip:port, every
+    datagram to the next server by weight (2:1:1), answers from the VIP,
+    no association; sbulbctl shows the mode."""
+    v4 = lab.v4
+    lab.forget_associations()
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service stats]\nmode = per-packet\naddress = {v4.vip}\n"
+                    f"ports = {SECOND_PORT}\nservers = {v4.real_servers[0]}=2 "
+                    f"{v4.real_servers[1]} {v4.real_servers[2]}\n")
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
+    try:
+        process.wait_ready()
+        client = lab.client(4)
+        counts: dict[str, int] = {}
+        for n in range(400):
+            reply = client.exchange(v4.vip, SECOND_PORT, b"p%d" % n)
+            assert (reply.source, reply.source_port) == (v4.vip, SECOND_PORT)
+            counts[reply.server] = counts.get(reply.server, 0) + 1
+        status = ctl_json(lab, "status")
+        assert "mode=per-packet" in process.stderr
+    finally:
+        process.close()
+    assert counts == {"rs0": 200, "rs1": 100, "rs2": 100}
+    assert [s["mode"] for s in status["services"]] == ["per-packet"]
+    assert status["associations"] == 0

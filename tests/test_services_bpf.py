@@ -164,3 +164,70 @@ def test_every_packet_gets_one_counted_xdp_action(loaded: Dataplane) -> None:
     assert stats[Stat.ACTION_TX] == 2 and stats[Stat.ACTION_PASS] == 1
     assert stats[Stat.ACTION_DROP] == 1
     assert stats[Stat.ACTION_ABORTED] == stats[Stat.ACTION_REDIRECT] == 0
+
+
+# ---- per-packet mode
+
+
+def per_packet(dp: Dataplane, net=V4, weights: tuple[int, ...] = (2, 1, 1)) -> None:
+    dp.reset_state()
+    servers = tuple(RealServer(net.ip(a), w) for a, w in zip(net.real_servers, weights))
+    dp.set_services(DesiredState((ServiceSpec("stats", net.vip_ip, (COAP,), servers,
+                                              "per-packet"),)))
+
+
+def test_per_packet_spreads_one_client_by_weight(loaded: Dataplane) -> None:
+    """30000 datagrams from one client ip:port to servers of weight 2:1:1:
+    15000/7500/7500 (one CPU: exact), no association."""
+    per_packet(loaded)
+    frame = bytes(udp(V4, V4.clients[0], V4.vip, 4000, COAP))
+    counts: dict[bytes, int] = {}
+    for _ in range(30000):
+        out = loaded.test_run(frame)
+        assert out.action == TX
+        dst = out.frame[30:34]  # IPv4 destination
+        counts[dst] = counts.get(dst, 0) + 1
+    rs = [V4.ip(a).packed for a in V4.real_servers[:3]]
+    assert [counts.get(a, 0) for a in rs] == [15000, 7500, 7500]
+    assert loaded.associations() == {}
+    assert loaded.stats()[Stat.ASSOC_CLIENT] == 0
+
+
+def test_per_packet_ipv6_and_answers_from_any_server(loaded: Dataplane) -> None:
+    per_packet(loaded, net=V6, weights=(1, 1, 1))
+    seen = [to_vip(loaded, V6.clients[0], 9, COAP, vip=V6.vip, net=V6) for _ in range(6)]
+    assert seen == list(V6.real_servers[:3]) * 2
+    for server in V6.real_servers[:3]:  # each answers the client, from the VIP
+        action, out = send(loaded, bytes(udp(V6, server, V6.clients[0], COAP, 9)))
+        assert action == TX and out[IPv6].src == V6.vip
+    assert loaded.associations() == {}
+
+
+def test_per_packet_fragments_follow_their_first(loaded: Dataplane) -> None:
+    from tests.packets import big_udp, fragments
+
+    per_packet(loaded, weights=(1, 1, 1))
+    targets = []
+    for frag_id in (1, 2, 3):
+        frames = fragments(bytes(big_udp(V4, V4.clients[0], V4.vip, 5, COAP, frag_id=frag_id)))
+        assert len(frames) > 1
+        outs = [loaded.test_run(f) for f in frames]
+        assert all(o.action == TX for o in outs)
+        dsts = {Ether(o.frame)[IP].dst for o in outs}
+        assert len(dsts) == 1  # a datagram stays whole on one server
+        targets.append(dsts.pop())
+    assert targets == list(V4.real_servers[:3])  # datagrams go round
+
+
+def test_per_packet_icmp_from_a_server_reaches_the_client(loaded: Dataplane) -> None:
+    from tests.packets import icmp_error, quoted
+
+    per_packet(loaded, weights=(1, 1, 1))
+    server = to_vip(loaded, V4.clients[0], 7, COAP)
+    error = icmp_error(V4, server, V4.clients[0], quoted(V4, V4.clients[0], server, 7, COAP),
+                       "unreachable")
+    action, out = send(loaded, error)
+    assert action == TX and out[IP].src == V4.vip
+    to_other = icmp_error(V4, server, V4.clients[1], quoted(V4, V4.clients[0], server, 7, COAP),
+                          "unreachable")
+    assert send(loaded, to_other)[0] == DROP

@@ -350,3 +350,14 @@ def test_legacy_associations_go_to_the_service_of_their_server() -> None:
     assert state.legacy_service(ip("10.9.9.9"), desired) == "default"  # picks anew there
     assert state.legacy_service(ip("2001:db8:9::9"), desired) is None
     assert state.legacy_service(ip("2001:db8:1::2"), desired) == "dns"
+
+
+def test_a_mode_change_rewrites_only_the_descriptor() -> None:
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, SYSLOG)))
+    syslog = ServiceSpec("syslog", SYSLOG.vip, SYSLOG.ports, SYSLOG.servers, "per-packet")
+    second = run(maps, first.layout, DesiredState((COAP, syslog)))
+    assert [type(w) for w in second.writes] == [state.PutService]
+    (w,) = second.writes
+    assert w.id == first.layout.ids["syslog"] and w.flags == state.SVC_F_PER_PACKET
+    assert [c.name for c in second.changes if c.mode_changed] == ["syslog"]

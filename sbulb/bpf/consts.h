@@ -59,6 +59,9 @@
 #define SBULB_HASHED_AFTER_LIMIT_NS 1000000000ULL
 #endif
 
+/* Service flags (struct sbulb_service flags; sbulb/state.py SVC_F_*). */
+#define SBULB_SVC_F_PER_PACKET 1 /* every datagram to the next server, no association */
+
 /* Size of the client ip:port -> real server LRU map (-ma). */
 #ifndef SBULB_MAX_ASSOCIATIONS
 #define SBULB_MAX_ASSOCIATIONS 1048576

@@ -85,19 +85,23 @@ static __always_inline __u32 icmp_classify(struct flow *outer,
 		return SBULB_STAT_PASS_NOT_BALANCED;
 	t->service = ref->service;
 	t->slot = ref->slot;
-	key.client = quoted->src;
-	key.port = quoted->sport;
-	key.service = t->service;
-	as = assoc_lookup(&key);
-	if (!as || !addr_eq(&as->server, &quoted->dst))
+	svc = svc_get(t->service);
+	if (!svc_live(svc))
 		return SBULB_STAT_PASS_NOT_BALANCED;
+	/* in per-packet mode any server of the service may have had the
+	 * datagram; otherwise the association must name this one */
+	if (!(svc->flags & SBULB_SVC_F_PER_PACKET)) {
+		key.client = quoted->src;
+		key.port = quoted->sport;
+		key.service = t->service;
+		as = assoc_lookup(&key);
+		if (!as || !addr_eq(&as->server, &quoted->dst))
+			return SBULB_STAT_PASS_NOT_BALANCED;
+	}
 	/* it is about that client's datagram: it goes to that client, or
 	 * nowhere (else a server could send anyone an error from the VIP) */
 	if (!addr_eq(&outer->dst, &quoted->src))
 		return SBULB_STAT_DROP_ICMP_MISDIRECTED;
-	svc = svc_get(t->service);
-	if (!svc_live(svc))
-		return SBULB_STAT_PASS_NOT_BALANCED;
 	t->to = svc->vip;
 	return SBULB_STAT_TX_ICMP_EGRESS;
 }

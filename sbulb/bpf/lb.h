@@ -218,6 +218,14 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 	__u32 stat = SBULB_STAT_ASSOC_CLIENT;
 	int hashed = 0;
 
+	/* per-packet mode: the next server in the cycle, remembered nowhere
+	 * (a fragmented datagram's later fragments follow its first one) */
+	if (svc->flags & SBULB_SVC_F_PER_PACKET) {
+		if (pick_server(svc, t) < 0)
+			return SBULB_STAT_DROP_NO_REAL_SERVER;
+		return SBULB_STAT_TX_INGRESS;
+	}
+
 	key.client = f->src;
 	key.port = f->sport;
 	key.service = t->service;
@@ -287,6 +295,10 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_assoc val = {};
 	struct sbulb_addr other;
 	struct sbulb_assoc *as;
+
+	/* per-packet mode: any server of the service speaks for it */
+	if (svc->flags & SBULB_SVC_F_PER_PACKET)
+		goto out;
 
 	key.client = f->dst;
 	key.port = f->dport;

@@ -40,7 +40,7 @@ struct sbulb_service {
 	struct sbulb_addr vip; /* its virtual IP */
 	__u32 ring_base;       /* first entry of its cycle in sbulb_ring */
 	__u32 ring_len;        /* entries of its cycle; 0: no server takes new clients */
-	__u32 flags;           /* reserved for modes, zero */
+	__u32 flags;           /* SBULB_SVC_F_* (consts.h): its mode */
 	__u32 pad;             /* zero */
 };
 
