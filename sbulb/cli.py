@@ -355,6 +355,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             services=file.services,
             mode=args.mode or file.mode or "sticky",
             cli_mode=args.mode,
+            checks=file.checks,
         )
         file.check(limits)  # the file whole, even what -vs/-p override
         return config

@@ -39,7 +39,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Sequence, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -47,7 +47,73 @@ REAL_SERVERS_SECTION = "Real Servers"
 VIRTUAL_SERVER_SECTION = "Virtual Server"
 SERVICE_SECTION = "Service"  # [Service NAME]
 SERVICE_KEYS = ("address", "ports", "servers")  # required
-SERVICE_OPTIONAL_KEYS = ("mode",)
+CHECK_KEYS = ("check", "check_port", "check_send", "check_expect", "check_interval",
+              "check_timeout", "check_rise", "check_fall", "check_start", "on_down",
+              "passive_fall")
+SERVICE_OPTIONAL_KEYS = ("mode", *CHECK_KEYS)
+ON_DOWN = ("keep", "move")
+
+if TYPE_CHECKING:
+    from sbulb.health import CheckSpec
+
+
+@dataclass(frozen=True)
+class Checks:
+    """A service's health checks (sbulb/health.py runs them): `spec` None
+    means none (check = none)."""
+
+    spec: "CheckSpec | None" = None
+    on_down: str = "keep"  # keep | move: what happens to a down server's clients
+    passive_fall: int = 0  # ICMP unreachable errors in one interval that mark it down
+
+
+def parse_checks(values: Mapping[str, str]) -> Checks:
+    """The check_* keys of a section (lower-case keys -> values), or
+    ConfigError. check_port 0 (not given): the service's first port."""
+    given = {k: v for k, v in values.items() if k in CHECK_KEYS}
+    kind = given.get("check", "none").strip().lower()
+    if kind not in ("udp", "none"):
+        raise ConfigError(f"unknown check '{given['check'].strip()}' (udp, none)")
+    on_down = given.get("on_down", "keep").strip().lower()
+    if on_down not in ON_DOWN:
+        raise ConfigError(f"on_down must be keep or move, not '{given['on_down'].strip()}'")
+    if kind == "none":
+        extra = sorted(set(given) - {"check", "on_down"})
+        if extra:
+            raise ConfigError(f"'{extra[0]}' needs check = udp")
+        return Checks(None, on_down, 0)
+    from sbulb import health  # (health imports this module)
+
+    port = 0
+    if "check_port" in given:
+        port = _port_value(given["check_port"], "check_port")
+    start = given.get("check_start", "unknown").strip().lower()
+    if start not in ("unknown", "down"):
+        raise ConfigError(f"check_start must be unknown or down, not '{start}'")
+    spec = health.CheckSpec(
+        port=port,
+        send=health.parse_hex(given.get("check_send", "")),
+        expect=health.parse_expect(given.get("check_expect", "")),
+        interval=health.parse_duration(given.get("check_interval", "2s")),
+        timeout=health.parse_duration(given.get("check_timeout", "1s")),
+        rise=health.parse_count(given.get("check_rise", "2"), "check_rise"),
+        fall=health.parse_count(given.get("check_fall", "3"), "check_fall"),
+        start_down=start == "down",
+    )
+    replace(spec, port=spec.port or 1).check()  # port 0: the service's first, known later
+    passive = 0
+    if "passive_fall" in given:
+        passive = health.parse_count(given["passive_fall"], "passive_fall")
+    return Checks(spec, on_down, passive)
+
+
+def _port_value(text: str, name: str) -> int:
+    try:
+        port = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"invalid {name} '{text.strip()}'") from None
+    _check_range(name, port, 1, 65535)
+    return port
 # what a service does with a datagram to it (sbulb/bpf/consts.h SBULB_SVC_F_*)
 MODES = ("sticky", "per-packet")
 MODES_PLANNED = ("mirror", "telemetry")  # specified, not built yet
@@ -162,6 +228,7 @@ class ServiceConfig:
     ports: tuple[int, ...]
     real_servers: tuple[RealServer, ...]
     mode: str = "sticky"
+    checks: Checks = Checks()
 
     @property
     def family(self) -> int:
@@ -183,6 +250,7 @@ class FileConfig:
     services: tuple[ServiceConfig, ...] = ()
     default_section: str = field(default=VIRTUAL_SERVER_SECTION, compare=False)
     mode: str | None = None  # of the service `default`
+    checks: Checks = Checks()  # of the service `default`
 
     @property
     def has_default(self) -> bool:
@@ -244,6 +312,7 @@ class Config:
     # the mode of the service `default`; --mode (cli_mode) wins over the file
     mode: str = "sticky"
     cli_mode: str | None = None
+    checks: Checks = Checks()  # of the service `default` (the file's)
     # the named services ([Service NAME]) other than `default`, in file order
     services: tuple[ServiceConfig, ...] = ()
 
@@ -283,7 +352,7 @@ class Config:
         if self.virtual_server is None:
             return None
         return ServiceConfig(DEFAULT_SERVICE, self.virtual_server, self.ports, self.real_servers,
-                             self.mode)
+                             self.mode, self.checks)
 
     @property
     def all_services(self) -> tuple[ServiceConfig, ...]:
@@ -314,7 +383,7 @@ class Config:
             vip, ports, servers = None, (), ()
         config = replace(
             self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services,
-            mode=self.cli_mode or file.mode or "sticky",
+            mode=self.cli_mode or file.mode or "sticky", checks=file.checks,
         )
         file.check(self.limits)
         return config
@@ -580,7 +649,7 @@ def parse_file(text: str) -> FileConfig:
             )
         return FileConfig(default.real_servers, default.virtual_server, default.ports,
                           tuple(services), f"{SERVICE_SECTION} {DEFAULT_SERVICE}",
-                          None if default.mode == "sticky" else default.mode)
+                          None if default.mode == "sticky" else default.mode, default.checks)
     if not parser.has_section(REAL_SERVERS_SECTION) and (legacy or not services):
         raise ConfigError(f"no [{REAL_SERVERS_SECTION}] section")
     servers = []
@@ -596,6 +665,7 @@ def parse_file(text: str) -> FileConfig:
     vip: IPAddress | None = None
     ports: tuple[int, ...] | None = None
     mode: str | None = None
+    check_values: dict[str, str] = {}
     if parser.has_section(VIRTUAL_SERVER_SECTION):
         for key, value in parser.items(VIRTUAL_SERVER_SECTION):
             name = key.lower()
@@ -610,11 +680,18 @@ def parse_file(text: str) -> FileConfig:
                     mode = parse_mode(value)
                 except ConfigError as e:
                     raise ConfigError(f"[{VIRTUAL_SERVER_SECTION}]: {e}") from None
+            elif name in CHECK_KEYS:
+                check_values[name] = value
             else:
                 raise ConfigError(
-                    f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports, mode)"
+                    f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports, mode, "
+                    "check_*)"
                 )
-    return FileConfig(tuple(servers), vip, ports, tuple(services), mode=mode)
+    try:
+        checks = parse_checks(check_values)
+    except ConfigError as e:
+        raise ConfigError(f"[{VIRTUAL_SERVER_SECTION}]: {e}") from None
+    return FileConfig(tuple(servers), vip, ports, tuple(services), mode=mode, checks=checks)
 
 
 def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> ServiceConfig:
@@ -630,7 +707,7 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
             if lower not in SERVICE_KEYS + SERVICE_OPTIONAL_KEYS:
                 raise ConfigError(
                     f"unknown key '{key}' (valid keys: "
-                    f"{', '.join(SERVICE_KEYS + SERVICE_OPTIONAL_KEYS)})"
+                    f"{', '.join(SERVICE_KEYS + ('mode',))}, check_*, on_down, passive_fall)"
                 )
             if lower in values:
                 raise ConfigError(f"'{key}' is given twice")
@@ -656,9 +733,10 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
                 raise ConfigError(f"real server {server.address} is listed twice")
             seen.add(server.address)
         mode = parse_mode(values["mode"]) if "mode" in values else "sticky"
+        checks = parse_checks(values)
     except ConfigError as e:
         raise ConfigError(f"[{section}]: {e}") from None
-    return ServiceConfig(name, vip, ports, servers, mode)
+    return ServiceConfig(name, vip, ports, servers, mode, checks)
 
 
 def read_file(path: Path) -> FileConfig:

@@ -136,15 +136,15 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
         rejected = "" if status.get("last_reload_ok", True) else " (last reload rejected)"
         out.write(f"config file {status['config_file']}{rejected}\n")
     out.write(f"associations {status['associations']} (at most {status['max_associations']})\n")
-    header = ("real server", "weight", "state", "assoc", "pkts to", "bytes to", "pkts from",
-              "bytes from")
+    header = ("real server", "weight", "state", "health", "assoc", "pkts to", "bytes to",
+              "pkts from", "bytes from")
     for service in status["services"]:
         out.write(f"\nservice {service['name']}: {service['virtual_server']} "
                   f"port(s) {' '.join(map(str, service['ports']))}, {service['mode']}, "
                   f"{service['associations']} association(s)\n")
         rows = [header] + [
-            (s["address"], s["weight"], s["state"], s["associations"], s["packets_to"],
-             s["bytes_to"], s["packets_from"], s["bytes_from"])
+            (s["address"], s["weight"], s["state"], _health_text(s), s["associations"],
+             s["packets_to"], s["bytes_to"], s["packets_from"], s["bytes_from"])
             for s in service["real_servers"]
         ]
         _table(rows, out)
@@ -152,6 +152,16 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
     for name, value in status["counters"].items():
         if value:
             out.write(f"  {name:<20} {value}\n")
+
+
+def _health_text(server: dict[str, Any]) -> str:
+    """'up 12s rtt 0.3ms', 'down 4s timeout', or '-' (not checked)."""
+    if "health" not in server:
+        return "-"
+    text = f"{server['health']} {server['health_since_s']:g}s"
+    if server["health"] == "down" or server.get("rtt_ms") is None:
+        return f"{text} {server['health_reason'] or ''}".rstrip()
+    return f"{text} rtt {server['rtt_ms']:g}ms"
 
 
 def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:

@@ -605,12 +605,14 @@ class Dataplane:
             self._delete("sbulb_endpoints", _endpoint(w.address, w.port))
         elif isinstance(w, state.PutMember):
             self._put("sbulb_rs", struct.pack("I", w.slot),
-                      addr_to_bytes(w.address) + struct.pack("II", w.service, 0))
+                      addr_to_bytes(w.address) + struct.pack("II", w.service, w.flags))
         elif isinstance(w, state.ClearMember):
             self._put("sbulb_rs", struct.pack("I", w.slot), bytes(MEMBER_SIZE))
             stats = self._table("sbulb_rs_stats")
             for index in (2 * w.slot, 2 * w.slot + 1):
                 stats.clearitem(stats.Key(index))
+            unreach = self._table("sbulb_rs_unreach")
+            unreach.clearitem(unreach.Key(w.slot))
         elif isinstance(w, state.PutRing):
             self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
         elif isinstance(w, state.PutService):
@@ -716,6 +718,13 @@ class Dataplane:
                 result.append((key.value, addr_from_bytes(raw[:ADDR_SIZE]), service))
         return sorted(result, key=lambda item: item[0])
 
+    def member_unreachable(self) -> dict[tuple[int, IPAddress], int]:
+        """(service id, real server) -> ICMP destination-unreachable errors
+        translated for it so far, summed over CPUs (passive health)."""
+        table = self._table("sbulb_rs_unreach")
+        return {(service, address): int(table.sum(table.Key(slot)).value)
+                for slot, address, service in self._members()}
+
     def member_traffic(self) -> dict[tuple[int, IPAddress], Traffic]:
         """(service id, real server) -> its traffic, summed over CPUs."""
         stats = self._table("sbulb_rs_stats")
@@ -767,6 +776,15 @@ class Dataplane:
     def fragments_tracked(self) -> int:
         """Fragmented datagrams whose later fragments the program follows."""
         return sum(1 for _ in self._table("sbulb_frags").keys())
+
+    def add_probe_endpoint(self, address: IPAddress, port: int) -> None:
+        """A health-check probe socket's (local address, port): the answers
+        real servers send it are for this host's stack (sbulb_probes).
+        Safe from any thread (one map write)."""
+        self._put("sbulb_probes", _endpoint(address, port), struct.pack("I", 1))
+
+    def remove_probe_endpoint(self, address: IPAddress, port: int) -> None:
+        self._delete("sbulb_probes", _endpoint(address, port))
 
     def _assoc_key(self, client: IPAddress, port: int, service: int | None):
         if service is None:  # the one virtual server of configure()

@@ -36,13 +36,18 @@ import time
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sbulb import __version__
 from sbulb.consts import Stat, StatKind
 from sbulb.dataplane import Dataplane, Traffic
-from sbulb.state import Snapshot
+from sbulb.state import RTT_BUCKETS, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,14 @@ class Collector:
                                       labels=["service", "server", "direction"])
         octets = CounterMetricFamily("sbulb_bytes", "Frame bytes to and from each real server",
                                      labels=["service", "server", "direction"])
+        up = GaugeMetricFamily("sbulb_real_server_up",
+                               "1 if a real server takes new clients by its health (0: down; "
+                               "unchecked servers are 1)", labels=["service", "server"])
+        probes = CounterMetricFamily("sbulb_health_probes", "Health probes, by result",
+                                     labels=["service", "server", "result"])
+        rtt = HistogramMetricFamily("sbulb_health_probe_rtt_seconds",
+                                    "Round-trip time of the good health probes",
+                                    labels=["service", "server"])
         weight = GaugeMetricFamily("sbulb_real_server_weight",
                                    "Weight of each real server (0: drained)",
                                    labels=["service", "server"])
@@ -99,7 +112,18 @@ class Collector:
                 t = traffic.get((i, server.address), Traffic())
                 _add_traffic(packets, octets, [spec.name, name], t)
                 weight.add_metric([spec.name, name], server.weight)
+                up.add_metric([spec.name, name], 0 if server.address in spec.down else 1)
+                view = snap.health.get((spec.name, server.address))
+                if view is not None:
+                    probes.add_metric([spec.name, name, "ok"], view.probes - view.probe_failures)
+                    probes.add_metric([spec.name, name, "failed"], view.probe_failures)
+                    if view.rtt_counts:
+                        buckets = [(str(bound), count) for bound, count
+                                   in zip(RTT_BUCKETS, view.rtt_counts)]
+                        buckets.append(("+Inf", view.rtt_counts[-1]))
+                        rtt.add_metric([spec.name, name], buckets, view.rtt_sum)
         yield from (packets, octets, weight, svc_packets, svc_octets, svc_assoc, svc_info)
+        yield from (up, probes, rtt)
 
         yield GaugeMetricFamily("sbulb_associations", "Client ip:port -> real server entries",
                                 value=len(associations))

@@ -13,13 +13,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import select
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from sbulb import __version__, neigh, state
+from sbulb import __version__, health, neigh, state
 from sbulb.config import (
     DEFAULT_SERVICE,
     Config,
@@ -50,6 +52,8 @@ if TYPE_CHECKING:  # prometheus-client is needed only with --metrics
 
 log = logging.getLogger(__name__)
 
+PASSIVE_SCAN = 0.25  # seconds between reads of the ICMP-unreachable counters
+HEALTH_SHOWN = 1.0  # seconds between snapshots of the probe counters
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a file event: editors write in steps
 EVENT_INTERVAL = 0.1  # how often data-path events are read, when compiled in
 IDLE_INTERVAL = 1.0  # wake-up period otherwise
@@ -135,6 +139,20 @@ def log_event(event: Event, names: dict[int, str]) -> None:
                 client, event.server)
 
 
+def health_targets(base: DesiredState) -> dict[state.Member, health.CheckSpec]:
+    """What to probe: every server of every checked service, on its
+    check_port (default: the service's first port)."""
+    targets = {}
+    for spec in base.services:
+        check = spec.checks.spec
+        if check is None:
+            continue
+        port = check.port or spec.ports[0]
+        for server in spec.servers:
+            targets[(spec.name, server.address)] = replace(check, port=port)
+    return targets
+
+
 class _InterfaceLock:
     """One sbulb per interface (and network namespace): an flock held for the
     life of the process. A program named like ours on an interface whose lock
@@ -202,8 +220,24 @@ class Service:
             pin=pin_dir(config.interfaces[0]) if config.pin else None,
         )
         self.notifier = notifier or SystemdNotifier()
-        self.desired = DesiredState.from_config(config)
+        # what the config says, and what is applied: that with the servers
+        # the health checks say are down
+        self.base = DesiredState.from_config(config)
+        self.desired = self.base
         self.layout = Layout()  # what the maps hold (sbulb/state.py)
+        self._targets: dict[state.Member, health.CheckSpec] = {}
+        self._health: dict[state.Member, health.ServerHealth] = {}
+        self._rtts: dict[state.Member, tuple[list[int], float]] = {}
+        self._verdicts: queue.SimpleQueue[tuple[state.Member, health.Verdict]] = (
+            queue.SimpleQueue())
+        self._prober: health.Prober | None = None
+        # passive detection: per (service, server), when its window began and
+        # its ICMP-unreachable count then
+        self._passive: dict[state.Member, tuple[float, int]] = {}
+        self._next_passive = 0.0
+        self._verdicts_waiting = False
+        self._health_shown = 0.0  # when the snapshot last took the probe counters
+        self._probe_endpoints: set[tuple[IPAddress, int]] = set()
         self._last_reload_ok = True
         self.snapshot = self._make_snapshot()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -265,8 +299,10 @@ class Service:
         # service ids are kept from the pinned registry: they key the
         # associations that survived the restart
         self.layout = Layout.with_ids(self.dataplane.registered_services())
+        self._targets = health_targets(self.base)
+        self._health = self._healths_for(self._targets)
         try:
-            self.apply(self.desired)
+            self.apply(self.base.with_down(self._downs(self._health)))
         except (PlanError, DataplaneError) as e:
             raise StartError(f"cannot fill the maps: {e}") from None
         desired, ids = self.desired, self.layout.ids
@@ -306,6 +342,143 @@ class Service:
         else:
             self.layout = back.layout
 
+    # -- health checks (sbulb/health.py): verdicts come from the prober's
+    # thread through a queue; the main loop applies what they change
+
+    def _healths_for(self, targets: dict[state.Member, health.CheckSpec]
+                     ) -> dict[state.Member, health.ServerHealth]:
+        now = time.monotonic()
+        return {key: self._health.get(key) or health.ServerHealth.initial(spec, now)
+                for key, spec in targets.items()}
+
+    @staticmethod
+    def _downs(healths: dict[state.Member, health.ServerHealth]
+               ) -> dict[str, frozenset[IPAddress]]:
+        downs: dict[str, set[IPAddress]] = {}
+        for (name, address), h in healths.items():
+            if not h.takes_traffic:
+                downs.setdefault(name, set()).add(address)
+        return {name: frozenset(addresses) for name, addresses in downs.items()}
+
+    def _on_verdict(self, key: state.Member, verdict: health.Verdict) -> None:
+        """From the prober's thread: queue it, wake the main loop (once for
+        a batch: thousands of verdicts a second are one wake-up each turn)."""
+        self._verdicts.put((key, verdict))
+        if not self._verdicts_waiting:
+            self._verdicts_waiting = True
+            self._wake()
+
+    def _start_health(self) -> None:
+        if not self._targets:
+            return
+        self._prober = health.Prober(self._on_verdict)
+        # the counters of a new program start at zero: so do the windows
+        # (a server added by a later reload starts from its count then)
+        now = time.monotonic()
+        self._passive = {key: (now, 0) for key in self._targets}
+        self._set_targets(self._targets)
+        self._prober.start()
+        log.info("health.started targets=%d", len(self._targets))
+
+    def _set_targets(self, targets: dict[state.Member, health.CheckSpec]) -> None:
+        """Probe these; the data path leaves the answers to our probe
+        sockets to this host's stack (set_targets opens the sockets, so
+        their endpoints are known before their first probe)."""
+        assert self._prober is not None
+        self._prober.set_targets(targets)
+        endpoints = self._prober.local_endpoints()
+        for address, port in endpoints - self._probe_endpoints:
+            self.dataplane.add_probe_endpoint(address, port)
+        for address, port in self._probe_endpoints - endpoints:
+            self.dataplane.remove_probe_endpoint(address, port)
+        self._probe_endpoints = endpoints
+
+    def _passive_downs(self, now: float) -> list[state.Member]:
+        """Servers of services with passive_fall whose translated ICMP
+        destination-unreachable errors reached it within one interval."""
+        checked = {s.name: s for s in self.base.services if s.checks.passive_fall}
+        if not checked or now < self._next_passive:
+            return []
+        self._next_passive = now + PASSIVE_SCAN
+        names = {i: name for name, i in self.layout.ids.items()}
+        found = []
+        for (i, address), count in self.dataplane.member_unreachable().items():
+            name = names.get(i)
+            if name not in checked or (name, address) not in self._health:
+                continue
+            key = (name, address)
+            spec = checked[name]
+            began, base = self._passive.get(key, (now, count))
+            if count - base >= spec.checks.passive_fall:
+                found.append(key)
+                began, base = now, count
+            elif now - began >= self._targets[key].interval:
+                began, base = now, count
+            self._passive[key] = (began, base)
+        return found
+
+    def _take_verdicts(self) -> None:
+        changed = False
+        now = time.monotonic()
+        self._verdicts_waiting = False  # before draining: a later one wakes us again
+        before = {s.name: bool(s.serving) for s in self.desired.services if s.checks.spec}
+        for key in self._passive_downs(now):
+            server = self._health[key]
+            if server.state != health.Health.DOWN:
+                server.state, server.since, server.reason = health.Health.DOWN, now, "icmp"
+                server.successes = 0
+                changed = True
+                log.warning("health.down service=%s server=%s reason=icmp passive=yes "
+                            "(client datagrams refused)", *key)
+        while True:
+            try:
+                key, verdict = self._verdicts.get_nowait()
+            except queue.Empty:
+                break
+            h, spec = self._health.get(key), self._targets.get(key)
+            if h is None or spec is None:
+                continue  # a target a reload removed
+            if verdict.ok and verdict.rtt is not None:
+                counts, total = self._rtts.setdefault(key, ([0] * (len(state.RTT_BUCKETS) + 1),
+                                                            0.0))
+                for i, bound in enumerate(state.RTT_BUCKETS):
+                    if verdict.rtt <= bound:
+                        counts[i] += 1
+                counts[-1] += 1
+                self._rtts[key] = (counts, total + verdict.rtt)
+            if h.record(verdict, now, spec):
+                changed = True
+                name, address = key
+                level = logging.WARNING if h.state == health.Health.DOWN else logging.INFO
+                log.log(level, "health.%s service=%s server=%s reason=%s%s", h.state.value,
+                        name, address, verdict.reason,
+                        f" rtt_ms={verdict.rtt * 1000:.1f}" if verdict.rtt is not None else "")
+        if changed:
+            try:
+                self.apply(self.base.with_down(self._downs(self._health)))
+            except (PlanError, DataplaneError) as e:
+                log.error("health.not_applied reason=%s", e)
+            for service in self.desired.services:
+                if service.name in before and before[service.name] != bool(service.serving):
+                    if service.serving:
+                        log.info("health.service_back service=%s", service.name)
+                    else:
+                        log.error("health.all_down service=%s: every real server is down; new "
+                                  "clients are dropped", service.name)
+            self.notifier.notify(f"STATUS={self.status()}")
+        # a change is shown at once; the probe counters and RTTs once a second
+        if changed or now - self._health_shown >= HEALTH_SHOWN:
+            self._health_shown = now
+            self.snapshot = self._make_snapshot()
+
+    def _health_views(self) -> dict[state.Member, state.HealthView]:
+        views = {}
+        for key, h in self._health.items():
+            counts, total = self._rtts.get(key, ([], 0.0))
+            views[key] = state.HealthView(h.state.value, h.since, h.reason, h.rtt, h.probes,
+                                          h.probe_failures, tuple(counts), total)
+        return views
+
     def _make_snapshot(self) -> Snapshot:
         return Snapshot(
             services=self.desired.services,
@@ -315,6 +488,7 @@ class Service:
             max_associations=self.config.limits.max_associations,
             config_file=str(self.config.config_file) if self.config.config_file else None,
             last_reload_ok=self._last_reload_ok,
+            health=self._health_views(),
         )
 
     def check(self) -> None:
@@ -400,6 +574,7 @@ class Service:
                 raise StartError(f"cannot create the control socket: {e.strerror or e}") from None
             if self.config.metrics is not None:
                 self._start_metrics(*self.config.metrics)
+            self._start_health()
         except BaseException:
             self._shutdown()
             raise
@@ -424,6 +599,9 @@ class Service:
             raise StartError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
 
     def _shutdown(self) -> None:
+        if self._prober is not None:
+            self._prober.stop()
+            self._prober = None
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None
@@ -452,14 +630,16 @@ class Service:
         """One line for sd_notify's STATUS=."""
         interfaces = ", ".join(self.config.interfaces)
         services = self.desired.services
+        down = sum(len(s.down) for s in services)
+        health_note = f", {down} down (health checks)" if down else ""
         if len(services) == 1:
             spec = services[0]
             return (f"balancing UDP {spec.vip} port(s) {' '.join(map(str, spec.ports))} over "
-                    f"{len(spec.servers)} real server(s) on {interfaces}")
+                    f"{len(spec.servers)} real server(s) on {interfaces}{health_note}")
         servers = len({s.address for spec in services for s in spec.servers})
         return (f"balancing {len(services)} UDP services "
                 f"({', '.join(s.name for s in services)}) over {servers} real server(s) "
-                f"on {interfaces}")
+                f"on {interfaces}{health_note}")
 
     # -- reload
 
@@ -476,7 +656,16 @@ class Service:
         planned = None
         try:
             new = self.config.with_file(read_file(path))
-            planned = self.apply(DesiredState.from_config(new))
+            base = DesiredState.from_config(new)
+            # servers that stay keep their health; new ones start afresh
+            targets = health_targets(base)
+            healths = self._healths_for(targets)
+            planned = self.apply(base.with_down(self._downs(healths)))
+            self.base, self._targets, self._health = base, targets, healths
+            if self._prober is not None:
+                self._set_targets(targets)
+            elif targets and self.dataplane.loaded:
+                self._start_health()
         except (ConfigError, PlanError) as e:
             log.error(
                 "config.rejected file=%s reason=%s; keeping the running configuration "
@@ -603,14 +792,25 @@ class Service:
             if ids is not None and i not in ids:
                 continue
             servers = []
+            now = time.monotonic()
             for rs in spec.servers:
                 t = traffic.get((i, rs.address), Traffic())
+                view = snapshot.health.get((spec.name, rs.address))
+                down = rs.address in spec.down
                 servers.append({
                     "address": str(rs.address),
                     "weight": rs.weight,
-                    "state": "active" if rs.weight else "drained",
+                    "state": "down" if down else "active" if rs.weight else "drained",
                     "associations": per_member.get((i, rs.address), 0),
                     **_traffic_fields(t),
+                    **({} if view is None else {
+                        "health": view.state,
+                        "health_since_s": round(now - view.since, 1),
+                        "health_reason": view.reason,
+                        "rtt_ms": None if view.rtt is None else round(view.rtt * 1000, 2),
+                        "probes": view.probes,
+                        "probe_failures": view.probe_failures,
+                    }),
                 })
             services.append({
                 "name": spec.name,
@@ -653,6 +853,8 @@ class Service:
             timeout = self._file_changed_at + RELOAD_DEBOUNCE - time.monotonic()
         if self._watchdog is not None:
             timeout = min(timeout, self._next_ping - time.monotonic())
+        if self._prober is not None and any(s.checks.passive_fall for s in self.base.services):
+            timeout = min(timeout, self._next_passive - time.monotonic())
         return max(0.0, timeout)
 
     def _ping_watchdog(self) -> None:
@@ -690,6 +892,8 @@ class Service:
                     log_event(event, names)
             if self.config.forward == "fib":
                 neigh.resolve(self.dataplane.take_neighbour_misses())
+            if self._prober is not None:
+                self._take_verdicts()
 
     def run(self, handle_signals: bool = True) -> int:
         """Start, serve until asked to stop, stop. Returns the exit code (0);

@@ -27,12 +27,13 @@ service.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence, Union
 
 from sbulb.config import (
     DEFAULT_SERVICE,
     RING_SIZE,
+    Checks,
     Config,
     IPAddress,
     Limits,
@@ -42,6 +43,7 @@ from sbulb.config import (
 
 
 SVC_F_PER_PACKET = 1  # every datagram to the next server, no association
+MEMBER_F_MOVE = 1  # down, on_down = move: its clients pick anew
 
 
 class PlanError(ValueError):
@@ -60,6 +62,20 @@ class ServiceSpec:
     ports: tuple[int, ...]
     servers: tuple[RealServer, ...]
     mode: str = "sticky"
+    checks: Checks = Checks()
+    # servers the health checks say are down: out of the cycle (no new
+    # client); with on_down = move their clients also pick anew
+    down: frozenset[IPAddress] = frozenset()
+
+    @property
+    def serving(self) -> tuple[RealServer, ...]:
+        """The servers that take new clients (by weight): those not down."""
+        return tuple(s for s in self.servers if s.address not in self.down)
+
+    def member_flags(self, address: IPAddress) -> int:
+        """A member's flags (sbulb/bpf/consts.h SBULB_MEMBER_F_*)."""
+        moves = address in self.down and self.checks.on_down == "move"
+        return MEMBER_F_MOVE if moves else 0
 
     @property
     def flags(self) -> int:
@@ -79,7 +95,8 @@ class DesiredState:
     @classmethod
     def from_config(cls, config: Config) -> "DesiredState":
         return cls(tuple(
-            ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers), s.mode)
+            ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers), s.mode,
+                        s.checks)
             for s in config.all_services
         ))
 
@@ -92,6 +109,13 @@ class DesiredState:
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def with_down(self, down: Mapping[str, frozenset[IPAddress]]) -> "DesiredState":
+        """This state with the servers the health checks say are down (by
+        service name; a server not in its service's pool is ignored)."""
+        return DesiredState(tuple(
+            replace(s, down=frozenset(a for a in down.get(s.name, ()) if s.server(a)))
+            for s in self.services))
 
     def with_service(self, spec: ServiceSpec) -> "DesiredState":
         """This state with one service replaced (or added)."""
@@ -173,6 +197,7 @@ class PutMember:
     slot: int
     address: IPAddress
     service: int
+    flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,7 +303,7 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
     """Raise PlanError if the desired state does not fit the maps."""
     members = sum(len(s.servers) for s in desired.services)
     endpoints = sum(len(s.servers) * len(s.ports) for s in desired.services)
-    ring = sum(len(smooth_weighted_order(s.servers)) for s in desired.services)
+    ring = sum(len(smooth_weighted_order(s.serving)) for s in desired.services)
     names = [s.name for s in desired.services]
     if len(set(names)) != len(names):
         raise PlanError("a service name is used twice")
@@ -348,7 +373,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         slots[m] = n
 
     # rings: each service's cycle, by slot; all into the other half if any differs
-    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in smooth_weighted_order(spec.servers))
+    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in smooth_weighted_order(spec.serving))
               for spec in desired.services}
     old_cycles = {name: ring for name, (_, ring) in old.rings.items()}
     if cycles == {n: c for n, c in old_cycles.items() if n in cycles} and set(cycles) <= set(
@@ -377,9 +402,12 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     new_addrs = _addresses(wanted.values())
     writes.extend(PutAddress(kind, a) for kind, a in sorted(new_addrs - old_addrs, key=_addr_key))
     # 3. members
-    old_members = {} if force else {m: (old.slots[m], old.ids[m[0]]) for m in old.slots}
-    writes.extend(PutMember(slots[m], m[1], ids[m[0]]) for m in members
-                  if old_members.get(m) != (slots[m], ids[m[0]]))
+    old_members = {} if force else {
+        m: (old.slots[m], old.ids[m[0]], old.services[m[0]].member_flags(m[1]))
+        for m in old.slots if m[0] in old.services}
+    writes.extend(PutMember(slots[m], m[1], ids[m[0]], wanted[m[0]].member_flags(m[1]))
+                  for m in members
+                  if old_members.get(m) != (slots[m], ids[m[0]], wanted[m[0]].member_flags(m[1])))
     # 3b. a descriptor (VIP, no cycle yet) for each new service, before
     # anything leads to it: its endpoints may take over a server's replies
     # (a server that moves to it) before its cycle is written
@@ -497,6 +525,23 @@ def legacy_service(server: IPAddress, desired: DesiredState) -> str | None:
 
 
 
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """A real server's health as status and metrics show it (frozen)."""
+
+    state: str  # unknown | up | down
+    since: float  # monotonic time of the last change
+    reason: str  # of the last verdict: ok, timeout, icmp, mismatch, error ("": none yet)
+    rtt: float | None  # seconds, of the last good probe
+    probes: int
+    probe_failures: int
+    rtt_counts: tuple[int, ...] = ()  # good probes per RTT_BUCKETS (cumulative), then all
+    rtt_sum: float = 0.0
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What metrics and the control socket show of the running state:
@@ -510,6 +555,8 @@ class Snapshot:
     max_associations: int
     config_file: str | None = None
     last_reload_ok: bool = True
+    # (service, real server) -> its health, for the checked services
+    health: Mapping[Member, HealthView] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)

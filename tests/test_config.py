@@ -517,7 +517,8 @@ def svc(name: str = "coap", address: str | None = "10.0.0.1", ports: str | None 
         (svc("x" * 33), f"invalid service name in [Service {'x' * 33}]"),
         (svc("caf\u00e9"), "invalid service name in [Service caf\u00e9]"),
         (svc(extra="vip = 10.0.0.2\n"),
-         "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers, mode)"),
+         "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers, mode, "
+         "check_*, on_down, passive_fall)"),
         (svc(extra="10.0.1.9\n"), "[Service coap]: unknown key '10.0.1.9'"),
         (svc(address=None), "[Service coap]: no 'address' (required: address, ports, servers)"),
         (svc(ports=None), "[Service coap]: no 'ports'"),
@@ -828,3 +829,43 @@ def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
                     "[Real Servers]\n10.0.0.2\n")
     assert forced.with_file(read_file(path)).default_service.mode == "per-packet"
     assert plain.with_file(read_file(path)).default_service.mode == "sticky"
+
+
+def test_health_check_keys(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sbulb.health import CheckSpec
+
+    path = tmp_path / "sbulb.conf"
+    path.write_text("[Service coap]\naddress = 10.0.0.1\nports = 5683 5684\n"
+                    "servers = 10.0.1.1 10.0.1.2\ncheck = udp\ncheck_send = 40 01 00 00\n"
+                    "check_expect = ^.{4}\ncheck_interval = 500ms\ncheck_timeout = 0.2s\n"
+                    "check_rise = 1\ncheck_fall = 4\ncheck_start = down\non_down = move\n"
+                    "passive_fall = 5\n\n"
+                    "[Service plain]\naddress = 10.0.0.1\nports = 53\nservers = 10.0.2.1\n")
+    config = parse("eth0", "-cfg", str(path))
+    coap, plain = config.services
+    spec = coap.checks.spec
+    assert isinstance(spec, CheckSpec)
+    assert (spec.port, spec.send, spec.interval, spec.timeout, spec.rise, spec.fall,
+            spec.start_down) == (0, b"\x40\x01\x00\x00", 0.5, 0.2, 1, 4, True)
+    assert spec.expect is not None and spec.expect.pattern == b"^.{4}"
+    assert (coap.checks.on_down, coap.checks.passive_fall) == ("move", 5)
+    assert plain.checks.spec is None and plain.checks.on_down == "keep"
+    # the default service's checks are in [Virtual Server]
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\ncheck = udp\n"
+                    "check_port = 9999\n\n[Real Servers]\n10.0.0.2\n")
+    default = parse("eth0", "-cfg", str(path)).default_service
+    assert default.checks.spec is not None and default.checks.spec.port == 9999
+    for line, reason in [
+        ("check = tcp", "unknown check 'tcp'"),
+        ("check = udp\ncheck_interval = 1s\ncheck_timeout = 2s", "must be shorter"),
+        ("check = udp\ncheck_send = 4", "hex"),
+        ("check = udp\ncheck_expect = (", "invalid reply regex"),
+        ("check = udp\ncheck_fall = 0", "check_fall"),
+        ("check = udp\non_down = drop", "on_down must be keep or move"),
+        ("check_rise = 2", "'check_rise' needs check = udp"),
+        ("check = udp\ncheck_port = 70000", "check_port must be between 1 and 65535"),
+    ]:
+        path.write_text("[Service coap]\naddress = 10.0.0.1\nports = 5683\n"
+                        f"servers = 10.0.1.1\n{line}\n")
+        err = usage_error(capsys, "eth0", "-cfg", str(path))
+        assert "[Service coap]: " in err and reason in err, (line, err)

@@ -80,6 +80,7 @@ def test_map_layouts_match_what_python_packs(loaded: Dataplane) -> None:
         "sbulb_vips": (ADDR_SIZE, 4),
         "sbulb_rs_index": (ADDR_SIZE, 4),
         "sbulb_ring": (4, 4),
+        "sbulb_probes": (ENDPOINT_SIZE, 4),
         "sbulb_assoc": (ASSOC_KEY_SIZE, ASSOC_SIZE),
     }
     for name, (key, value) in sizes.items():

@@ -231,3 +231,51 @@ def test_per_packet_icmp_from_a_server_reaches_the_client(loaded: Dataplane) -> 
     to_other = icmp_error(V4, server, V4.clients[1], quoted(V4, V4.clients[0], server, 7, COAP),
                           "unreachable")
     assert send(loaded, to_other)[0] == DROP
+
+
+# ---- health: down servers, probes
+
+
+def with_down(dp: Dataplane, on_down: str, down: tuple[str, ...]) -> None:
+    from sbulb.config import Checks
+
+    spec = service("coap", V4.vip, (COAP,), *V4.real_servers[:3])
+    spec = ServiceSpec(spec.name, spec.vip, spec.ports, spec.servers, "sticky",
+                       Checks(None, on_down), frozenset(V4.ip(a) for a in down))
+    dp.set_services(DesiredState((spec,)))
+
+
+def test_a_down_server_keeps_its_clients_or_moves_them(loaded: Dataplane) -> None:
+    rs = V4.real_servers
+    for on_down in ("keep", "move"):
+        loaded.reset_state()
+        with_down(loaded, on_down, ())
+        first = [to_vip(loaded, V4.clients[0], p, COAP) for p in (1, 2, 3)]
+        assert first == list(rs[:3])
+        with_down(loaded, on_down, (rs[0],))
+        again = to_vip(loaded, V4.clients[0], 1, COAP)
+        if on_down == "keep":
+            assert again == rs[0]  # sbulb's stickiness: it comes back with its server
+        else:
+            assert again in rs[1:3]  # moved, on its next datagram
+        newcomers = {to_vip(loaded, V4.clients[1], p, COAP) for p in range(10, 16)}
+        assert newcomers == {rs[1], rs[2]}  # no new client for a down server
+        moved = loaded.stats()[Stat.ASSOC_REPICK]
+        assert moved == (0 if on_down == "keep" else 1)
+        # back up: new clients reach it again; nobody moves back
+        with_down(loaded, on_down, ())
+        assert to_vip(loaded, V4.clients[0], 1, COAP) == again
+
+
+def test_answers_to_health_probes_are_left_to_the_stack(loaded: Dataplane) -> None:
+    fresh(loaded)
+    lb, probe_port = "10.0.0.200", 40000
+    answer = bytes(udp(V4, V4.real_servers[0], lb, COAP, probe_port))
+    assert send(loaded, answer)[0] == TX  # not a probe: a server speaking first
+    loaded.reset_state()
+    loaded.add_probe_endpoint(V4.ip(lb), probe_port)
+    try:
+        assert send(loaded, answer)[0] == PASS
+        assert loaded.associations() == {}
+    finally:
+        loaded.remove_probe_endpoint(V4.ip(lb), probe_port)

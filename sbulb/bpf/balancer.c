@@ -66,6 +66,13 @@ static __always_inline int is_real_server(const struct sbulb_addr *addr)
 	return sbulb_rs_index.lookup(&key) != NULL;
 }
 
+static __always_inline int is_probe(const struct sbulb_addr *addr, __be16 port)
+{
+	struct sbulb_endpoint key = { .addr = *addr, .port = port };
+
+	return sbulb_probes.lookup(&key) != NULL;
+}
+
 static __always_inline __u32 *ring_get(__u32 idx)
 {
 	return sbulb_ring.lookup(&idx);
@@ -139,6 +146,14 @@ static __always_inline void neigh_miss(struct sbulb_neigh *key)
 		*seen += 1;
 	else
 		sbulb_neigh_miss.update(key, &one);
+}
+
+static __always_inline void count_unreach(__u32 slot)
+{
+	__u64 *n = sbulb_rs_unreach.lookup(&slot);
+
+	if (n)
+		*n += 1;
 }
 
 static __always_inline void count_traffic(__u32 service, __u32 slot, __u32 dir,
@@ -302,6 +317,8 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 		nat_v4(iph, NULL, &iph->daddr, t.to.a[3]);
 	} else {
 		count_traffic(t.service, t.slot, SBULB_DIR_FROM_SERVER, len);
+		if (icmp->type == ICMP_DEST_UNREACH)
+			count_unreach(t.slot);
 		server = qip->daddr;
 		icmp4_nat_quoted(icmp, qip, qudp, &qip->daddr, t.to.a[3]);
 		/* from the server itself: from the VIP; from a router: as is */
@@ -371,6 +388,8 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 	} else {
 		server = quoted.dst;
 		count_traffic(t.service, t.slot, SBULB_DIR_FROM_SERVER, len);
+		if (icmp6->icmp6_type == ICMPV6_DEST_UNREACH)
+			count_unreach(t.slot);
 		icmp6_nat_quoted(icmp6, qudp, &qip6->daddr, &t.to);
 		/* from the server itself: from the VIP; from a router: as is */
 		if (addr_eq(&outer->src, &server))

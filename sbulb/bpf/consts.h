@@ -62,6 +62,12 @@
 /* Service flags (struct sbulb_service flags; sbulb/state.py SVC_F_*). */
 #define SBULB_SVC_F_PER_PACKET 1 /* every datagram to the next server, no association */
 
+/* Member flags (struct sbulb_member flags; sbulb/state.py MEMBER_F_*). */
+#define SBULB_MEMBER_F_MOVE 1 /* down, on_down = move: its clients pick anew */
+
+/* Probe sockets of the daemon's health checks (sbulb_probes). */
+#define SBULB_MAX_PROBES 16384
+
 /* Size of the client ip:port -> real server LRU map (-ma). */
 #ifndef SBULB_MAX_ASSOCIATIONS
 #define SBULB_MAX_ASSOCIATIONS 1048576

@@ -80,6 +80,14 @@ static __always_inline __u32 member_slot(const struct sbulb_addr *server,
 	return ref && ref->service == id ? ref->slot : 0;
 }
 
+/* Is the member in `slot` down with on_down = move? */
+static __always_inline int member_moves(__u32 slot)
+{
+	struct sbulb_member *member = rs_get(slot);
+
+	return member && (member->flags & SBULB_MEMBER_F_MOVE);
+}
+
 /* Which way a packet goes: ingress (to a VIP:port) or egress (from a real
  * server:port to anyone but its VIP); t->service (and for egress t->slot)
  * say whose. *svc = the service. */
@@ -233,6 +241,8 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 	if (as) {
 		t->to = as->server;
 		t->slot = member_slot(&t->to, f->dport, t->service);
+		if (t->slot && member_moves(t->slot))
+			t->slot = 0; /* down, and its clients move: like a removed one */
 		if (t->slot) {
 			SBULB_EVENT(2, SBULB_EV_REUSED_INGRESS, t->service, &f->src,
 				    f->sport, f->dport, &t->to, NULL);
@@ -295,7 +305,11 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_assoc val = {};
 	struct sbulb_addr other;
 	struct sbulb_assoc *as;
+	__u32 slot;
 
+	/* an answer to one of our own health probes: for our stack */
+	if (is_probe(&f->dst, f->dport))
+		return SBULB_STAT_PASS_NOT_BALANCED;
 	/* per-packet mode: any server of the service speaks for it */
 	if (svc->flags & SBULB_SVC_F_PER_PACKET)
 		goto out;
@@ -332,12 +346,14 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 			    f->dport, f->sport, &f->src, NULL);
 		goto out;
 	}
-	if (member_slot(&other, f->sport, t->service)) {
+	slot = member_slot(&other, f->sport, t->service);
+	if (slot && !member_moves(slot)) {
 		SBULB_EVENT(1, SBULB_EV_DROP_NOT_ASSOCIATED, t->service, &f->dst,
 			    f->dport, f->sport, &f->src, &other);
 		return SBULB_STAT_DROP_NOT_ASSOCIATED;
 	}
-	/* the associated server left the service: this one takes the client */
+	/* the associated server left the service (or is down, and its
+	 * clients move): this one takes the client */
 	if (assoc_update(&key, &val))
 		return SBULB_STAT_DROP_ASSOC_FAILED;
 	count(SBULB_STAT_ASSOC_REPICK);

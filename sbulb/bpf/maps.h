@@ -42,6 +42,11 @@ BPF_ARRAY(sbulb_rs, struct sbulb_member, 2 * SBULB_MAX_MEMBERS + 1);
 BPF_HASH(sbulb_vips, struct sbulb_addr, __u32, 2 * SBULB_MAX_SERVICES);
 BPF_HASH(sbulb_rs_index, struct sbulb_addr, __u32, 2 * SBULB_MAX_REAL_SERVERS);
 
+/* The (local address, port) of each health-check probe socket: a real
+ * server's answer to a probe is for the balancer's own stack, not a client
+ * (sbulb/health.py). */
+BPF_HASH(sbulb_probes, struct sbulb_endpoint, __u32, SBULB_MAX_PROBES);
+
 /* Round-robin cycles, ring index -> member slot: two halves of
  * SBULB_RING_SIZE, each holding every service's cycle (sbulb_service
  * ring_base, ring_len). A server of weight 3 appears three times in its
@@ -91,6 +96,11 @@ BPF_TABLE("lru_hash", struct sbulb_neigh, __u64, sbulb_neigh_miss,
 BPF_PERCPU_ARRAY(sbulb_rs_stats, struct sbulb_traffic,
 		 2 * (2 * SBULB_MAX_MEMBERS + 1));
 
+/* Per-CPU, per member slot: ICMP destination-unreachable errors from (or
+ * about a datagram sent to) that real server, translated to a client: a
+ * client's datagram was refused (health checks' passive_fall). */
+BPF_PERCPU_ARRAY(sbulb_rs_unreach, __u64, 2 * SBULB_MAX_MEMBERS + 1);
+
 /* Per-CPU traffic per service and direction (service * 2 + dir). */
 BPF_PERCPU_ARRAY(sbulb_svc_stats, struct sbulb_traffic,
 		 2 * (2 * SBULB_MAX_SERVICES + 1));
@@ -112,6 +122,8 @@ static __always_inline struct sbulb_member_ref *endpoint_get(const struct sbulb_
 static __always_inline struct sbulb_service *svc_get(__u32 id);
 static __always_inline int is_vip(const struct sbulb_addr *addr);
 static __always_inline int is_real_server(const struct sbulb_addr *addr);
+static __always_inline int is_probe(const struct sbulb_addr *addr, __be16 port);
+static __always_inline void count_unreach(__u32 slot);
 static __always_inline __u32 *ring_get(__u32 idx);
 static __always_inline struct sbulb_member *rs_get(__u32 slot);
 static __always_inline struct sbulb_rr *rr_get(__u32 id);

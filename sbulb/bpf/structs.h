@@ -49,7 +49,7 @@ struct sbulb_service {
 struct sbulb_member {
 	struct sbulb_addr addr; /* real server IP */
 	__u32 service;          /* the service it belongs to */
-	__u32 pad;              /* zero */
+	__u32 flags;            /* SBULB_MEMBER_F_* (consts.h) */
 };
 
 /* Round-robin cursor of one service over its cycle, shared by every CPU. */

@@ -1,0 +1,212 @@
+"""Health checks end to end, through the lab: the real `python3 -m sbulb`
+with `check = udp` in the file, real UDP services on the real servers
+stopped and started again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sbulb.lab import PORT, Lab, SbulbProcess, UdpService, SECOND_PORT
+from tests.conftest import require_root
+from tests.proc import ctl_json
+
+INTERVAL, TIMEOUT, RISE, FALL = 0.5, 0.3, 2, 2
+# a verdict needs fall (or rise) probes: that many intervals, one more for
+# where the first falls, and slack for a loaded machine
+VERDICT = (FALL + 1) * INTERVAL + 2.0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_root()
+    with Lab(servers=3) as built:
+        yield built
+
+
+def config(lab: Lab, path: Path, on_down: str = "keep", extra: str = "",
+           servers: tuple[int, ...] = (0, 1, 2)) -> None:
+    v4 = lab.v4
+    path.write_text(
+        f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+        f"servers = {' '.join(str(v4.real_servers[i]) for i in servers)}\n"
+        f"check = udp\ncheck_interval = {INTERVAL}s\ncheck_timeout = {TIMEOUT}s\n"
+        f"check_rise = {RISE}\ncheck_fall = {FALL}\non_down = {on_down}\n{extra}")
+
+
+def start(lab: Lab, tmp_path: Path, conf: Path, level: str = "INFO") -> SbulbProcess:
+    lab.forget_associations()
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", level], tmp_path)
+    process.wait_ready()
+    return process
+
+
+def wait_log(process: SbulbProcess, text: str, timeout: float, count: int = 1) -> float:
+    """Seconds until `text` is `count` times in sbulb's log (polled, with a
+    deadline)."""
+    began = time.monotonic()
+    while process.stderr.count(text) < count:
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"no {text!r} within {timeout}s: {process.stderr}")
+        if process.proc.poll() is not None:
+            raise AssertionError(f"sbulb exited: {process.stderr}")
+        time.sleep(0.05)  # polling the log file for a line, with a deadline
+    return time.monotonic() - began
+
+
+def status_with(process: SbulbProcess, text: str, timeout: float = 5.0) -> str:
+    """The first sd_notify STATUS= that says `text` (earlier ones skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = process.notify.wait_for("STATUS=", max(0.0, deadline - time.monotonic()))
+        if text in message:
+            return message
+
+
+def stop_service(lab: Lab, name: str) -> None:
+    service = lab.service(name)
+    service.close()
+    lab.services.remove(service)
+
+
+def start_service(lab: Lab, name: str) -> None:
+    index = lab.server_names.index(name)
+    lab.services.append(UdpService(lab.server_ns[index], name, [PORT, SECOND_PORT]))
+
+
+@pytest.mark.parametrize("on_down", ["keep", "move"])
+def test_a_stopped_server_is_down_then_back(lab: Lab, tmp_path: Path, on_down: str) -> None:
+    v4 = lab.v4
+    conf = tmp_path / "sbulb.conf"
+    config(lab, conf, on_down)
+    process = start(lab, tmp_path, conf)
+    rs1 = str(v4.real_servers[1])
+    try:
+        wait_log(process, f"health.up service=coap server={rs1}", VERDICT)
+        clients = [lab.client(4) for _ in range(3)]
+        assert [c.exchange(v4.vip, PORT, b"a").server for c in clients] == ["rs0", "rs1", "rs2"]
+        stop_service(lab, "rs1")
+        took = wait_log(process, f"health.down service=coap server={rs1} reason=icmp", VERDICT)
+        assert took <= VERDICT
+        status = ctl_json(lab, "status")
+        (server,) = [s for s in status["services"][0]["real_servers"] if s["address"] == rs1]
+        assert (server["state"], server["health"], server["health_reason"]) == (
+            "down", "down", "icmp")
+        # no new client goes to it
+        newcomers = [lab.client(4).exchange(v4.vip, PORT, b"n").server for _ in range(6)]
+        assert set(newcomers) == {"rs0", "rs2"}
+        if on_down == "keep":  # its client stays (and waits for it)
+            assert ctl_json(lab, "associations", "get",
+                            f"{clients[1].address}:{clients[1].port}") == rs1
+        else:  # its client moves on its next datagram
+            assert clients[1].exchange(v4.vip, PORT, b"b").server in ("rs0", "rs2")
+        assert "1 down (health checks)" in status_with(process, "down")
+        start_service(lab, "rs1")
+        wait_log(process, f"health.up service=coap server={rs1} reason=ok",
+                 (RISE + 1) * INTERVAL + 2.0, count=2)
+        back = [lab.client(4).exchange(v4.vip, PORT, b"m").server for _ in range(3)]
+        assert "rs1" in back
+        if on_down == "keep":  # and its client is served by it again
+            assert clients[1].exchange(v4.vip, PORT, b"c").server == "rs1"
+    finally:
+        process.close()
+        if not any(s.name == "rs1" for s in lab.services):
+            start_service(lab, "rs1")
+
+
+def test_a_wrong_answer_is_down_all_down_drops_and_a_reload_keeps_health(
+        lab: Lab, tmp_path: Path) -> None:
+    v4 = lab.v4
+    rs = [str(a) for a in v4.real_servers]
+    conf = tmp_path / "sbulb.conf"
+    # the services answer "rsN <payload>": rs1's answer does not match
+    config(lab, conf, extra="check_send = 70 69 6e 67\ncheck_expect = ^rs[02] ping\n")
+    process = start(lab, tmp_path, conf)
+    try:
+        wait_log(process, f"health.down service=coap server={rs[1]} reason=mismatch", VERDICT)
+        # a reload that keeps rs1 keeps it down (no new verdict needed)
+        config(lab, conf, extra="check_send = 70 69 6e 67\ncheck_expect = ^rs[02] ping\n"
+                                "# touched\n")
+        process.notify.wait_for("RELOADING=1", 10)
+        process.notify.wait_for("READY=1", 10)
+        status = ctl_json(lab, "status")
+        states = {s["address"]: s["state"] for s in status["services"][0]["real_servers"]}
+        assert states == {rs[0]: "active", rs[1]: "down", rs[2]: "active"}
+        # every server down: new clients are dropped, and the log says so
+        stop_service(lab, "rs0")
+        stop_service(lab, "rs2")
+        wait_log(process, "health.all_down service=coap", VERDICT)
+        before = ctl_json(lab, "status")["counters"]["DROP_NO_REAL_SERVER"]
+        client = lab.client(4)
+        client.send(v4.vip, PORT, b"anyone?")
+        assert client.receive(timeout=1.0) is None
+        assert ctl_json(lab, "status")["counters"]["DROP_NO_REAL_SERVER"] == before + 1
+    finally:
+        process.close()
+        for name in ("rs0", "rs2"):
+            if not any(s.name == name for s in lab.services):
+                start_service(lab, name)
+
+
+def test_probes_create_no_association_and_show_in_metrics(lab: Lab, tmp_path: Path) -> None:
+    from tests.test_ctl import scrape
+
+    conf = tmp_path / "sbulb.conf"
+    config(lab, conf, servers=(0, 1))
+    lab.forget_associations()
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO",
+                               "--metrics", "9643"], tmp_path)
+    rs0, rs1 = (str(a) for a in lab.v4.real_servers[:2])
+    try:
+        process.wait_ready()
+        wait_log(process, f"health.up service=coap server={rs1}", VERDICT)
+        assert ctl_json(lab, "associations", "count") == 0
+        stop_service(lab, "rs1")
+        wait_log(process, f"health.down service=coap server={rs1}", VERDICT)
+        status = ctl_json(lab, "status")
+        probes = [s["probes"] for s in status["services"][0]["real_servers"]]
+        assert all(n >= RISE for n in probes)
+        m = scrape(lab, 9643)
+        assert m[f"sbulb_real_server_up{{server={rs0},service=coap}}"] == 1
+        assert m[f"sbulb_real_server_up{{server={rs1},service=coap}}"] == 0
+        assert m[f"sbulb_health_probes_total{{result=failed,server={rs1},service=coap}}"] >= FALL
+        ok = m[f"sbulb_health_probes_total{{result=ok,server={rs0},service=coap}}"]
+        assert ok >= RISE
+        assert m[f"sbulb_health_probe_rtt_seconds_count{{server={rs0},service=coap}}"] == ok
+        assert m[f"sbulb_health_probe_rtt_seconds_bucket{{le=1.0,server={rs0},service=coap}}"] == ok
+    finally:
+        process.close()
+        if not any(s.name == "rs1" for s in lab.services):
+            start_service(lab, "rs1")
+
+
+def test_passive_fall_marks_a_server_down_between_probes(lab: Lab, tmp_path: Path) -> None:
+    """Probes every 30 s; passive_fall = 3: three of its clients' datagrams
+    refused (ICMP port unreachable, translated by sbulb) mark it down at
+    once."""
+    v4 = lab.v4
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(
+        f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+        f"servers = {v4.real_servers[0]} {v4.real_servers[1]}\n"
+        "check = udp\ncheck_interval = 30s\ncheck_timeout = 1s\npassive_fall = 3\n")
+    process = start(lab, tmp_path, conf)
+    rs1 = str(v4.real_servers[1])
+    try:
+        a, b = lab.client(4), lab.client(4)
+        assert [a.exchange(v4.vip, PORT, b"x").server, b.exchange(v4.vip, PORT, b"y").server] == [
+            "rs0", "rs1"]
+        stop_service(lab, "rs1")
+        for n in range(3):  # refused: ICMP port unreachable back to the client
+            b.send(v4.vip, PORT, b"refused %d" % n)
+        took = wait_log(process, f"health.down service=coap server={rs1} reason=icmp passive=yes",
+                        5.0)
+        assert took < 5.0  # long before the next probe (30 s)
+        assert lab.client(4).exchange(v4.vip, PORT, b"z").server == "rs0"
+    finally:
+        process.close()
+        if not any(s.name == "rs1" for s in lab.services):
+            start_service(lab, "rs1")
