@@ -5,6 +5,7 @@
     sbulbctl associations count | get IP:PORT | delete IP:PORT | flush --server IP
     sbulbctl associations flush --all [--yes]
     sbulbctl top [--interval S] [--count N]
+    sbulbctl server disable|enable SERVER
 
 Every command takes --service NAME to cover one service only (default:
 all of them). It talks to the daemon through its control socket
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every client (of --service NAME, or of every service)")
     flush.add_argument("-y", "--yes", action="store_true",
                        help="--all without asking first")
+    server = commands.add_parser("server", parents=[service_too],
+                                 help="operator override of a real server")
+    server_actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("disable", "no new client for it (as if down) until enabled again "
+                                   "or the daemon restarts"),
+                       ("enable", "undo disable")):
+        action = server_actions.add_parser(name, parents=[service_too], help=text)
+        action.add_argument("server", metavar="SERVER")
     top = commands.add_parser("top", parents=[json_too],
                               help="per-server rates, refreshed in place")
     top.add_argument("--interval", type=float, default=1.0, help="seconds (default: 1)")
@@ -279,6 +288,12 @@ def _main(argv: Sequence[str] | None) -> int:
                 print_status(status, out)
         elif args.command == "top":
             top(path, args.service, args.interval, args.count, args.json, out, args.timeout)
+        elif args.command == "server":
+            result = control.request(path, f"server.{args.action}",
+                                     {**_service_query(args), "server": args.server},
+                                     timeout=args.timeout)
+            verb = "disabled" if args.action == "disable" else "enabled"
+            out.write(f"{args.server} {verb} in {', '.join(result[verb])}\n")
         else:
             result = associations(path, args)
             if args.json:

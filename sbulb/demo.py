@@ -4,8 +4,8 @@ Builds the lab, starts `python3 -m sbulb` in the load balancer's namespace
 with a config file, exactly as an operator would, and shows what crosses the
 wire: clients spread over the real servers and sticking to them, answers
 from the virtual IP, a server speaking first, a server added while traffic
-runs, IPv6, several services in one instance, then a clean stop and
-teardown. Bounded in time and packets.
+runs, IPv6, several services in one instance, health checks, then a
+clean stop and teardown. Bounded in time and packets.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from sbulb.config import endpoint
-from sbulb.lab import PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess
+from sbulb.lab import PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess, UdpService
 
 CLIENTS = 9
 ROUNDS = 10
@@ -166,6 +166,50 @@ def story(lab: Lab, workdir: Path) -> None:
 
     say()
     services(lab, workdir)
+    say()
+    health_checks(lab, workdir)
+
+
+def wait_log(process: SbulbProcess, text: str, timeout: float, count: int = 1) -> float:
+    """Seconds until `text` appears `count` times in sbulb's log (polled,
+    bounded)."""
+    began = time.monotonic()
+    while process.stderr.count(text) < count:
+        if time.monotonic() - began > timeout:
+            raise LabError(f"no '{text}' in sbulb's log after {timeout:g}s")
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def health_checks(lab: Lab, workdir: Path) -> None:
+    """check = udp: a server whose service stops is down, then back."""
+    v4 = lab.addresses(4)
+    conf = workdir / "health.conf"
+    conf.write_text(f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+                    f"servers = {' '.join(str(a) for a in v4.real_servers[:3])}\n"
+                    "check = udp\ncheck_interval = 500ms\ncheck_timeout = 300ms\n"
+                    "check_rise = 2\ncheck_fall = 2\n")
+    say(f"9. health checks: {conf} probes each server every 500 ms (check = udp)")
+    args = [*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"]
+    lab.forget_associations()
+    lb = lab.start_sbulb(args, workdir)
+    lb.wait_ready()
+    rs1 = v4.real_servers[1]
+    wait_log(lb, f"health.up service=coap server={rs1}", 10)
+    service = lab.service("rs1")
+    service.close()
+    lab.services.remove(service)
+    took = wait_log(lb, f"health.down service=coap server={rs1}", 10)
+    say(f"  rs1's UDP service stopped: sbulb marked it down {took:.1f}s later (reason: its "
+        "probes got ICMP port unreachable)")
+    newcomers = [lab.client(4).exchange(v4.vip, PORT, b"new").server for _ in range(4)]
+    say(f"  4 new clients go to: {' '.join(newcomers)}")
+    index = lab.server_names.index("rs1")
+    lab.services.append(UdpService(lab.server_ns[index], "rs1", [PORT, SECOND_PORT]))
+    took = wait_log(lb, f"health.up service=coap server={rs1} reason=ok", 10, count=2)
+    say(f"  rs1's service started again: up {took:.1f}s later (2 good probes)")
+    code = lb.stop()
+    say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")
 
 
 def services_text(lab: Lab, telemetry: tuple[int, ...]) -> str:

@@ -16,10 +16,11 @@ import os
 import queue
 import select
 import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from sbulb import __version__, health, neigh, state
 from sbulb.config import (
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # prometheus-client is needed only with --metrics
 
 log = logging.getLogger(__name__)
 
+JOB_TIMEOUT = 10.0  # seconds a control request waits for the main loop
 PASSIVE_SCAN = 0.25  # seconds between reads of the ICMP-unreachable counters
 HEALTH_SHOWN = 1.0  # seconds between snapshots of the probe counters
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a file event: editors write in steps
@@ -236,6 +238,9 @@ class Service:
         self._passive: dict[state.Member, tuple[float, int]] = {}
         self._next_passive = 0.0
         self._verdicts_waiting = False
+        self._disabled: frozenset[state.Member] = frozenset()  # sbulbctl server disable
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event,
+                                            list[object]]] = queue.SimpleQueue()
         self._health_shown = 0.0  # when the snapshot last took the probe counters
         self._probe_endpoints: set[tuple[IPAddress, int]] = set()
         self._last_reload_ok = True
@@ -351,14 +356,67 @@ class Service:
         return {key: self._health.get(key) or health.ServerHealth.initial(spec, now)
                 for key, spec in targets.items()}
 
-    @staticmethod
-    def _downs(healths: dict[state.Member, health.ServerHealth]
+    def _downs(self, healths: dict[state.Member, health.ServerHealth]
                ) -> dict[str, frozenset[IPAddress]]:
+        """Service -> servers that take no new client: down by their health
+        checks, or disabled by the operator (sbulbctl server disable)."""
         downs: dict[str, set[IPAddress]] = {}
         for (name, address), h in healths.items():
             if not h.takes_traffic:
                 downs.setdefault(name, set()).add(address)
+        for name, address in self._disabled:
+            downs.setdefault(name, set()).add(address)
         return {name: frozenset(addresses) for name, addresses in downs.items()}
+
+    # -- requests of control threads that change the maps: run by the main
+    # loop (the one writer), answered when done
+
+    def _in_main_loop(self, job: Callable[[], object]) -> object:
+        done = threading.Event()
+        box: list[object] = []
+        self._jobs.put((job, done, box))
+        self._wake()
+        if not done.wait(JOB_TIMEOUT):
+            raise ControlError("the daemon did not get to it in time (busy?): try again")
+        result = box[0]
+        if isinstance(result, ControlError):
+            raise result
+        return result
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                job, done, box = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                box.append(job())
+            except ControlError as e:
+                box.append(e)
+            except (PlanError, DataplaneError) as e:
+                box.append(ControlError(f"not applied: {e}"))
+            except Exception as e:  # a bug: say so, keep serving
+                log.exception("control.job_failed")
+                box.append(ControlError(f"internal error: {e}"))
+            done.set()
+
+    def _set_disabled(self, server: IPAddress, names: list[str], disabled: bool) -> object:
+        """sbulbctl server disable|enable: an operator override (until
+        enabled again or a restart), applied like a health change."""
+        keys = {(spec.name, server) for spec in self.base.services
+                if spec.name in names and spec.server(server) is not None}
+        if not keys:
+            raise ControlError(f"{server} is not a real server of "
+                               f"{'service ' + names[0] if len(names) == 1 else 'any service'}")
+        before = set(self._disabled)
+        self._disabled = self._disabled | keys if disabled else self._disabled - keys
+        if self._disabled != before:
+            self.apply(self.base.with_down(self._downs(self._health)))
+            self.notifier.notify(f"STATUS={self.status()}")
+        verb = "disabled" if disabled else "enabled"
+        services = sorted(name for name, _ in keys)
+        log.info("server.%s server=%s services=%s by=sbulbctl", verb, server, ",".join(services))
+        return {verb: services}
 
     def _on_verdict(self, key: state.Member, verdict: health.Verdict) -> None:
         """From the prober's thread: queue it, wake the main loop (once for
@@ -489,6 +547,7 @@ class Service:
             config_file=str(self.config.config_file) if self.config.config_file else None,
             last_reload_ok=self._last_reload_ok,
             health=self._health_views(),
+            disabled=self._disabled,
         )
 
     def check(self) -> None:
@@ -662,6 +721,9 @@ class Service:
             healths = self._healths_for(targets)
             planned = self.apply(base.with_down(self._downs(healths)))
             self.base, self._targets, self._health = base, targets, healths
+            self._disabled = frozenset((name, address) for name, address in self._disabled
+                                       if (spec := base.service(name)) is not None
+                                       and spec.server(address) is not None)
             if self._prober is not None:
                 self._set_targets(targets)
             elif targets and self.dataplane.loaded:
@@ -723,6 +785,13 @@ class Service:
         names = snapshot.names()
         if command == "status":
             return self.status_report(ids, snapshot)
+        if command in ("server.disable", "server.enable"):
+            server = _address_arg(args, "server", required=True)
+            assert server is not None
+            target: IPAddress = server
+            chosen = [name for i, name in sorted(names.items()) if i in ids]
+            return self._in_main_loop(lambda: self._set_disabled(
+                target, chosen, command == "server.disable"))
         if command == "associations.list":
             client = _address_arg(args, "client")
             server = _address_arg(args, "server")
@@ -797,10 +866,12 @@ class Service:
                 t = traffic.get((i, rs.address), Traffic())
                 view = snapshot.health.get((spec.name, rs.address))
                 down = rs.address in spec.down
+                disabled = (spec.name, rs.address) in snapshot.disabled
                 servers.append({
                     "address": str(rs.address),
                     "weight": rs.weight,
-                    "state": "down" if down else "active" if rs.weight else "drained",
+                    "state": ("disabled" if disabled else "down" if down
+                              else "active" if rs.weight else "drained"),
                     "associations": per_member.get((i, rs.address), 0),
                     **_traffic_fields(t),
                     **({} if view is None else {
@@ -892,6 +963,7 @@ class Service:
                     log_event(event, names)
             if self.config.forward == "fib":
                 neigh.resolve(self.dataplane.take_neighbour_misses())
+            self._run_jobs()
             if self._prober is not None:
                 self._take_verdicts()
 

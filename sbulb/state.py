@@ -557,6 +557,7 @@ class Snapshot:
     last_reload_ok: bool = True
     # (service, real server) -> its health, for the checked services
     health: Mapping[Member, HealthView] = field(default_factory=dict)
+    disabled: frozenset[Member] = frozenset()  # sbulbctl server disable
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)

@@ -35,6 +35,8 @@ def test_demo_tells_the_story() -> None:
         "to 10.77.100.1:5683: rs0 rs1 rs0 rs1; to 10.77.100.1:5684: rs2 rs3 rs2 rs3",
         "and to [fd77:100::1]:5683: rs2 rs3",
         "coap's clients stay (4/4 on their server), telemetry's go to: rs3 rs3 rs3 rs3",
+        "4 new clients go to: rs0 rs2 rs0 rs2",
+        "rs1's service started again: up",
     ]:
         assert line in out, out
     assert "rs3" in out.split("4 new clients go to:")[1].splitlines()[0]

@@ -210,3 +210,34 @@ def test_passive_fall_marks_a_server_down_between_probes(lab: Lab, tmp_path: Pat
         process.close()
         if not any(s.name == "rs1" for s in lab.services):
             start_service(lab, "rs1")
+
+
+def test_sbulbctl_server_disable_and_enable(lab: Lab, tmp_path: Path) -> None:
+    """An operator override, beside what the file says: no new client for
+    the server (as if down), shown as disabled, until enabled again."""
+    from tests.proc import sbulbctl
+
+    v4 = lab.v4
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+                    f"servers = {' '.join(str(a) for a in v4.real_servers[:3])}\n")
+    process = start(lab, tmp_path, conf)
+    rs1 = str(v4.real_servers[1])
+    try:
+        clients = [lab.client(4) for _ in range(3)]
+        assert [c.exchange(v4.vip, PORT, b"a").server for c in clients] == ["rs0", "rs1", "rs2"]
+        done = sbulbctl(lab, "server", "disable", rs1, "--service", "coap")
+        assert done.returncode == 0 and done.stdout.strip() == f"{rs1} disabled in coap"
+        states = {s["address"]: s["state"]
+                  for s in ctl_json(lab, "status")["services"][0]["real_servers"]}
+        assert states[rs1] == "disabled"
+        newcomers = {lab.client(4).exchange(v4.vip, PORT, b"n").server for _ in range(6)}
+        assert newcomers == {"rs0", "rs2"}
+        assert clients[1].exchange(v4.vip, PORT, b"b").server == "rs1"  # on_down = keep
+        assert "server.disabled server=" + rs1 in process.stderr
+        assert sbulbctl(lab, "server", "enable", rs1).returncode == 0
+        assert "rs1" in {lab.client(4).exchange(v4.vip, PORT, b"m").server for _ in range(3)}
+        unknown = sbulbctl(lab, "server", "disable", "10.77.99.9")
+        assert unknown.returncode == 1 and "is not a real server" in unknown.stderr
+    finally:
+        process.close()
