@@ -153,7 +153,9 @@ def test_without_the_limit_the_same_flood_moves_them(unlimited: Dataplane) -> No
     """The test above would fail without the feature."""
     owner = establish(unlimited)
     flood(unlimited, spoofed_datagrams(), answered=True)
-    assert moved(unlimited, owner) > ESTABLISHED * 0.5
+    # (the kernel's LRU protects some on its own: how many varies with the
+    # CPUs the test ran on; never enough to pass the 5% bar above)
+    assert moved(unlimited, owner) > ESTABLISHED * 0.05
 
 
 @pytest.fixture(scope="module")
