@@ -170,17 +170,6 @@ def story(lab: Lab, workdir: Path) -> None:
     health_checks(lab, workdir)
 
 
-def wait_log(process: SbulbProcess, text: str, timeout: float, count: int = 1) -> float:
-    """Seconds until `text` appears `count` times in sbulb's log (polled,
-    bounded)."""
-    began = time.monotonic()
-    while process.stderr.count(text) < count:
-        if time.monotonic() - began > timeout:
-            raise LabError(f"no '{text}' in sbulb's log after {timeout:g}s")
-        time.sleep(0.05)
-    return time.monotonic() - began
-
-
 def health_checks(lab: Lab, workdir: Path) -> None:
     """check = udp: a server whose service stops is down, then back."""
     v4 = lab.addresses(4)
@@ -195,18 +184,18 @@ def health_checks(lab: Lab, workdir: Path) -> None:
     lb = lab.start_sbulb(args, workdir)
     lb.wait_ready()
     rs1 = v4.real_servers[1]
-    wait_log(lb, f"health.up service=coap server={rs1}", 10)
+    lb.wait_log(f"health.up service=coap server={rs1}", 10)
     service = lab.service("rs1")
     service.close()
     lab.services.remove(service)
-    took = wait_log(lb, f"health.down service=coap server={rs1}", 10)
+    took = lb.wait_log(f"health.down service=coap server={rs1}", 10)
     say(f"  rs1's UDP service stopped: sbulb marked it down {took:.1f}s later (reason: its "
         "probes got ICMP port unreachable)")
     newcomers = [lab.client(4).exchange(v4.vip, PORT, b"new").server for _ in range(4)]
     say(f"  4 new clients go to: {' '.join(newcomers)}")
     index = lab.server_names.index("rs1")
     lab.services.append(UdpService(lab.server_ns[index], "rs1", [PORT, SECOND_PORT]))
-    took = wait_log(lb, f"health.up service=coap server={rs1} reason=ok", 10, count=2)
+    took = lb.wait_log(f"health.up service=coap server={rs1} reason=ok", 10, count=2)
     say(f"  rs1's service started again: up {took:.1f}s later (2 good probes)")
     code = lb.stop()
     say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")

@@ -359,6 +359,18 @@ class SbulbProcess:
                 f"sbulb not ready after {timeout}s (exit code {self.proc.poll()}): {self.stderr}"
             ) from None
 
+    def wait_log(self, text: str, timeout: float, count: int = 1) -> float:
+        """Seconds until `text` is `count` times in sbulb's log (polled with
+        a deadline); LabError if it never is or sbulb exits."""
+        began = time.monotonic()
+        while self.stderr.count(text) < count:
+            if time.monotonic() - began > timeout:
+                raise LabError(f"no {text!r} in sbulb's log within {timeout:g}s: {self.stderr}")
+            if self.proc.poll() is not None:
+                raise LabError(f"sbulb exited ({self.proc.returncode}): {self.stderr}")
+            time.sleep(0.05)  # polling the log file for a line
+        return time.monotonic() - began
+
     def stop(self, signum: int = signal.SIGTERM) -> int:
         self.proc.send_signal(signum)
         return self.proc.wait(timeout=STOP_TIMEOUT)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from sbulb.lab import PORT, Lab, SbulbProcess, UdpService, SECOND_PORT
+from sbulb.lab import PORT, SECOND_PORT, Lab, SbulbProcess, UdpService
 from tests.conftest import require_root
 from tests.proc import ctl_json
 
@@ -44,19 +44,6 @@ def start(lab: Lab, tmp_path: Path, conf: Path, level: str = "INFO") -> SbulbPro
     return process
 
 
-def wait_log(process: SbulbProcess, text: str, timeout: float, count: int = 1) -> float:
-    """Seconds until `text` is `count` times in sbulb's log (polled, with a
-    deadline)."""
-    began = time.monotonic()
-    while process.stderr.count(text) < count:
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"no {text!r} within {timeout}s: {process.stderr}")
-        if process.proc.poll() is not None:
-            raise AssertionError(f"sbulb exited: {process.stderr}")
-        time.sleep(0.05)  # polling the log file for a line, with a deadline
-    return time.monotonic() - began
-
-
 def status_with(process: SbulbProcess, text: str, timeout: float = 5.0) -> str:
     """The first sd_notify STATUS= that says `text` (earlier ones skipped)."""
     deadline = time.monotonic() + timeout
@@ -85,11 +72,11 @@ def test_a_stopped_server_is_down_then_back(lab: Lab, tmp_path: Path, on_down: s
     process = start(lab, tmp_path, conf)
     rs1 = str(v4.real_servers[1])
     try:
-        wait_log(process, f"health.up service=coap server={rs1}", VERDICT)
+        process.wait_log(f"health.up service=coap server={rs1}", VERDICT)
         clients = [lab.client(4) for _ in range(3)]
         assert [c.exchange(v4.vip, PORT, b"a").server for c in clients] == ["rs0", "rs1", "rs2"]
         stop_service(lab, "rs1")
-        took = wait_log(process, f"health.down service=coap server={rs1} reason=icmp", VERDICT)
+        took = process.wait_log(f"health.down service=coap server={rs1} reason=icmp", VERDICT)
         assert took <= VERDICT
         status = ctl_json(lab, "status")
         (server,) = [s for s in status["services"][0]["real_servers"] if s["address"] == rs1]
@@ -105,7 +92,7 @@ def test_a_stopped_server_is_down_then_back(lab: Lab, tmp_path: Path, on_down: s
             assert clients[1].exchange(v4.vip, PORT, b"b").server in ("rs0", "rs2")
         assert "1 down (health checks)" in status_with(process, "down")
         start_service(lab, "rs1")
-        wait_log(process, f"health.up service=coap server={rs1} reason=ok",
+        process.wait_log(f"health.up service=coap server={rs1} reason=ok",
                  (RISE + 1) * INTERVAL + 2.0, count=2)
         back = [lab.client(4).exchange(v4.vip, PORT, b"m").server for _ in range(3)]
         assert "rs1" in back
@@ -126,7 +113,7 @@ def test_a_wrong_answer_is_down_all_down_drops_and_a_reload_keeps_health(
     config(lab, conf, extra="check_send = 70 69 6e 67\ncheck_expect = ^rs[02] ping\n")
     process = start(lab, tmp_path, conf)
     try:
-        wait_log(process, f"health.down service=coap server={rs[1]} reason=mismatch", VERDICT)
+        process.wait_log(f"health.down service=coap server={rs[1]} reason=mismatch", VERDICT)
         # a reload that keeps rs1 keeps it down (no new verdict needed)
         config(lab, conf, extra="check_send = 70 69 6e 67\ncheck_expect = ^rs[02] ping\n"
                                 "# touched\n")
@@ -138,7 +125,7 @@ def test_a_wrong_answer_is_down_all_down_drops_and_a_reload_keeps_health(
         # every server down: new clients are dropped, and the log says so
         stop_service(lab, "rs0")
         stop_service(lab, "rs2")
-        wait_log(process, "health.all_down service=coap", VERDICT)
+        process.wait_log("health.all_down service=coap", VERDICT)
         before = ctl_json(lab, "status")["counters"]["DROP_NO_REAL_SERVER"]
         client = lab.client(4)
         client.send(v4.vip, PORT, b"anyone?")
@@ -162,10 +149,10 @@ def test_probes_create_no_association_and_show_in_metrics(lab: Lab, tmp_path: Pa
     rs0, rs1 = (str(a) for a in lab.v4.real_servers[:2])
     try:
         process.wait_ready()
-        wait_log(process, f"health.up service=coap server={rs1}", VERDICT)
+        process.wait_log(f"health.up service=coap server={rs1}", VERDICT)
         assert ctl_json(lab, "associations", "count") == 0
         stop_service(lab, "rs1")
-        wait_log(process, f"health.down service=coap server={rs1}", VERDICT)
+        process.wait_log(f"health.down service=coap server={rs1}", VERDICT)
         status = ctl_json(lab, "status")
         probes = [s["probes"] for s in status["services"][0]["real_servers"]]
         assert all(n >= RISE for n in probes)
@@ -202,7 +189,7 @@ def test_passive_fall_marks_a_server_down_between_probes(lab: Lab, tmp_path: Pat
         stop_service(lab, "rs1")
         for n in range(3):  # refused: ICMP port unreachable back to the client
             b.send(v4.vip, PORT, b"refused %d" % n)
-        took = wait_log(process, f"health.down service=coap server={rs1} reason=icmp passive=yes",
+        took = process.wait_log(f"health.down service=coap server={rs1} reason=icmp passive=yes",
                         5.0)
         assert took < 5.0  # long before the next probe (30 s)
         assert lab.client(4).exchange(v4.vip, PORT, b"z").server == "rs0"
