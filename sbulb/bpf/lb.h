@@ -307,12 +307,13 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_assoc *as;
 	__u32 slot;
 
-	/* an answer to one of our own health probes: for our stack */
-	if (is_probe(&f->dst, f->dport))
-		return SBULB_STAT_PASS_NOT_BALANCED;
-	/* per-packet mode: any server of the service speaks for it */
-	if (svc->flags & SBULB_SVC_F_PER_PACKET)
+	/* per-packet mode: any server of the service speaks for it (but an
+	 * answer to one of our own health probes is for our stack) */
+	if (svc->flags & SBULB_SVC_F_PER_PACKET) {
+		if (is_probe(&f->dst, f->dport))
+			return SBULB_STAT_PASS_NOT_BALANCED;
 		goto out;
+	}
 
 	key.client = f->dst;
 	key.port = f->dport;
@@ -325,6 +326,11 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 		 * reaches the client from the VIP, and evicts nobody */
 		int hashed = 0;
 
+		/* an answer to one of our own health probes is for our stack
+		 * (checked only here: our probe sockets are never associated,
+		 * so the answers to clients pay no extra lookup) */
+		if (is_probe(&f->dst, f->dport))
+			return SBULB_STAT_PASS_NOT_BALANCED;
 		if (!new_assoc_allowed(&hashed)) {
 			count(SBULB_STAT_ASSOC_RATE_LIMITED);
 			goto out;
