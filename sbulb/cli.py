@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence, TypeVar
 
 from sbulb import __version__
 from sbulb.config import (
@@ -25,7 +25,6 @@ from sbulb.config import (
     IPAddress,
     FileConfig,
     Limits,
-    RealServer,
     parse_address,
     parse_listen,
     parse_mode,
@@ -91,11 +90,24 @@ def _address(text: str) -> IPAddress:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _real_server(text: str) -> RealServer:
-    try:
-        return parse_real_server(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+T = TypeVar("T")
+
+
+def _argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of config's parsers (ConfigError -> the
+    usage error argparse prints)."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__  # argparse names the type in some errors
+    return convert
+
+
+_real_server = _argtype(parse_real_server)
+_listen = _argtype(parse_listen)
+_mode = _argtype(parse_mode)
 
 
 def _port(text: str) -> int:
@@ -106,20 +118,6 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"UDP port {port} is not between 1 and 65535")
     return port
-
-
-def _listen(text: str) -> tuple[str, int]:
-    try:
-        return parse_listen(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _mode(text: str) -> str:
-    try:
-        return parse_mode(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _whole(text: str) -> int:
