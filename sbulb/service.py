@@ -45,6 +45,7 @@ from sbulb.dataplane import (
     pin_dir,
 )
 from sbulb.log import TRACE
+from sbulb.notify import SystemdNotifier
 from sbulb.state import DesiredState, Layout, PlanError, Snapshot
 from sbulb.watcher import ConfigWatcher
 
@@ -68,21 +69,6 @@ class StartError(Exception):
 
 class Notifier(Protocol):
     def notify(self, state: str) -> None: ...
-
-
-class SystemdNotifier:
-    """sd_notify(3) from the main process, through sdnotify (a no-op when
-    NOTIFY_SOCKET is not set)."""
-
-    def __init__(self) -> None:
-        try:
-            import sdnotify
-        except ImportError:
-            raise StartError("python3-sdnotify is not installed: run `make setup`") from None
-        self._notifier = sdnotify.SystemdNotifier()
-
-    def notify(self, state: str) -> None:
-        self._notifier.notify(state)
 
 
 def watchdog_interval() -> float | None:

@@ -5,7 +5,7 @@
 #   setup.sh bench    that, and what the benchmark compares sbulb with
 set -eu
 
-PACKAGES="python3-bpfcc python3-watchdog python3-sdnotify python3-scapy
+PACKAGES="python3-bpfcc python3-watchdog python3-scapy
 python3-pytest python3-pyroute2 python3-hypothesis python3-prometheus-client
 python3-setuptools
 python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
