@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 from sbulb.config import ConfigError, IPAddress
 
@@ -150,9 +150,9 @@ class Health(str, Enum):
 REASONS = ("ok", "timeout", "icmp", "mismatch", "error")
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of one probe. rtt (seconds) is set for "ok" only."""
+class Verdict(NamedTuple):
+    """The outcome of one probe. rtt (seconds) is set for "ok" only.
+    (A tuple: thousands are made a second.)"""
 
     ok: bool
     reason: str  # one of REASONS
@@ -223,6 +223,10 @@ _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 _ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
 
 FIRST_PROBE_SPREAD = 0.2  # seconds: new targets are first probed within this
+# Timers fire up to this late, so that one wake-up sends every probe due
+# within it (thousands of targets: tens of wake-ups a second, not thousands);
+# a timeout is never shorter than configured.
+TIMER_SLACK = 0.02
 _MAX_DRAIN = 256  # datagrams read per drain: a flooding server cannot stall the loop
 _FD_HEADROOM = 256  # descriptors left for the rest of the daemon
 _RECV_SIZE = 65535
@@ -254,16 +258,19 @@ class _Target:
 class Prober:
     """Probes UDP targets from a thread of its own.
 
-    on_verdict(key, verdict) is called from the prober thread, under the
-    prober's lock: it must be cheap (queue it). Holding the lock makes
-    set_targets a barrier: once it returns, no verdict is delivered for a
-    removed target, nor for an old spec of a changed one. on_verdict may call
-    set_targets itself (the lock is re-entrant).
+    on_verdicts([(key, verdict), ...]) is called from the prober thread, once
+    per turn of its loop with that turn's verdicts (thousands of targets are
+    a few calls a second, not thousands), under the prober's lock: it must be
+    cheap (queue them). Holding the lock makes set_targets a barrier: once it
+    returns, no verdict is delivered for a removed target, nor for an old
+    spec of a changed one. on_verdicts may call set_targets itself (the lock
+    is re-entrant).
     """
 
-    def __init__(self, on_verdict: Callable[[Key, Verdict], None],
+    def __init__(self, on_verdicts: Callable[[list[tuple[Key, Verdict]]], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._on_verdict = on_verdict
+        self._on_verdicts = on_verdicts
+        self._batch: list[tuple[Key, Verdict]] = []  # this turn's verdicts
         self._clock = clock
         self._lock = threading.RLock()
         self._selector = selectors.DefaultSelector()
@@ -343,7 +350,7 @@ class Prober:
         if thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
             if thread.is_alive():
-                # stuck in on_verdict: the thread closes everything on its way out
+                # stuck in on_verdicts: the thread closes everything on its way out
                 log.warning("health: prober thread did not stop within 2s")
                 return
         if thread is None or not thread.is_alive():
@@ -487,6 +494,7 @@ class Prober:
     # -- the loop (prober thread) --
 
     def _run(self) -> None:
+        _name_os_thread("sbulb-health")
         try:
             while True:
                 with self._lock:
@@ -494,7 +502,7 @@ class Prober:
                         return
                     timeout = None
                     if self._timers:
-                        timeout = max(0.0, self._timers[0][0] - self._clock())
+                        timeout = max(0.0, self._timers[0][0] - self._clock()) + TIMER_SLACK
                 events = self._selector.select(timeout)
                 with self._lock:
                     if self._stopping:
@@ -505,6 +513,7 @@ class Prober:
                         else:
                             self._readable(key.data)
                     self._fire_timers()
+                    self._deliver()
         except Exception:
             log.exception("health: prober thread failed")
         finally:
@@ -545,7 +554,9 @@ class Prober:
                 self._schedule(target, target.next_send)
                 return
         assert target.sock is not None
-        self._drain(target.sock)
+        # no drain here: whatever came while no probe was out (late replies,
+        # errors) made the socket readable and was drained by _readable
+        # before this turn's timers fired
         try:
             target.sent_at = self._clock()
             target.sock.send(spec.send)
@@ -597,10 +608,28 @@ class Prober:
         self._verdict(target, Verdict(False, reason))
 
     def _verdict(self, target: _Target, verdict: Verdict) -> None:
+        self._batch.append((target.key, verdict))
+
+    def _deliver(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
         try:
-            self._on_verdict(target.key, verdict)
+            self._on_verdicts(batch)
         except Exception:
-            log.exception("health: on_verdict failed for %s", _show(target.key))
+            log.exception("health: on_verdicts failed for %d verdicts", len(batch))
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread a kernel name (top -H, /proc/PID/task/*/comm);
+    Python before 3.12 names only its own Thread objects."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _show(key: Key) -> str:

@@ -10,7 +10,9 @@ delete associations, nothing else.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 JOB_TIMEOUT = 10.0  # seconds a control request waits for the main loop
 PASSIVE_SCAN = 0.25  # seconds between reads of the ICMP-unreachable counters
 HEALTH_SHOWN = 1.0  # seconds between snapshots of the probe counters
+# verdicts are taken at most this often: every turn of the main loop reads
+# the data path's event and neighbour maps, which thousands of verdicts a
+# second must not multiply
+VERDICTS_TAKEN = 0.1
 RELOAD_DEBOUNCE = 0.1  # seconds of quiet after a file event: editors write in steps
 EVENT_INTERVAL = 0.1  # how often data-path events are read, when compiled in
 IDLE_INTERVAL = 1.0  # wake-up period otherwise
@@ -216,7 +222,7 @@ class Service:
         self._targets: dict[state.Member, health.CheckSpec] = {}
         self._health: dict[state.Member, health.ServerHealth] = {}
         self._rtts: dict[state.Member, tuple[list[int], float]] = {}
-        self._verdicts: queue.SimpleQueue[tuple[state.Member, health.Verdict]] = (
+        self._verdicts: queue.SimpleQueue[list[tuple[state.Member, health.Verdict]]] = (
             queue.SimpleQueue())
         self._prober: health.Prober | None = None
         # passive detection: per (service, server), when its window began and
@@ -224,6 +230,7 @@ class Service:
         self._passive: dict[state.Member, tuple[float, int]] = {}
         self._next_passive = 0.0
         self._verdicts_waiting = False
+        self._next_verdicts = 0.0  # when verdicts may be taken again
         self._disabled: frozenset[state.Member] = frozenset()  # sbulbctl server disable
         self._jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event,
                                             list[object]]] = queue.SimpleQueue()
@@ -404,10 +411,11 @@ class Service:
         log.info("server.%s server=%s services=%s by=sbulbctl", verb, server, ",".join(services))
         return {verb: services}
 
-    def _on_verdict(self, key: state.Member, verdict: health.Verdict) -> None:
-        """From the prober's thread: queue it, wake the main loop (once for
-        a batch: thousands of verdicts a second are one wake-up each turn)."""
-        self._verdicts.put((key, verdict))
+    def _on_verdicts(self, batch: list[tuple[state.Member, health.Verdict]]) -> None:
+        """From the prober's thread: queue them, wake the main loop (once
+        until it has taken them: thousands of verdicts a second are a few
+        wake-ups)."""
+        self._verdicts.put(batch)
         if not self._verdicts_waiting:
             self._verdicts_waiting = True
             self._wake()
@@ -415,7 +423,7 @@ class Service:
     def _start_health(self) -> None:
         if not self._targets:
             return
-        self._prober = health.Prober(self._on_verdict)
+        self._prober = health.Prober(self._on_verdicts)
         # the counters of a new program start at zero: so do the windows
         # (a server added by a later reload starts from its count then)
         now = time.monotonic()
@@ -464,8 +472,10 @@ class Service:
     def _take_verdicts(self) -> None:
         changed = False
         now = time.monotonic()
-        self._verdicts_waiting = False  # before draining: a later one wakes us again
-        before = {s.name: bool(s.serving) for s in self.desired.services if s.checks.spec}
+        taking = self._verdicts_waiting and now >= self._next_verdicts
+        if taking:
+            self._verdicts_waiting = False  # before draining: a later one wakes us again
+            self._next_verdicts = now + VERDICTS_TAKEN
         for key in self._passive_downs(now):
             server = self._health[key]
             if server.state != health.Health.DOWN:
@@ -474,21 +484,21 @@ class Service:
                 changed = True
                 log.warning("health.down service=%s server=%s reason=icmp passive=yes "
                             "(client datagrams refused)", *key)
-        while True:
+        verdicts: list[tuple[state.Member, health.Verdict]] = []
+        while taking:
             try:
-                key, verdict = self._verdicts.get_nowait()
+                verdicts.extend(self._verdicts.get_nowait())
             except queue.Empty:
                 break
+        for key, verdict in verdicts:
             h, spec = self._health.get(key), self._targets.get(key)
             if h is None or spec is None:
                 continue  # a target a reload removed
             if verdict.ok and verdict.rtt is not None:
-                counts, total = self._rtts.setdefault(key, ([0] * (len(state.RTT_BUCKETS) + 1),
-                                                            0.0))
-                for i, bound in enumerate(state.RTT_BUCKETS):
-                    if verdict.rtt <= bound:
-                        counts[i] += 1
-                counts[-1] += 1
+                # per bucket here (the first bound >= rtt; past the last:
+                # the +Inf slot), cumulated when shown
+                counts, total = self._rtts.get(key) or ([0] * (len(state.RTT_BUCKETS) + 1), 0.0)
+                counts[bisect.bisect_left(state.RTT_BUCKETS, verdict.rtt)] += 1
                 self._rtts[key] = (counts, total + verdict.rtt)
             if h.record(verdict, now, spec):
                 changed = True
@@ -498,6 +508,10 @@ class Service:
                         name, address, verdict.reason,
                         f" rtt_ms={verdict.rtt * 1000:.1f}" if verdict.rtt is not None else "")
         if changed:
+            # self.desired is still what it was before these verdicts: only
+            # apply() changes it (and this is costly enough with thousands of
+            # servers to be worth doing only when something changed)
+            before = {s.name: bool(s.serving) for s in self.desired.services if s.checks.spec}
             try:
                 self.apply(self.base.with_down(self._downs(self._health)))
             except (PlanError, DataplaneError) as e:
@@ -520,7 +534,8 @@ class Service:
         for key, h in self._health.items():
             counts, total = self._rtts.get(key, ([], 0.0))
             views[key] = state.HealthView(h.state.value, h.since, h.reason, h.rtt, h.probes,
-                                          h.probe_failures, tuple(counts), total)
+                                          h.probe_failures, tuple(itertools.accumulate(counts)),
+                                          total)
         return views
 
     def _make_snapshot(self) -> Snapshot:
@@ -912,6 +927,8 @@ class Service:
             timeout = min(timeout, self._next_ping - time.monotonic())
         if self._prober is not None and any(s.checks.passive_fall for s in self.base.services):
             timeout = min(timeout, self._next_passive - time.monotonic())
+        if self._verdicts_waiting:
+            timeout = min(timeout, self._next_verdicts - time.monotonic())
         return max(0.0, timeout)
 
     def _ping_watchdog(self) -> None:

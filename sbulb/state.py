@@ -28,7 +28,7 @@ service.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Iterable, Mapping, NamedTuple, Sequence, Union
 
 from sbulb.config import (
     DEFAULT_SERVICE,
@@ -528,9 +528,9 @@ def legacy_service(server: IPAddress, desired: DesiredState) -> str | None:
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-@dataclass(frozen=True)
-class HealthView:
-    """A real server's health as status and metrics show it (frozen)."""
+class HealthView(NamedTuple):
+    """A real server's health as status and metrics show it (a tuple: one
+    per checked server is made every second)."""
 
     state: str  # unknown | up | down
     since: float  # monotonic time of the last change

@@ -274,13 +274,14 @@ def server_factory() -> Iterator:
 
 
 class Verdicts:
-    """on_verdict for a Prober: a queue, read with timeouts."""
+    """on_verdicts for a Prober: a queue, read with timeouts."""
 
     def __init__(self) -> None:
         self.q: queue.Queue[tuple[float, Key, Verdict]] = queue.Queue()
 
-    def __call__(self, key: Key, verdict: Verdict) -> None:
-        self.q.put((time.monotonic(), key, verdict))
+    def __call__(self, batch: list[tuple[Key, Verdict]]) -> None:
+        for key, verdict in batch:
+            self.q.put((time.monotonic(), key, verdict))
 
     def next(self, key: Optional[Key] = None, timeout: float = 3.0) -> tuple[float, Verdict]:
         deadline = time.monotonic() + timeout
@@ -498,7 +499,7 @@ def test_stop_joins_and_closes(server_factory) -> None:
 
 
 def test_stop_without_start() -> None:
-    p = Prober(lambda key, verdict: None)
+    p = Prober(lambda batch: None)
     p.set_targets({("s", ip("127.0.0.1")): CheckSpec(port=closed_port("127.0.0.1"))})
     (endpoint,) = p.local_endpoints()
     p.stop()
@@ -566,7 +567,7 @@ def test_many_targets_spread(server_factory, prober) -> None:
 
 
 def test_set_targets_validates() -> None:
-    p = Prober(lambda key, verdict: None)
+    p = Prober(lambda batch: None)
     try:
         good = {("a", ip("127.0.0.1")): CheckSpec(port=closed_port("127.0.0.1"))}
         p.set_targets(good)
@@ -592,7 +593,7 @@ def test_nofile_raised_once(monkeypatch) -> None:
 
     monkeypatch.setattr(health.resource, "getrlimit", getrlimit)
     monkeypatch.setattr(health.resource, "setrlimit", setrlimit)
-    p = Prober(lambda key, verdict: None)
+    p = Prober(lambda batch: None)
     p._raise_nofile(10)
     assert calls == []  # fits
     p._raise_nofile(1000)
