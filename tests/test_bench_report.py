@@ -64,3 +64,24 @@ def test_saved_json_is_the_results(tmp_path):
     data = results(1.0e6)
     path, _chart = report.save(data, tmp_path / "out")
     assert json.loads(path.read_text()) == data
+
+
+def health(cost: float) -> dict:
+    run = {"cpu": 0.001 + cost, "prober_thread_cpu": cost / 2, "probes_per_second": 2048.0,
+           "probe_failures": 0}
+    return {"services": 64, "servers": 32, "interval": 1.0,
+            "without": {"cpu": 0.001, "prober_thread_cpu": 0.0, "probes_per_second": 0.0,
+                        "probe_failures": 0},
+            "with": run, "with_softirq": run, "cost": cost, "cost_softirq": cost * 1.1,
+            "goal": 0.02}
+
+
+def test_health_cost_is_judged_against_its_goal():
+    assert report.health_met(health(0.015))
+    assert not report.health_met(health(0.02))
+    for cost, verdict in ((0.015, "PASS"), (0.035, "FAIL")):
+        out = io.StringIO()
+        report.table({**results(1.0e6), "health": health(cost)}, out)
+        (line,) = [line for line in out.getvalue().splitlines()
+                   if line.startswith("Health checks")]
+        assert f"cost {cost * 100:.2f}%" in line and line.split(": ")[-1].startswith(verdict)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import sbulb
 from sbulb.bench.tools import BenchTools
@@ -95,8 +95,9 @@ class Ceiling(Case):
 class Sbulb(Case):
     def __init__(self, lab: BenchLab, tools: BenchTools, workdir: Path, mode: str = "native",
                  forward: str = "fib", max_associations: int = 1 << 20,
-                 config_file: Path | None = None) -> None:
+                 config_file: Path | None = None, extra: Sequence[str] = ()) -> None:
         super().__init__(lab, tools, workdir)
+        self.extra = list(extra)
         self.mode, self.forward = mode, forward
         self.generic = mode == "generic"
         self.needs_neighbours = forward == "fib"
@@ -111,7 +112,8 @@ class Sbulb(Case):
         servers = (["-cfg", str(self.config_file)] if self.config_file
                    else ["-rs", *map(str, self.lab.servers)])
         return ["-vs", str(VIP), "-p", str(PORT), *servers, "--xdp-mode", self.mode,
-                "--forward", self.forward, "-ma", str(self.max_associations), "--no-pin", self.lab.lb_if]
+                "--forward", self.forward, "-ma", str(self.max_associations), "--no-pin",
+                *self.extra, self.lab.lb_if]
 
     def start(self) -> None:
         if self.generic:

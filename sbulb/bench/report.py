@@ -90,12 +90,27 @@ def table(results: dict, out: TextIO) -> None:
                   "0.3 Mpps; includes two clock reads)\n")
         for c in results["costs"]:
             out.write(f"  {c['path']:42} {c['ns']:>6.0f} ns\n")
+    health = results.get("health")
+    if health:
+        out.write(f"\nHealth checks: {health['services']} services x {health['servers']} servers "
+                  f"every {health['interval']:g} s ({health['with']['probes_per_second']:.0f} "
+                  f"probes/s): daemon CPU {health['without']['cpu'] * 100:.2f}% without, "
+                  f"{health['with']['cpu'] * 100:.2f}% with: cost {health['cost'] * 100:.2f}% "
+                  f"of one CPU (goal < {health['goal'] * 100:g}%): "
+                  f"{'PASS' if health_met(health) else 'FAIL'}; "
+                  f"{health['cost_softirq'] * 100:.2f}% with the servers' receive path "
+                  "charged to the daemon's sends (veth, far end in softirq)\n")
     verdicts = targets(results)
     if verdicts:
         out.write("\nTargets (64-byte payloads, this run)\n")
         for what, value, goal, met in verdicts:
             out.write(f"  {what:38} {value:>7.2f}  (at least {goal:g})  "
                       f"{'met' if met else 'NOT met'}\n")
+
+
+def health_met(health: dict) -> bool:
+    """Whether the checks' cost (apart placement) is under the goal."""
+    return health["cost"] < health["goal"]
 
 
 def targets(results: dict) -> list[tuple[str, float, float, bool]]:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from sbulb.bench import report
 from sbulb.bench.costs import path_costs
+from sbulb.bench.healthcost import health_cost
 from sbulb.bench.measure import Bench
 from sbulb.bench.peers import Case, Ceiling, Nftables, Nginx, PythonForwarder, Sbulb
 from sbulb.bench.scaling import control_plane, scaling
@@ -50,6 +51,9 @@ def make_case(name: str, lab: BenchLab, tools: BenchTools, workdir: Path) -> Cas
 
 PAYLOADS = [64, 1400]
 
+# after the throughput cases, in this order
+PHASES = ["scaling", "control-plane", "costs", "health"]
+
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -63,14 +67,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="distinct clients in the throughput runs (default: 1000)")
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated, of: {', '.join(CASES)}")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated, of: {', '.join(PHASES)}; empty: none")
     parser.add_argument("--no-scaling", action="store_true",
-                        help="skip scaling, control plane and per-packet costs")
+                        help="no phases (as --phases '')")
     parser.add_argument("--output", type=Path, default=Path("bench-results"),
                         help="directory for bench.json and bench.png (default: bench-results)")
     args = parser.parse_args(argv)
-    unknown = set(args.cases.split(",")) - set(CASES)
+    unknown = set(args.cases.split(",")) - set(CASES) - {""}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    phases = set(args.phases.split(",")) - {""}
+    if phases - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(phases - set(PHASES)))}")
+    args.phases = [] if args.no_scaling else [p for p in PHASES if p in phases]
     if args.repeats < 1 or not 0.2 <= args.seconds <= 30:
         parser.error("--repeats must be at least 1 and --seconds between 0.2 and 30")
     return args
@@ -137,10 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     startups.append(case.startup_seconds)
             results["throughput"] = throughput
             results["failed"] = failed
-            if not args.no_scaling:
+            if "scaling" in args.phases:
                 results["scaling"] = scaling(bench)
+            if "control-plane" in args.phases:
                 results["control_plane"] = control_plane(bench, startups)
+            if "costs" in args.phases:
                 results["costs"] = [asdict(c) for c in path_costs(bench)]
+            if "health" in args.phases:
+                results["health"] = health_cost(bench)
     finally:
         tools.close()
         shutil.rmtree(workdir, ignore_errors=True)
