@@ -6,9 +6,10 @@ Three layers, none of which touches the data path:
   regexes, counts), each error a one-line ConfigError;
 - the state machine (ServerHealth): verdicts in, UNKNOWN/UP/DOWN out, with
   keepalived's rise/fall hysteresis; pure, no I/O, no clock of its own;
-- the Prober: one thread, one selector, one connected UDP socket per target;
-  it sends a probe every interval and turns what comes back (a reply, a reply
-  that does not match, an ICMP error, nothing) into a Verdict.
+- the Prober: one thread, one selector, a few shared UDP sockets (one per
+  local address); it sends a probe every interval and turns what comes back
+  (a reply, a reply that does not match, an ICMP error, nothing) into a
+  Verdict.
 
 The daemon owns the policy: it feeds verdicts to ServerHealth and changes the
 desired state from the result. Like keepalived, a server whose health is not
@@ -214,12 +215,14 @@ class ServerHealth:
 
 # --- the prober -------------------------------------------------------------
 
-# Linux values; Python's socket module does not export the first two.
+# Linux values; Python's socket module does not export all of them.
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
-# What an ICMP destination-unreachable becomes on a connected UDP socket.
+# What an ICMP destination-unreachable becomes (the error queue's ee_errno;
+# also what a send to an unroutable destination raises).
 _ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
 
 FIRST_PROBE_SPREAD = 0.2  # seconds: new targets are first probed within this
@@ -229,6 +232,8 @@ FIRST_PROBE_SPREAD = 0.2  # seconds: new targets are first probed within this
 TIMER_SLACK = 0.02
 _MAX_DRAIN = 256  # datagrams read per drain: a flooding server cannot stall the loop
 _FD_HEADROOM = 256  # descriptors left for the rest of the daemon
+# a socket answers for thousands of targets: room for a few turns' replies
+_RCVBUF = 4 << 20
 _RECV_SIZE = 65535
 _EE_ERRNO = struct.Struct("=I")  # struct sock_extended_err starts with ee_errno
 
@@ -237,17 +242,35 @@ def _reason_for(err: OSError) -> str:
     return "icmp" if err.errno in _ICMP_ERRNOS else "error"
 
 
-class _Target:
-    """A target's socket and schedule. Touched under Prober._lock only."""
+class _Socket:
+    """One unconnected UDP socket that probes many targets from one local
+    endpoint. Replies are told apart by their source (server, port), so a
+    socket has at most one target per source; a second target with the same
+    source (two services checking one server's port) gets a socket of the
+    next slot. ICMP errors arrive on the error queue with the destination
+    of the probe they are about, which names the target."""
 
-    __slots__ = ("key", "spec", "sock", "endpoint", "next_send", "sent_at",
+    __slots__ = ("sock", "slot", "endpoint", "targets")
+
+    def __init__(self, sock: socket.socket, slot: tuple[int, str, int], endpoint: Endpoint) -> None:
+        self.sock = sock
+        self.slot = slot  # (family, local address, n)
+        self.endpoint = endpoint  # the local (address, port)
+        self.targets: dict[tuple[str, int], _Target] = {}  # by (server, port)
+
+
+class _Target:
+    """A target's schedule and socket. Touched under Prober._lock only."""
+
+    __slots__ = ("key", "spec", "remote", "sock", "next_send", "sent_at",
                  "awaiting", "token", "removed")
 
     def __init__(self, key: Key, spec: CheckSpec) -> None:
         self.key = key
         self.spec = spec
-        self.sock: Optional[socket.socket] = None
-        self.endpoint: Optional[Endpoint] = None  # the socket's local address
+        # (address, port) as recvfrom and the error queue spell the source
+        self.remote = (str(key[1]), spec.port)
+        self.sock: Optional[_Socket] = None
         self.next_send = 0.0
         self.sent_at = 0.0
         self.awaiting = False  # a probe is out; the timer is its deadline
@@ -265,6 +288,11 @@ class Prober:
     returns, no verdict is delivered for a removed target, nor for an old
     spec of a changed one. on_verdicts may call set_targets itself (the lock
     is re-entrant).
+
+    Probes leave from a few shared sockets (one per local address, unless
+    two targets share a server and port), not one per target: with
+    thousands of targets, a socket each cost four times the kernel time
+    (a wake-up and a poll per reply) and as many descriptors.
     """
 
     def __init__(self, on_verdicts: Callable[[list[tuple[Key, Verdict]]], None],
@@ -280,6 +308,9 @@ class Prober:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._targets: dict[Key, _Target] = {}
+        self._sockets: dict[tuple[int, str, int], _Socket] = {}
+        # a socket recreated after an error binds its predecessor's port again
+        self._ports: dict[tuple[int, str, int], int] = {}
         self._timers: list[tuple[float, int, int, _Target]] = []  # (when, seq, token, t)
         self._seq = itertools.count()
         self._thread: Optional[threading.Thread] = None
@@ -291,9 +322,10 @@ class Prober:
 
     def set_targets(self, targets: Mapping[Key, CheckSpec]) -> None:
         """Probe exactly these targets from now on. A target whose spec is
-        unchanged keeps its socket and schedule; a new or changed one is first
-        probed within min(interval, 0.2 s). Removed targets' sockets are closed
-        before this returns. Invalid specs raise ConfigError, changing nothing."""
+        unchanged keeps its schedule; a new or changed one is first probed
+        within min(interval, 0.2 s). Sockets no target uses any more are
+        closed before this returns. Invalid specs raise ConfigError,
+        changing nothing."""
         for key, spec in targets.items():
             if not (isinstance(key, tuple) and len(key) == 2
                     and isinstance(key[1], (ipaddress.IPv4Address, ipaddress.IPv6Address))):
@@ -302,32 +334,37 @@ class Prober:
         with self._lock:
             if self._closed:
                 raise RuntimeError("prober is stopped")
-            self._raise_nofile(len(targets))
+            sources: dict[tuple[IPAddress, int], int] = {}
+            for key, spec in targets.items():
+                sources[(key[1], spec.port)] = sources.get((key[1], spec.port), 0) + 1
+            # two families, and as many slots as targets share a source
+            self._raise_nofile(2 * max(sources.values(), default=0))
             now = self._clock()
             fresh: list[_Target] = []
+            # detach every removed and changed one before attaching any, and
+            # keep the sockets until then: a changed target keeps its
+            # socket and local endpoint (a reply in flight is ignored: the
+            # new target has no probe out yet)
             for key in [k for k in self._targets if k not in targets]:
-                self._drop(self._targets.pop(key))
-            for key, spec in targets.items():
-                old = self._targets.get(key)
-                if old is not None and old.spec == spec:
-                    continue
-                target = _Target(key, spec)
-                if old is not None:
-                    if old.spec.port == spec.port and old.sock is not None:
-                        # same socket, same local endpoint: a reply still in
-                        # flight is drained before the first new probe
-                        target.sock, target.endpoint = old.sock, old.endpoint
-                        old.sock = None
-                        self._selector.modify(target.sock, selectors.EVENT_READ, target)
-                    self._drop(old)
-                if target.sock is None:
-                    try:
-                        self._open(target)
-                    except OSError as e:
-                        # reported at its first probe, which tries again
-                        log.debug("health: socket for %s: %s", _show(key), e)
+                self._drop(self._targets.pop(key), close_empty=False)
+            changed = [key for key, spec in targets.items()
+                       if key not in self._targets or self._targets[key].spec != spec]
+            for key in changed:
+                if key in self._targets:
+                    self._drop(self._targets.pop(key), close_empty=False)
+            locals_: dict[IPAddress, str] = {}
+            for key in changed:
+                target = _Target(key, targets[key])
+                try:
+                    self._attach(target, locals_)
+                except OSError as e:
+                    # reported at its first probe, which tries again
+                    log.debug("health: socket for %s: %s", _show(key), e)
                 self._targets[key] = target
                 fresh.append(target)
+            for sock in [sock for sock in self._sockets.values() if not sock.targets]:
+                self._close_socket(sock)
+                self._ports.pop(sock.slot, None)  # nothing left to keep the port for
             self._spread(fresh, now)
         self._wake()
 
@@ -360,55 +397,98 @@ class Prober:
         """(local address, local port) of every open probe socket: replies
         to these are the prober's, not traffic for the data path to balance."""
         with self._lock:
-            return {t.endpoint for t in self._targets.values()
-                    if t.sock is not None and t.endpoint is not None}
+            return {s.endpoint for s in self._sockets.values()}
 
     # -- sockets --
 
-    def _open(self, target: _Target, port_hint: int = 0) -> None:
-        """A non-blocking UDP socket connected to the target; connected, the
-        kernel reports ICMP unreachables for it (IP_RECVERR adds host and net
-        unreachable to port unreachable). port_hint: try that local port first,
-        so that a socket recreated after an error keeps its endpoint."""
-        server, port = target.key[1], target.spec.port
-        v6 = server.version == 6
-        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    @staticmethod
+    def _source_for(server: IPAddress) -> str:
+        """The local address the routing table picks to reach server (a
+        connected UDP socket learns it without sending anything)."""
+        family = socket.AF_INET6 if server.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((str(server), 9))
+            return str(ipaddress.ip_address(s.getsockname()[0]))
+
+    def _attach(self, target: _Target, locals_: Optional[dict[IPAddress, str]] = None) -> None:
+        """Give the target a socket: the first slot, for the local address
+        that reaches its server, with no other target of the same source."""
+        server = target.key[1]
+        local = locals_.get(server) if locals_ is not None else None
+        if local is None:
+            local = self._source_for(server)
+            if locals_ is not None:
+                locals_[server] = local
+        family = socket.AF_INET6 if server.version == 6 else socket.AF_INET
+        n = 0
+        while True:
+            s = self._sockets.get((family, local, n))
+            if s is None or target.remote not in s.targets:
+                break
+            n += 1
+        if s is None:
+            s = self._open((family, local, n))
+        s.targets[target.remote] = target
+        target.sock = s
+
+    def _open(self, slot: tuple[int, str, int]) -> _Socket:
+        """A non-blocking UDP socket on the slot's local address, with
+        IP_RECVERR: ICMP unreachables for its probes land on its error
+        queue. It binds the port its slot had before, if it can, so that
+        the data path's list of probe endpoints stays put."""
+        family, local, _ = slot
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            if v6:
+            if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
-            if port_hint and target.endpoint is not None:
-                try:
-                    sock.bind((str(target.endpoint[0]), port_hint))
-                except OSError:
-                    pass  # taken meanwhile, or the address is gone: any port
-            sock.connect((str(server), port))
-            name = sock.getsockname()
-            endpoint = (ipaddress.ip_address(name[0]), name[1])
+            try:  # past net.core.rmem_max with CAP_NET_ADMIN, else up to it
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            port = self._ports.get(slot, 0)
+            try:
+                sock.bind((local, port))
+            except OSError:
+                if not port:
+                    raise
+                sock.bind((local, 0))  # taken meanwhile: any port
+            endpoint = (ipaddress.ip_address(local), sock.getsockname()[1])
         except BaseException:
             sock.close()
             raise
-        self._selector.register(sock, selectors.EVENT_READ, target)
-        target.sock = sock
-        target.endpoint = endpoint
+        s = _Socket(sock, slot, endpoint)
+        self._selector.register(sock, selectors.EVENT_READ, s)
+        self._sockets[slot] = s
+        self._ports[slot] = endpoint[1]
+        return s
 
-    def _close(self, target: _Target, keep_endpoint: bool = False) -> None:
-        if target.sock is not None:
-            try:
-                self._selector.unregister(target.sock)
-            except (KeyError, ValueError):
-                pass
-            target.sock.close()
+    def _close_socket(self, s: _Socket) -> None:
+        """Close it; its targets get a new one at their next probe."""
+        for target in s.targets.values():
             target.sock = None
-        if not keep_endpoint:
-            target.endpoint = None
+        s.targets.clear()
+        if self._sockets.get(s.slot) is s:
+            del self._sockets[s.slot]
+        try:
+            self._selector.unregister(s.sock)
+        except (KeyError, ValueError):
+            pass
+        s.sock.close()
 
-    def _drop(self, target: _Target) -> None:
+    def _drop(self, target: _Target, close_empty: bool = True) -> None:
         target.removed = True
         target.awaiting = False
-        self._close(target)
+        s, target.sock = target.sock, None
+        if s is None:
+            return
+        if s.targets.get(target.remote) is target:
+            del s.targets[target.remote]
+        if close_empty and not s.targets:
+            self._close_socket(s)
+            self._ports.pop(s.slot, None)  # nothing left to keep the port for
 
     def _close_all(self) -> None:
         with self._lock:
@@ -416,7 +496,9 @@ class Prober:
                 return
             self._closed = True
             for target in self._targets.values():
-                self._drop(target)
+                target.removed = True
+            for s in list(self._sockets.values()):
+                self._close_socket(s)
             self._targets.clear()
             self._timers.clear()
             self._selector.close()
@@ -441,34 +523,6 @@ class Prober:
         except (ValueError, OSError) as e:
             log.warning("health: cannot raise the open-files limit (%d) for %d probe "
                         "sockets: %s", soft, sockets, e)
-
-    @staticmethod
-    def _drain(sock: socket.socket) -> None:
-        """Read and forget whatever is queued: late replies, and errors (ICMP
-        included) about earlier probes, so they are not taken for the next."""
-        for _ in range(_MAX_DRAIN):
-            try:
-                sock.recv(_RECV_SIZE)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue  # a pending error, now cleared
-        Prober._drain_errqueue(sock)
-
-    @staticmethod
-    def _drain_errqueue(sock: socket.socket) -> Optional[int]:
-        """Empty the IP_RECVERR queue (poll keeps reporting an error while it
-        holds anything); the first queued error's errno, if any."""
-        first: Optional[int] = None
-        for _ in range(_MAX_DRAIN):
-            try:
-                _, ancdata, _, _ = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
-            except OSError:
-                break  # EAGAIN: empty
-            for _level, _type, data in ancdata:
-                if first is None and len(data) >= _EE_ERRNO.size:
-                    first = _EE_ERRNO.unpack_from(data)[0]
-        return first
 
     # -- scheduling --
 
@@ -547,45 +601,52 @@ class Prober:
             target.next_send = now + spec.interval
         if target.sock is None:
             try:
-                self._open(target, port_hint=target.endpoint[1] if target.endpoint else 0)
+                self._attach(target)
             except OSError as e:
-                target.endpoint = None
                 self._verdict(target, Verdict(False, _reason_for(e)))
                 self._schedule(target, target.next_send)
                 return
         assert target.sock is not None
-        # no drain here: whatever came while no probe was out (late replies,
-        # errors) made the socket readable and was drained by _readable
-        # before this turn's timers fired
+        # whatever came while no probe was out (late replies, errors) made
+        # the socket readable and was read by _readable before this turn's
+        # timers fired, and a late one is told from an answer by awaiting
         try:
             target.sent_at = self._clock()
-            target.sock.send(spec.send)
+            target.sock.sock.sendto(spec.send, target.remote)
         except OSError as e:
-            self._failed(target, e)
+            reason = _reason_for(e)
+            if reason == "error":
+                # the socket itself may be broken: every target it had gets
+                # a new one (on the same port, if it can) at its next probe
+                log.debug("health: probe of %s: %s", _show(target.key), e)
+                self._close_socket(target.sock)
+            self._verdict(target, Verdict(False, reason))
             self._schedule(target, target.next_send)
             return
         target.awaiting = True
         self._schedule(target, target.sent_at + spec.timeout)
 
-    def _readable(self, target: _Target) -> None:
-        sock = target.sock
-        if target.removed or sock is None:
+    def _readable(self, s: _Socket) -> None:
+        if self._sockets.get(s.slot) is not s:
             return  # an event for a socket closed since select() returned
-        if not target.awaiting:
-            self._drain(sock)  # late replies and errors: nobody asked
-            return
-        try:
-            data = sock.recv(_RECV_SIZE)
-        except BlockingIOError:
-            # woken by a queued error alone (its sk_err already taken)
-            err = self._drain_errqueue(sock)
-            if err is None:
-                return  # spurious
-            self._failed(target, OSError(err, errno.errorcode.get(err, str(err))))
-        except OSError as e:
-            self._drain_errqueue(sock)
-            self._failed(target, e)
-        else:
+        self._read_errors(s)
+        for _ in range(_MAX_DRAIN):
+            try:
+                data, source = s.sock.recvfrom(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _ICMP_ERRNOS:
+                    # an error queued meanwhile (its errno is reported once
+                    # here, its details on the error queue)
+                    self._read_errors(s)
+                    continue
+                log.debug("health: probe socket %s: %s", s.endpoint, e)
+                self._close_socket(s)
+                return
+            target = s.targets.get((source[0], source[1]))
+            if target is None or not target.awaiting:
+                continue  # not from a target's server, or after its timeout
             rtt = self._clock() - target.sent_at
             target.awaiting = False
             expect = target.spec.expect
@@ -593,19 +654,29 @@ class Prober:
                 self._verdict(target, Verdict(True, "ok", rtt))
             else:
                 self._verdict(target, Verdict(False, "mismatch"))
-        if not target.awaiting and not target.removed:
             self._schedule(target, target.next_send)
 
-    def _failed(self, target: _Target, err: OSError) -> None:
-        """An error on send or recv: an ICMP unreachable is reported now
-        rather than at the timeout; any other error recreates the socket (on
-        the same local port if it can) at the next probe."""
-        target.awaiting = False
-        reason = _reason_for(err)
-        if reason == "error":
-            log.debug("health: probe of %s: %s", _show(target.key), err)
-            self._close(target, keep_endpoint=True)
-        self._verdict(target, Verdict(False, reason))
+    def _read_errors(self, s: _Socket) -> None:
+        """Empty the socket's error queue (poll keeps reporting an error
+        while it holds anything); each ICMP error fails, at once, the probe
+        whose destination it names."""
+        for _ in range(_MAX_DRAIN):
+            try:
+                _, ancdata, _, destination = s.sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+            except OSError:
+                return  # EAGAIN: empty
+            err = None
+            for _level, _type, data in ancdata:
+                if len(data) >= _EE_ERRNO.size:
+                    err = _EE_ERRNO.unpack_from(data)[0]
+            if err is None or not destination:
+                continue
+            target = s.targets.get((destination[0], destination[1]))
+            if target is None or not target.awaiting:
+                continue  # about a probe that has timed out, or of a removed target
+            target.awaiting = False
+            self._verdict(target, Verdict(False, _reason_for(OSError(err, ""))))
+            self._schedule(target, target.next_send)
 
     def _verdict(self, target: _Target, verdict: Verdict) -> None:
         self._batch.append((target.key, verdict))

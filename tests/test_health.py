@@ -452,13 +452,12 @@ def test_removed_target_stops_and_closes(host, server_factory, prober) -> None:
     p.set_targets({keep: spec_keep, drop: spec_drop})
     verdicts.next(drop)
     verdicts.next(keep)
-    both = p.local_endpoints()
-    assert len(both) == 2
-    (dropped,) = [e for e in both if e[1] == drop_srv.received.get(timeout=1)[2][1]]
+    # one local address, two sources: one socket probes both
+    (shared,) = p.local_endpoints()
+    assert drop_srv.received.get(timeout=1)[2][1] == keep_srv.received.get(timeout=1)[2][1]
 
     p.set_targets({keep: spec_keep})
-    assert p.local_endpoints() == both - {dropped}
-    assert port_is_free(dropped)
+    assert p.local_endpoints() == {shared}  # the kept target still uses it
     # nothing queued after set_targets returned concerns the removed target
     # (verdicts are delivered under the prober's lock), and probes stop
     while not drop_srv.received.empty():
@@ -468,6 +467,31 @@ def test_removed_target_stops_and_closes(host, server_factory, prober) -> None:
     assert drop_srv.received.empty()
     while not verdicts.q.empty():
         assert verdicts.q.get_nowait()[1] == keep
+
+    p.set_targets({})  # the last target gone: its socket is closed
+    assert p.local_endpoints() == set()
+    assert port_is_free(shared)
+
+
+def test_targets_that_share_a_source_get_sockets_of_their_own(server_factory, prober) -> None:
+    """Two services checking the same server and port: replies are told
+    apart by their source, so each needs a socket of its own; an ICMP error
+    for one target on a shared socket fails that target alone."""
+    p, verdicts = prober
+    server = server_factory("127.0.0.1", mode="reply", payload=b"pong")
+    spec = CheckSpec(port=server.port, send=b"x", interval=0.2, timeout=0.1)
+    closed = CheckSpec(port=closed_port("127.0.0.1"), interval=0.2, timeout=0.1)
+    a, b, c = ("a", server.address), ("b", server.address), ("c", server.address)
+    p.set_targets({a: spec, b: spec, c: closed})
+    assert len(p.local_endpoints()) == 2  # a and c on one, b on the next slot
+    reasons: dict[Key, list[str]] = {a: [], b: [], c: []}
+    while min(len(r) for r in reasons.values()) < 3:
+        _, key, v = verdicts.q.get(timeout=2)
+        reasons[key].append(v.reason)
+    assert reasons[a][:3] == reasons[b][:3] == ["ok"] * 3
+    assert reasons[c][:3] == ["icmp"] * 3
+    sources = {server.received.get(timeout=1)[2] for _ in range(4)}
+    assert len({port for _, port in sources}) == 2
 
 
 def test_stop_joins_and_closes(server_factory) -> None:
@@ -480,7 +504,7 @@ def test_stop_joins_and_closes(server_factory) -> None:
                                                      interval=0.1, timeout=0.05)
     p.set_targets(targets)  # before start: sockets exist at once
     endpoints = p.local_endpoints()
-    assert len(endpoints) == 3
+    assert len(endpoints) == 2  # one per local address
     assert {e[0] for e in endpoints} == {ip("127.0.0.1"), ip("::1")}
     p.start()
     for key in targets:
@@ -515,26 +539,40 @@ def test_error_recreates_socket(server_factory, prober) -> None:
     p.set_targets({key: CheckSpec(port=server.port, interval=0.15, timeout=0.05)})
     assert verdicts.next(key)[1].ok
     (endpoint,) = p.local_endpoints()
+    class Broken:
+        """The socket, except that sending fails as on a socket gone bad."""
+
+        def __init__(self, real: socket.socket) -> None:
+            self.real = real
+
+        def sendto(self, *args: object) -> int:
+            raise OSError(errno.EPIPE, "Broken pipe")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
     with p._lock:
-        p._targets[key].sock.shutdown(socket.SHUT_WR)  # the next send fails: EPIPE
+        shared = p._targets[key].sock
+        assert shared is not None
+        shared.sock = Broken(shared.sock)  # type: ignore[assignment]
     reasons = [verdicts.next(key)[1].reason for _ in range(3)]
     assert reasons[:2] == ["error", "ok"] or reasons[1:] == ["error", "ok"]
     assert p.local_endpoints() == {endpoint}
 
 
-def test_error_on_connect() -> None:
-    """A socket that cannot even be connected is reported at each probe."""
+def test_error_on_attach() -> None:
+    """A target that cannot get a socket is reported at each probe."""
     verdicts = Verdicts()
     p = Prober(verdicts)
     key = ("svc", ip("::1"))
     real_open = p._open
     calls = []
 
-    def failing_open(target, port_hint=0):
-        calls.append(port_hint)
+    def failing_open(slot):
+        calls.append(slot)
         if len(calls) <= 2:
             raise OSError(errno.EMFILE, "Too many open files")
-        real_open(target, port_hint)
+        return real_open(slot)
 
     p._open = failing_open  # type: ignore[method-assign]
     p.set_targets({key: CheckSpec(port=closed_port("::1"), interval=0.1, timeout=0.05)})
