@@ -302,7 +302,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
     template = (systemd / "sbulb@.service").read_text()
-    assert "ExecStart=/usr/bin/python3 -m sbulb %i -cfg /etc/sbulb/%i.conf $SBULB_OPTS" in template
+    assert "ExecStart=/usr/bin/python3 -m sbulb %i -cfg /etc/sbulb/%i.conf -l INFO $SBULB_OPTS" in template
     for unit in (template, (systemd / "sbulb.service").read_text()):
         for line in ("Type=notify", "WatchdogSec=30s", "ExecReload=/bin/kill -HUP $MAINPID",
                      "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
