@@ -20,6 +20,7 @@ Every malformed request gets an error reply too.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -56,13 +57,36 @@ def socket_path(interface: str, run_dir: Path = RUN_DIR) -> Path:
 
 
 def daemons(run_dir: Path = RUN_DIR) -> dict[str, Path]:
-    """interface -> control socket of the daemons of this network namespace."""
+    """interface -> control socket of the daemons of this network namespace.
+    A socket whose interface lock nobody holds is left behind by a daemon
+    that was killed (kill -9): not listed (a namespace made later may even
+    have the same id)."""
     suffix = f".{netns_id()}.sock"
     try:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return {}
-    return {name[: -len(suffix)]: run_dir / name for name in names if name.endswith(suffix)}
+    return {name[: -len(suffix)]: run_dir / name for name in names
+            if name.endswith(suffix) and _held(run_dir / (name[: -len("sock")] + "lock"))}
+
+
+def _held(lock: Path) -> bool:
+    """Whether a daemon holds this lock file's flock (True when it cannot
+    be told: no file, not readable)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # the daemon's exclusive lock
+    except OSError:
+        return True
+    else:
+        return False  # nobody holds it (our shared lock goes with the fd)
+    finally:
+        os.close(fd)
 
 
 Handler = Callable[[str, dict[str, Any]], Any]

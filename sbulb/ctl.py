@@ -142,9 +142,21 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
     out.write(f"sbulb {status['version']}, pid {status['pid']}, on {modes}, "
               f"forward {status['forward']}\n")
     if status["config_file"]:
-        rejected = "" if status.get("last_reload_ok", True) else " (last reload rejected)"
-        out.write(f"config file {status['config_file']}{rejected}\n")
-    out.write(f"associations {status['associations']} (at most {status['max_associations']})\n")
+        reloads = status.get("reloads", {})
+        counts = (f", {reloads.get('ok', 0)} reload(s) applied, {reloads.get('failed', 0)} failed"
+                  if reloads else "")
+        out.write(f"config file {status['config_file']}{counts}\n")
+        if not status.get("last_reload_ok", True):
+            error = status.get("last_reload_error") or "see the log"
+            out.write(f"  last reload REJECTED: {error} (the running configuration stays)\n")
+    if status.get("pinned"):
+        pin = f", pinned in {status['pinned']}"
+    elif status.get("pin_requested", False):
+        pin = ", NOT pinned: bpffs is missing, a restart loses them"
+    else:
+        pin = ", not pinned (--no-pin)"
+    out.write(f"associations {status['associations']} (at most {status['max_associations']})"
+              f"{pin}\n")
     header = ("real server", "weight", "state", "health", "assoc", "pkts to", "bytes to",
               "pkts from", "bytes from")
     for service in status["services"]:

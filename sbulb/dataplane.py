@@ -9,6 +9,7 @@ the ctypes types from the C declarations, so nothing is mirrored by hand.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes as ct
 import errno
@@ -250,6 +251,8 @@ def _libbpf() -> ct.CDLL:
     lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
     lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
     lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_lookup_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p,
+                                         ct.c_void_p, ct.POINTER(ct.c_uint32), ct.c_void_p]
     lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
     lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
     lib.bpf_xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(_XdpAttachOpts)]
@@ -484,8 +487,10 @@ class Dataplane:
         layout (v1) is kept open for migrate_legacy(). Without bpffs, run
         unpinned, saying so."""
         if not os.path.ismount(BPFFS):
-            log.warning("pin.unavailable reason=bpffs is not mounted at %s: associations will "
-                        "not survive a restart (mount -t bpf bpf %s)", BPFFS, BPFFS)
+            # an ERROR: clients silently losing their servers at the next
+            # restart is what sbulb exists to prevent (--no-pin says it is meant)
+            log.error("pin.unavailable reason=bpffs is not mounted at %s: associations will "
+                      "not survive a restart (mount -t bpf bpf %s, or --no-pin)", BPFFS, BPFFS)
             self.pin = None
             return
         try:
@@ -766,6 +771,22 @@ class Dataplane:
             (service,) = struct.unpack_from("H", raw, ADDR_SIZE + 2)  # host order
             result[(service, addr_from_bytes(raw[:ADDR_SIZE]), port)] = addr_from_bytes(
                 bytes(value))
+        return result
+
+    def association_counts(self, batch: int = 0) -> dict[tuple[int, IPAddress], int]:
+        """(service id, real server) -> how many clients the map holds for
+        it: the map read in batches of `batch` entries (one syscall each, not
+        two per entry) and counted in C (Counter over struct.iter_unpack),
+        about 0.3 s for a million entries here."""
+        counts: collections.Counter[tuple[tuple[int], tuple[bytes]]] = collections.Counter()
+        fd = self._table("sbulb_assoc").map_fd
+        for keys, values in _map_batches(fd, ASSOC_KEY_SIZE, ASSOC_SIZE, batch or BATCH_ENTRIES):
+            counts.update(zip(struct.iter_unpack(f"{ADDR_SIZE + 2}xH", keys),
+                              struct.iter_unpack(f"{ADDR_SIZE}s", values)))
+        result: dict[tuple[int, IPAddress], int] = {}
+        for ((service,), (server,)), n in counts.items():
+            key = (service, addr_from_bytes(server))
+            result[key] = result.get(key, 0) + n
         return result
 
     def associations(self) -> dict[tuple[IPAddress, int], IPAddress]:
@@ -1053,6 +1074,42 @@ def _check_pin(path: Path, wanted: MapInfo, loss: str) -> bool:
     log.warning("pin.replaced path=%s reason=%s: %s", path, reason, loss)
     path.unlink()
     return False
+
+
+BATCH_ENTRIES = 16384  # entries per BPF_MAP_LOOKUP_BATCH
+
+
+def _map_batches(fd: int, key_size: int, value_size: int,
+                 entries: int = BATCH_ENTRIES) -> Iterator[tuple[bytes, bytes]]:
+    """A hash map's keys and values, `entries` at a time (packed, as the
+    kernel lays them out), by BPF_MAP_LOOKUP_BATCH. The kernel returns
+    whole buckets: a bucket larger than the batch (ENOSPC) doubles it. The
+    map may change meanwhile; each entry is seen at most once."""
+    lib = libbpf()
+    token_in = ct.create_string_buffer(8)  # a hash map's batch token is its u32 bucket
+    token_out = ct.create_string_buffer(8)
+    count = ct.c_uint32()
+    first = True
+    while True:
+        keys = ct.create_string_buffer(key_size * entries)
+        values = ct.create_string_buffer(value_size * entries)
+        while True:
+            count.value = entries
+            ret = lib.bpf_map_lookup_batch(fd, None if first else token_in, token_out, keys,
+                                           values, ct.byref(count), None)
+            err = 0 if ret == 0 else (-ret if ret < 0 else ct.get_errno())
+            if err == errno.ENOSPC and count.value == 0:
+                entries *= 2
+                break  # larger buffers
+            if err not in (0, errno.ENOENT):
+                raise DataplaneError(f"reading a map failed: {os.strerror(err)}")
+            n = count.value
+            if n:
+                yield ct.string_at(keys, n * key_size), ct.string_at(values, n * value_size)
+            if err == errno.ENOENT:
+                return
+            ct.memmove(token_in, token_out, 8)
+            first = False
 
 
 def _map_items(fd: int, key_size: int, value_size: int) -> Iterator[tuple[bytes, bytes]]:

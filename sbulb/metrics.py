@@ -11,6 +11,9 @@ safe beside the main loop's writes.
     sbulb_service_packets_total{service,direction}  packets to / from a service
     sbulb_service_bytes_total{service,direction}    frame bytes, idem
     sbulb_service_associations{service}             its clients
+    sbulb_real_server_associations{service,server}  the clients of each real server
+    sbulb_associations_count_age_seconds            how old those counts are
+    sbulb_associations_count_duration_seconds       what their last count took
     sbulb_service_info{service,virtual_server,ports,mode}   1
     sbulb_associations                              client -> server entries, all services
     sbulb_associations_max                          -ma
@@ -23,6 +26,18 @@ safe beside the main loop's writes.
     sbulb_xdp_actions_total{action}                 the XDP action each packet finally got
     sbulb_associations_refused_total{reason}        new clients not remembered (rate_limited)
     sbulb_info{version,interfaces,forward}          1
+    sbulb_build_info{version,python,bcc,kernel}     1
+    sbulb_associations_pinned                       1: in bpffs, kept over restarts
+    sbulb_config_last_reload_successful             1, or 0 after a rejected reload
+    sbulb_config_last_reload_success_timestamp_seconds  the last good one (or the start)
+    sbulb_config_reloads_total{result}              success, failure
+    process_*, python_*                             prometheus-client's own collectors
+
+Association counts come from a walk of the map (batched reads, about
+0.4 s for a million entries), not from the data path (an LRU map evicts
+without telling anyone, so counts kept there would drift): a render
+reuses the last counts unless they are older than max(1 s, 10 x the last
+walk), so the walk takes at most a tenth of a CPU whatever the scrape rate.
 """
 
 from __future__ import annotations
@@ -30,12 +45,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import selectors
+import platform
 import socket
+import sys
 import threading
 import time
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -45,11 +62,49 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sbulb import __version__
+from sbulb.config import IPAddress
 from sbulb.consts import Stat, StatKind
 from sbulb.dataplane import Dataplane, Traffic
 from sbulb.state import RTT_BUCKETS, Snapshot
 
 log = logging.getLogger(__name__)
+
+
+COUNT_MIN_INTERVAL = 1.0  # seconds between two walks of the association map, at least
+COUNT_SHARE = 0.1  # of the time, at most, spent walking it
+
+
+class CountCache:
+    """The association counts, walked again only when older than
+    max(COUNT_MIN_INTERVAL, last walk / COUNT_SHARE). Used by the metrics
+    thread only: no lock."""
+
+    def __init__(self, count: Callable[[], dict[tuple[int, IPAddress], int]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._count = count
+        self._clock = clock
+        self.counts: dict[tuple[int, IPAddress], int] = {}
+        self.taken_at: float | None = None
+        self.duration = 0.0
+
+    def get(self) -> dict[tuple[int, IPAddress], int]:
+        now = self._clock()
+        interval = max(COUNT_MIN_INTERVAL, self.duration / COUNT_SHARE)
+        if self.taken_at is None or now - self.taken_at >= interval:
+            self.counts = self._count()
+            self.taken_at = self._clock()
+            self.duration = self.taken_at - now
+        return self.counts
+
+    def age(self) -> float:
+        return 0.0 if self.taken_at is None else max(0.0, self._clock() - self.taken_at)
+
+
+def build_labels() -> list[str]:
+    """version, python, bcc, kernel: what sbulb_build_info says."""
+    bcc = sys.modules.get("bcc")
+    return [__version__, platform.python_version(), str(getattr(bcc, "__version__", "")),
+            platform.release()]
 
 
 class Collector:
@@ -59,6 +114,7 @@ class Collector:
     def __init__(self, snapshot: Callable[[], Snapshot], dataplane: Dataplane) -> None:
         self.snapshot = snapshot
         self.dataplane = dataplane
+        self.counts = CountCache(dataplane.association_counts)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
@@ -67,6 +123,26 @@ class Collector:
                                  labels=["version", "interfaces", "forward"])
         info.add_metric([__version__, ",".join(snap.interfaces), snap.forward], 1)
         yield info
+        build = GaugeMetricFamily("sbulb_build_info", "What sbulb runs on",
+                                  labels=["version", "python", "bcc", "kernel"])
+        build.add_metric(build_labels(), 1)
+        yield build
+        yield GaugeMetricFamily("sbulb_associations_pinned",
+                                "1 if the associations are pinned in bpffs (kept over a "
+                                "restart), 0 if a restart loses them",
+                                value=1 if snap.pinned else 0)
+        yield GaugeMetricFamily("sbulb_config_last_reload_successful",
+                                "1 if the last reload of the config file was applied (or "
+                                "none was asked), 0 if it was rejected",
+                                value=1 if snap.last_reload_ok else 0)
+        yield GaugeMetricFamily("sbulb_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last applied reload, or of the start",
+                                value=snap.last_reload_success_at)
+        reloads = CounterMetricFamily("sbulb_config_reloads", "Reloads of the config file",
+                                      labels=["result"])
+        reloads.add_metric(["success"], snap.reloads_ok)
+        reloads.add_metric(["failure"], snap.reloads_failed)
+        yield reloads
 
         packets = CounterMetricFamily("sbulb_packets", "Packets to and from each real server",
                                       labels=["service", "server", "direction"])
@@ -92,15 +168,19 @@ class Collector:
         svc_assoc = GaugeMetricFamily("sbulb_service_associations",
                                       "Client ip:port -> real server entries of each service",
                                       labels=["service"])
+        rs_assoc = GaugeMetricFamily("sbulb_real_server_associations",
+                                     "Client ip:port -> real server entries of each real server "
+                                     "(counted: see sbulb_associations_count_age_seconds)",
+                                     labels=["service", "server"])
         svc_info = GaugeMetricFamily("sbulb_service_info", "A balanced service",
                                      labels=["service", "virtual_server", "ports", "mode"])
         traffic = dp.member_traffic()
         ids = [snap.ids[spec.name] for spec in snap.services]
         per_service = dp.service_traffic(ids)
-        associations = dp.service_associations()
+        per_member = self.counts.get()
         counts: dict[int, int] = {}
-        for (i, _, _) in associations:
-            counts[i] = counts.get(i, 0) + 1
+        for (i, _), n in per_member.items():
+            counts[i] = counts.get(i, 0) + n
         for spec in snap.services:
             i = snap.ids[spec.name]
             svc_info.add_metric([spec.name, str(spec.vip), " ".join(map(str, spec.ports)),
@@ -112,6 +192,7 @@ class Collector:
                 t = traffic.get((i, server.address), Traffic())
                 _add_traffic(packets, octets, [spec.name, name], t)
                 weight.add_metric([spec.name, name], server.weight)
+                rs_assoc.add_metric([spec.name, name], per_member.get((i, server.address), 0))
                 up.add_metric([spec.name, name], 0 if server.address in spec.down else 1)
                 view = snap.health.get((spec.name, server.address))
                 if view is not None:
@@ -122,17 +203,26 @@ class Collector:
                                    in zip(RTT_BUCKETS, view.rtt_counts)]
                         buckets.append(("+Inf", view.rtt_counts[-1]))
                         rtt.add_metric([spec.name, name], buckets, view.rtt_sum)
-        yield from (packets, octets, weight, svc_packets, svc_octets, svc_assoc, svc_info)
+        yield from (packets, octets, weight, svc_packets, svc_octets, svc_assoc, rs_assoc,
+                    svc_info)
         yield from (up, probes, rtt)
 
+        total = sum(per_member.values())
+        yield GaugeMetricFamily("sbulb_associations_count_age_seconds",
+                                "Seconds since the association counts were taken (a walk "
+                                "of the map, repeated at most every max(1 s, 10 x its duration))",
+                                value=round(self.counts.age(), 3))
+        yield GaugeMetricFamily("sbulb_associations_count_duration_seconds",
+                                "How long the last walk of the association map took",
+                                value=round(self.counts.duration, 6))
         yield GaugeMetricFamily("sbulb_associations", "Client ip:port -> real server entries",
-                                value=len(associations))
+                                value=total)
         yield GaugeMetricFamily("sbulb_associations_max", "Size of the association map (-ma)",
                                 value=snap.max_associations)
         yield GaugeMetricFamily("sbulb_associations_fill_ratio",
                                 "How full the association map is (0..1): near 1, new "
                                 "clients evict the least recently seen ones",
-                                value=len(associations) / max(1, snap.max_associations))
+                                value=total / max(1, snap.max_associations))
 
         stats = dp.stats()
         families = {
@@ -159,6 +249,15 @@ class Collector:
             if family is not None:
                 family.add_metric([stat.label], stats[stat])
         yield from families.values()
+
+
+def make_registry(snapshot: Callable[[], Snapshot], dataplane: Dataplane) -> CollectorRegistry:
+    """sbulb's metrics, and the process's (CPU, memory, open files)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(snapshot, dataplane))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
 
 def _add_traffic(packets: CounterMetricFamily, octets: CounterMetricFamily, labels: list[str],
@@ -247,8 +346,7 @@ class MetricsServer:
                  port: int, max_connections: int = MAX_CONNECTIONS,
                  timeout: float = REQUEST_TIMEOUT, render_interval: float = RENDER_INTERVAL
                  ) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(Collector(snapshot, dataplane))  # type: ignore[arg-type]
+        registry = make_registry(snapshot, dataplane)
         self.exposition = Exposition(lambda: generate_latest(registry), render_interval)
         self._max_connections = max_connections
         self._timeout = timeout

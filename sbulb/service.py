@@ -237,6 +237,11 @@ class Service:
         self._health_shown = 0.0  # when the snapshot last took the probe counters
         self._probe_endpoints: set[tuple[IPAddress, int]] = set()
         self._last_reload_ok = True
+        self._reloads = {True: 0, False: 0}  # applied, failed
+        self._last_reload_at = self._last_reload_success_at = time.time()
+        self._last_reload_error = ""
+        self._loaded = False  # _prepare() done
+        self._pinned: str | None = None  # where the associations are pinned, once loaded
         self.snapshot = self._make_snapshot()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_requested = False
@@ -294,6 +299,9 @@ class Service:
             self.dataplane.load()
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        # None: bpffs was missing (or --no-pin, or --check)
+        self._pinned = str(self.dataplane.pin) if self.dataplane.pin else None
+        self._loaded = True
         # service ids are kept from the pinned registry: they key the
         # associations that survived the restart
         self.layout = Layout.with_ids(self.dataplane.registered_services())
@@ -547,6 +555,13 @@ class Service:
             max_associations=self.config.limits.max_associations,
             config_file=str(self.config.config_file) if self.config.config_file else None,
             last_reload_ok=self._last_reload_ok,
+            reloads_ok=self._reloads[True],
+            reloads_failed=self._reloads[False],
+            last_reload_at=self._last_reload_at,
+            last_reload_success_at=self._last_reload_success_at,
+            last_reload_error=self._last_reload_error,
+            pinned=self._pinned,
+            pin_requested=self.config.pin,
             health=self._health_views(),
             disabled=self._disabled,
         )
@@ -646,6 +661,8 @@ class Service:
                      spec.name, spec.mode, spec.vip, ",".join(map(str, spec.ports)),
                      ",".join(map(str, spec.servers)))
         self._warn_if_all_drained()
+        self._last_reload_at = self._last_reload_success_at = time.time()
+        self.snapshot = self._make_snapshot()
         self.notifier.notify(f"READY=1\nSTATUS={self.status()}")
 
     def _start_metrics(self, host: str, port: int) -> None:
@@ -692,6 +709,8 @@ class Service:
         services = self.desired.services
         down = sum(len(s.down) for s in services)
         health_note = f", {down} down (health checks)" if down else ""
+        if self.config.pin and self._loaded and self._pinned is None:
+            health_note += ", associations NOT pinned (a restart loses them)"
         if len(services) == 1:
             spec = services[0]
             return (f"balancing UDP {spec.vip} port(s) {' '.join(map(str, spec.ports))} over "
@@ -714,6 +733,7 @@ class Service:
         self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}")
         running = len({s.address for spec in self.desired.services for s in spec.servers})
         planned = None
+        error = ""
         try:
             new = self.config.with_file(read_file(path))
             base = DesiredState.from_config(new)
@@ -730,18 +750,25 @@ class Service:
             elif targets and self.dataplane.loaded:
                 self._start_health()
         except (ConfigError, PlanError) as e:
+            error = str(e)
             log.error(
                 "config.rejected file=%s reason=%s; keeping the running configuration "
                 "(%d services, %d real servers)",
                 path, e, len(self.desired.services), running,
             )
         except DataplaneError as e:  # a map write failed: keep serving, say so
+            error = str(e)
             log.error("config.not_applied file=%s reason=%s", path, e)
         else:
             self.config = new
             self._log_plan(planned, path, trigger)
             self._warn_if_all_drained()
         self._last_reload_ok = planned is not None
+        self._reloads[planned is not None] += 1
+        self._last_reload_at = time.time()
+        if planned is not None:
+            self._last_reload_success_at = self._last_reload_at
+        self._last_reload_error = error
         self.snapshot = self._make_snapshot()
         status = self.status() if planned else f"{self.status()} (last reload rejected)"
         self.notifier.notify(f"READY=1\nSTATUS={status}")
@@ -806,7 +833,7 @@ class Service:
             ]
             return {"total": len(found), "associations": found[:limit] if limit else found}
         if command == "associations.count":
-            return sum(1 for (i, _, _) in self.dataplane.service_associations() if i in ids)
+            return sum(n for (i, _), n in self.dataplane.association_counts().items() if i in ids)
         if command in ("associations.get", "associations.delete"):
             client = _address_arg(args, "client", required=True)
             port = _port_arg(args)
@@ -848,12 +875,10 @@ class Service:
         its servers and their traffic, and the counters."""
         snapshot = snapshot or self.snapshot
         traffic = self.dataplane.member_traffic()
-        associations = self.dataplane.service_associations()
-        per_member: dict[tuple[int, IPAddress], int] = {}
+        per_member = self.dataplane.association_counts()
         per_service: dict[int, int] = {}
-        for (i, _, _), server in associations.items():
-            per_member[(i, server)] = per_member.get((i, server), 0) + 1
-            per_service[i] = per_service.get(i, 0) + 1
+        for (i, _), count in per_member.items():
+            per_service[i] = per_service.get(i, 0) + count
         service_ids = [snapshot.ids[spec.name] for spec in snapshot.services]
         service_traffic = self.dataplane.service_traffic(service_ids)
         services = []
@@ -901,6 +926,11 @@ class Service:
             "forward": snapshot.forward,
             "config_file": snapshot.config_file,
             "last_reload_ok": snapshot.last_reload_ok,
+            "last_reload_error": snapshot.last_reload_error,
+            "last_reload_at": round(snapshot.last_reload_at, 3),
+            "reloads": {"ok": snapshot.reloads_ok, "failed": snapshot.reloads_failed},
+            "pinned": snapshot.pinned,
+            "pin_requested": snapshot.pin_requested,
             "associations": sum(per_service.get(snapshot.ids[spec.name], 0)
                                 for spec in snapshot.services
                                 if ids is None or snapshot.ids[spec.name] in ids),

@@ -555,6 +555,13 @@ class Snapshot:
     max_associations: int
     config_file: str | None = None
     last_reload_ok: bool = True
+    reloads_ok: int = 0  # reloads applied since start
+    reloads_failed: int = 0  # reloads rejected (a broken file) or not applied
+    last_reload_at: float = 0.0  # unix time of the last reload, or of the start
+    last_reload_success_at: float = 0.0  # unix time of the last good one, or of the start
+    last_reload_error: str = ""  # why the last reload failed ("" when it did not)
+    pinned: str | None = None  # where the associations are pinned (None: a restart loses them)
+    pin_requested: bool = True  # False: --no-pin
     # (service, real server) -> its health, for the checked services
     health: Mapping[Member, HealthView] = field(default_factory=dict)
     disabled: frozenset[Member] = frozenset()  # sbulbctl server disable

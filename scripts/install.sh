@@ -53,6 +53,9 @@ install)
 	script "$bindir/sbulbctl" sbulb.ctl
 	install -m 0644 packaging/systemd/sbulb.service packaging/systemd/sbulb@.service "$unitdir/"
 	install -m 0644 README.md "$docdir/"
+	install -d "$docdir/prometheus" "$docdir/grafana"
+	install -m 0644 packaging/prometheus/sbulb-alerts.yml "$docdir/prometheus/"
+	install -m 0644 packaging/grafana/sbulb-dashboard.json "$docdir/grafana/"
 	config packaging/systemd/sbulb.default "$default"
 	config packaging/systemd/sbulb.conf "$confdir/sbulb.conf"
 	config packaging/systemd/eth0.conf "$confdir/eth0.conf.example"

@@ -287,6 +287,12 @@ class StubDataplane:
     def service_associations(self) -> dict:
         return dict(self.assoc)
 
+    def association_counts(self) -> dict:
+        counts: dict = {}
+        for (i, _, _), server in self.assoc.items():
+            counts[(i, server)] = counts.get((i, server), 0) + 1
+        return counts
+
     def association(self, client: Any, port: int, service: int) -> Any:
         return self.assoc.get((service, client, port))
 
@@ -589,3 +595,22 @@ def test_output_into_a_closed_pipe_ends_quietly(run_dir: Path, args: list[str]) 
                 proc.wait()
     assert (code, err) == (ctl.EXIT_PIPE, "")
     assert ctl.EXIT_PIPE == 141
+
+
+def test_a_killed_daemons_socket_is_not_listed(tmp_path: Path) -> None:
+    """kill -9 leaves the control socket behind, but not the interface
+    lock's flock: only the daemons that hold theirs are listed."""
+    import fcntl
+
+    for name in ("live0", "dead0", "old0"):
+        (tmp_path / control.socket_path(name, tmp_path).name).touch()
+    held = os.open(tmp_path / control.socket_path("live0", tmp_path).name.replace(
+        ".sock", ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    (tmp_path / control.socket_path("dead0", tmp_path).name.replace(".sock", ".lock")).touch()
+    try:
+        # old0 has no lock file (an older sbulb's): listed, as before
+        assert sorted(control.daemons(tmp_path)) == ["live0", "old0"]
+    finally:
+        os.close(held)
+    assert sorted(control.daemons(tmp_path)) == ["old0"]

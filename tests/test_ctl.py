@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from sbulb import __version__
 from sbulb.lab import PORT, Client, Lab, SbulbProcess
 from tests.conftest import require_root
 from tests.proc import ctl_json, sbulbctl
@@ -189,6 +190,7 @@ def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
     rs0, rs1, rs2 = (str(a) for a in lab.v4.real_servers[:3])
     conf.write_text(f"[Real Servers]\n{rs0} = 2\n{rs1}\n{rs2} = 0\n")
     lab.forget_associations()
+    started = time.time()
     process = lab.start_sbulb(lab.sbulb_args(4, conf, "--metrics", "9642"), tmp_path)
     process.wait_ready()
     clients = [lab.client(4) for _ in range(3)]  # rs0, rs1, rs0 (2:1, rs2 drained)
@@ -213,6 +215,75 @@ def test_prometheus_metrics(lab: Lab, tmp_path: Path) -> None:
     assert m["sbulb_drops_total{reason=not_associated}"] == 0
     assert "sbulb_passed_total{reason=not_balanced}" in m
     assert any(key.startswith("sbulb_info{") for key in m)
+    # the clients of each real server, the pin, the reloads, the process
+    assert [m[f"sbulb_real_server_associations{{server={rs},service=default}}"]
+            for rs in (rs0, rs1, rs2)] == [2, 1, 0]
+    assert 0 <= m["sbulb_associations_count_age_seconds{}"] < 60
+    assert m["sbulb_associations_pinned{}"] == 1
+    assert m["sbulb_config_last_reload_successful{}"] == 1
+    assert m["sbulb_config_reloads_total{result=success}"] == 0
+    assert m["sbulb_config_reloads_total{result=failure}"] == 0
+    assert started - 1 <= m["sbulb_config_last_reload_success_timestamp_seconds{}"] <= time.time()
+    assert any(key.startswith("sbulb_build_info{") and f"version={__version__}" in key for key in m)
+    assert m["process_resident_memory_bytes{}"] > 0 and m["process_open_fds{}"] > 0
+    # a rejected reload shows, and so does the good one after it
+    conf.write_text("[Real Servers]\nnot-an-address\n")
+    wait_reload(process)
+    m = scrape_until(lab, 9642, "sbulb_config_reloads_total{result=failure}", 1)
+    assert m["sbulb_config_last_reload_successful{}"] == 0
+    conf.write_text(f"[Real Servers]\n{rs0} = 2\n{rs1}\n")
+    wait_reload(process)
+    m = scrape_until(lab, 9642, "sbulb_config_reloads_total{result=success}", 1)
+    assert m["sbulb_config_last_reload_successful{}"] == 1
+    assert process.stop() == 0
+
+
+RELOAD = 10.0  # seconds a reload may take
+
+
+def wait_reload(process: SbulbProcess) -> str:
+    process.notify.wait_for("RELOADING=1", RELOAD)
+    return process.notify.wait_for("READY=1", RELOAD)
+
+
+def scrape_until(lab: Lab, port: int, key: str, value: float, timeout: float = 10.0) -> dict:
+    """A scrape in which `key` has `value` (the exposition is rendered at
+    most once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = scrape(lab, port)
+        if m.get(key) == value or time.monotonic() > deadline:
+            assert m.get(key) == value, (key, m.get(key))
+            return m
+        time.sleep(0.1)  # polling the endpoint, bounded by the deadline
+
+
+def test_metrics_pass_promtool_check(lab: Lab, tmp_path: Path) -> None:
+    """Prometheus's own linter finds nothing to say about the exposition,
+    with health checks, several services and traffic in it."""
+    import urllib.request
+
+    from sbulb.lab import netns
+
+    conf = tmp_path / "sbulb.conf"
+    rs0, rs1 = (str(a) for a in lab.v4.real_servers[:2])
+    conf.write_text(f"[Service coap]\naddress = {lab.v4.vip}\nports = {PORT}\n"
+                    f"servers = {rs0} {rs1}\ncheck = udp\ncheck_interval = 1s\n"
+                    f"check_timeout = 500ms\n"
+                    f"[Service other]\naddress = {lab.v4.vip}\nports = {PORT + 1}\n"
+                    f"servers = {rs1}\n")
+    lab.forget_associations()
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "--metrics", "9643"],
+                              tmp_path)
+    process.wait_ready()
+    ping(lab.client(4), lab, b"m")
+    with netns(lab.lb_ns):
+        text = urllib.request.urlopen("http://127.0.0.1:9643/metrics", timeout=10).read()
+    assert b"sbulb_health_probes_total" in text and b'service="other"' in text
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                             timeout=60)
+    assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), (
+        checked.stdout + checked.stderr).decode()
     assert process.stop() == 0
 
 

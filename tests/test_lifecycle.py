@@ -5,6 +5,7 @@ script."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sbulb.config import Limits
-from sbulb.dataplane import Dataplane, DataplaneError
+from sbulb.dataplane import PIN_ROOT, Dataplane, DataplaneError
 from tests.conftest import require_root
 from tests.proc import REPO, namespace, run, sbulb, xdp_programs
 
@@ -267,6 +268,42 @@ def test_pinned_associations_are_checked_before_reuse(ns: str, tmp_path: Path) -
     assert info is not None and info.max_entries == 4096  # a dry run touches no pin
 
 
+# sbulb in a mount namespace of its own in which bpffs is not mounted
+WITHOUT_BPFFS = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 "while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done; exec \"$@\"",
+                 "sh"]
+
+
+def test_running_unpinned_is_an_error_and_shows(ns: str, tmp_path: Path) -> None:
+    """Without bpffs the associations cannot be pinned: an ERROR at the
+    default level, in STATUS=, in sbulbctl status; with --no-pin, none."""
+    ctl = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "sbulb.ctl", "status"]
+    with sbulb(ns, V4_ARGS, tmp_path, prefix=WITHOUT_BPFFS) as lb:
+        assert "associations NOT pinned" in lb.wait_ready()
+        status = subprocess.run([*ctl, "--json"], capture_output=True, text=True, timeout=60,
+                                cwd=REPO)
+        text = subprocess.run(ctl, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert lb.stop() == 0
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pinned"] is None
+    assert json.loads(status.stdout)["pin_requested"] is True
+    assert "NOT pinned: bpffs is missing" in text.stdout, text.stderr
+    lines = lb.stderr.strip().splitlines()
+    assert len(lines) == 1 and "level=error event=pin.unavailable" in lines[0], lb.stderr
+    with sbulb(ns, [*V4_ARGS, "--no-pin"], tmp_path, prefix=WITHOUT_BPFFS) as lb:
+        assert "pinned" not in lb.wait_ready()
+        text = subprocess.run(ctl, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert lb.stop() == 0
+    assert "not pinned (--no-pin)" in text.stdout, text.stderr
+    assert lb.stderr == ""
+    with sbulb(ns, V4_ARGS, tmp_path) as lb:  # bpffs there: pinned
+        lb.wait_ready()
+        status = subprocess.run([*ctl, "--json"], capture_output=True, text=True, timeout=60,
+                                cwd=REPO)
+        assert lb.stop() == 0
+    assert json.loads(status.stdout)["pinned"] == str(PIN_ROOT / f"veth0@{ns}")
+
+
 def test_pin_directory_names(ns: str) -> None:
     """/sys/fs/bpf/sbulb/<interface>, or <interface>@<netns name> inside a
     named network namespace."""
@@ -324,7 +361,9 @@ def test_make_install_and_uninstall(tmp_path: Path) -> None:
                  root / "usr/local/bin/sbulb", root / "usr/local/bin/sbulbctl",
                  root / "etc/systemd/system/sbulb.service", root / "etc/systemd/system/sbulb@.service",
                  root / "etc/default/sbulb", root / "etc/sbulb/sbulb.conf",
-                 root / "etc/sbulb/eth0.conf.example"]:
+                 root / "etc/sbulb/eth0.conf.example",
+                 root / "usr/local/share/doc/sbulb/prometheus/sbulb-alerts.yml",
+                 root / "usr/local/share/doc/sbulb/grafana/sbulb-dashboard.json"]:
         assert path.exists(), path
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     ran = subprocess.run([str(root / "usr/local/bin/sbulb"), "-h"], capture_output=True, text=True,

@@ -24,7 +24,7 @@ from sbulb.config import IPAddress, RealServer
 from sbulb.consts import Stat
 from sbulb.dataplane import Traffic
 from sbulb.lab import Lab, SbulbProcess, netns
-from sbulb.metrics import Exposition, MetricsServer
+from sbulb.metrics import CountCache, Exposition, MetricsServer
 from sbulb.state import ServiceSpec, Snapshot
 from tests.conftest import require_root
 from tests.proc import sbulbctl
@@ -67,10 +67,10 @@ class FakeDataplane:
         self._check()
         return {i: Traffic(3, 300, 2, 200) for i in ids}
 
-    def service_associations(self) -> dict[tuple[int, IPAddress, int], IPAddress]:
+    def association_counts(self) -> dict[tuple[int, IPAddress], int]:
         self._check()
         self.walks += 1
-        return {(0, ipaddress.ip_address("192.0.2.1"), 1000): SERVER}
+        return {(0, SERVER): 1}
 
     def stats(self) -> dict[Stat, int]:
         self._check()
@@ -131,6 +131,35 @@ def test_a_failed_render_is_remembered_too() -> None:
     now[0] = 1.0
     assert exposition.get() is None
     assert calls == [0.0, 1.0]
+
+
+def test_association_counts_are_walked_at_most_a_tenth_of_the_time() -> None:
+    """The walk of the map is repeated after max(1 s, 10 x its duration):
+    a million entries (0.4 s) are walked every 4 s, a thousand every 1 s."""
+    now = [0.0]
+    walks: list[float] = []
+
+    def count() -> dict:
+        walks.append(now[0])
+        now[0] += 0.4  # the walk of a large map
+        return {(0, SERVER): len(walks)}
+
+    cache = CountCache(count, clock=lambda: now[0])
+    assert cache.get() == {(0, SERVER): 1} and cache.duration == pytest.approx(0.4)
+    for t in (1.0, 2.0, 4.3):
+        now[0] = t
+        assert cache.get() == {(0, SERVER): 1}  # the same counts, not walked again
+    assert cache.age() == pytest.approx(3.9)
+    now[0] = 4.4
+    assert cache.get() == {(0, SERVER): 2} and walks == [0.0, 4.4]
+    fast = CountCache(lambda: walks.append(now[0]) or {}, clock=lambda: now[0])
+    now[0] = 10.0
+    fast.get()
+    now[0] = 10.9
+    fast.get()
+    now[0] = 11.0
+    fast.get()
+    assert walks == [0.0, 4.4, 10.0, 11.0]
 
 
 def test_two_scrapes_render_once(fake: FakeDataplane) -> None:

@@ -279,3 +279,25 @@ def test_answers_to_health_probes_are_left_to_the_stack(loaded: Dataplane) -> No
         assert loaded.associations() == {}
     finally:
         loaded.remove_probe_endpoint(V4.ip(lb), probe_port)
+
+
+def test_association_counts_read_in_batches_agree_with_the_map(loaded: Dataplane) -> None:
+    """Metrics and status count clients per (service, server) from batched
+    map reads; they agree with an entry-by-entry walk, whatever the batch
+    size (1 entry: a bucket larger than the batch makes it grow)."""
+    fresh(loaded)
+    for port in range(1, 301):
+        to_vip(loaded, V4.clients[port % 2], port, COAP)
+        if port % 2:
+            to_vip(loaded, V4.clients[0], port, SYSLOG)
+        if port % 5 == 0:
+            to_vip(loaded, V6.clients[0], port, COAP, vip=V6.vip, net=V6)
+    walked: dict[tuple[int, object], int] = {}
+    for (i, _, _), server in loaded.service_associations().items():
+        walked[(i, server)] = walked.get((i, server), 0) + 1
+    assert sum(walked.values()) == 300 + 150 + 60
+    assert len(walked) == 2 + 2 + 2  # coap: rs0 rs1, syslog: rs2 rs0, coap6: two
+    for batch in (0, 1, 7, 4096):
+        assert loaded.association_counts(batch) == walked, batch
+    loaded.reset_state()
+    assert loaded.association_counts() == {}
