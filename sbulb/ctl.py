@@ -1,11 +1,12 @@
 """sbulbctl: look at, and act on, a running sbulb daemon.
 
-    sbulbctl status
+    sbulbctl status [--sort assoc|pkts|bytes] [--watch [S]]
     sbulbctl associations list [--client IP] [--server IP] [--limit N]
     sbulbctl associations count | get IP:PORT | delete IP:PORT | flush --server IP
     sbulbctl associations flush --all [--yes]
-    sbulbctl top [--interval S] [--count N]
-    sbulbctl server disable|enable SERVER
+    sbulbctl top [--interval S] [--count N] [--sort assoc|pkts|bytes]
+    sbulbctl server disable|enable|drain|reset SERVER
+    sbulbctl server set-weight SERVER N
 
 Every command takes --service NAME to cover one service only (default:
 all of them). It talks to the daemon through its control socket
@@ -59,8 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     service_too.add_argument("-s", "--service", metavar="NAME", default=argparse.SUPPRESS,
                              help="only this service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("status", parents=[json_too],
-                        help="VIP, ports, real servers with their traffic, counters")
+    sort_too = _Parser(add_help=False)
+    sort_too.add_argument("--sort", choices=SORTS, default=None,
+                          help="real servers by associations, packets or bytes, most first "
+                               "(default: as the file lists them)")
+    status = commands.add_parser("status", parents=[json_too, sort_too],
+                                 help="VIP, ports, real servers with their traffic, counters")
+    status.add_argument("--watch", type=_seconds, nargs="?", const=2.0, default=None,
+                        metavar="S", help="show it again every S seconds (default: 2) "
+                                          "until interrupted")
+    status.add_argument("--count", type=int, default=0,
+                        help="with --watch: stop after N refreshes")
     assoc = commands.add_parser("associations", parents=[json_too],
                                 help="client ip:port -> real server")
     actions = assoc.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -87,14 +97,46 @@ def build_parser() -> argparse.ArgumentParser:
     server_actions = server.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("disable", "no new client for it (as if down) until enabled again "
                                    "or the daemon restarts"),
-                       ("enable", "undo disable")):
+                       ("enable", "undo disable"),
+                       ("drain", "weight 0 over the file's: keeps its clients, gets no new one"),
+                       ("reset", "back to what the file says: undo set-weight, drain and "
+                                 "disable"),
+                       ("set-weight", "a weight over the file's, until the file changes that "
+                                      "server, a reset or a restart")):
         action = server_actions.add_parser(name, parents=[service_too], help=text)
         action.add_argument("server", metavar="SERVER")
-    top = commands.add_parser("top", parents=[json_too],
+        if name == "set-weight":
+            action.add_argument("weight", metavar="N", type=_weight, help="0 to 1000")
+    top = commands.add_parser("top", parents=[json_too, sort_too],
                               help="per-server rates, refreshed in place")
     top.add_argument("--interval", type=float, default=1.0, help="seconds (default: 1)")
     top.add_argument("--count", type=int, default=0, help="stop after N refreshes")
     return parser
+
+
+SORTS = ("assoc", "pkts", "bytes")
+
+
+def _weight(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a weight (0 to 1000)") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a weight (0 to 1000)")
+    return value
+
+
+def sort_key(by: str | None, rate: bool = False) -> Any:
+    """A key that puts the busiest real servers first (None: keep the
+    file's order)."""
+    if by is None:
+        return None
+    suffix = "_per_s" if rate else ""
+    if by == "assoc":
+        return lambda s: -s["associations"]
+    field = "packets" if by == "pkts" else "bytes"
+    return lambda s: -(s[f"{field}_to{suffix}"] + s[f"{field}_from{suffix}"])
 
 
 def _seconds(text: str) -> float:
@@ -137,7 +179,7 @@ def find_daemon(interface: str | None) -> Path:
     return next(iter(running.values()))
 
 
-def print_status(status: dict[str, Any], out: TextIO) -> None:
+def print_status(status: dict[str, Any], out: TextIO, sort: str | None = None) -> None:
     modes = ", ".join(f"{name} ({mode})" for name, mode in status["interfaces"].items())
     out.write(f"sbulb {status['version']}, pid {status['pid']}, on {modes}, "
               f"forward {status['forward']}\n")
@@ -163,16 +205,27 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
         out.write(f"\nservice {service['name']}: {service['virtual_server']} "
                   f"port(s) {' '.join(map(str, service['ports']))}, {service['mode']}, "
                   f"{service['associations']} association(s)\n")
+        servers = service["real_servers"]
+        key = sort_key(sort)
+        if key is not None:
+            servers = sorted(servers, key=key)
         rows = [header] + [
-            (s["address"], s["weight"], s["state"], _health_text(s), s["associations"],
+            (s["address"], _weight_text(s), s["state"], _health_text(s), s["associations"],
              s["packets_to"], s["bytes_to"], s["packets_from"], s["bytes_from"])
-            for s in service["real_servers"]
+            for s in servers
         ]
         _table(rows, out)
     out.write("\ncounters\n")
     for name, value in status["counters"].items():
         if value:
             out.write(f"  {name:<20} {value}\n")
+
+
+def _weight_text(server: dict[str, Any]) -> str:
+    """'3', or '0 (file 1)' under sbulbctl set-weight / drain."""
+    if server.get("override"):
+        return f"{server['weight']} (file {server['file_weight']})"
+    return str(server["weight"])
 
 
 def _health_text(server: dict[str, Any]) -> str:
@@ -193,8 +246,34 @@ def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
+def _refresh(out: TextIO, frame: int) -> None:
+    """Start frame N: the screen cleared at a terminal; elsewhere (a pipe,
+    a file) no escapes, a blank line between frames."""
+    if out.isatty():
+        out.write("\x1b[H\x1b[2J")
+    elif frame:
+        out.write("\n")
+
+
+def watch(path: Path, args: argparse.Namespace, out: TextIO) -> None:
+    """status --watch S: status, again every S seconds."""
+    done = 0
+    while True:
+        status = control.request(path, "status", _service_query(args), args.timeout)
+        if args.json:
+            out.write(json.dumps(status) + "\n")
+        else:
+            _refresh(out, done)
+            print_status(status, out, args.sort)
+        out.flush()
+        done += 1
+        if args.count and done >= args.count:
+            return
+        time.sleep(args.watch)  # the refresh period the operator asked for
+
+
 def top(path: Path, service: str | None, interval: float, count: int, as_json: bool,
-        out: TextIO, timeout: float = control.CLIENT_TIMEOUT) -> None:
+        out: TextIO, timeout: float = control.CLIENT_TIMEOUT, sort: str | None = None) -> None:
     query = {"service": service} if service is not None else None
     previous = control.request(path, "status", query, timeout)
     previous_at = time.monotonic()
@@ -218,10 +297,13 @@ def top(path: Path, service: str | None, interval: float, count: int, as_json: b
                     **{f"{key}_per_s": round((s[key] - old.get(key, 0)) / elapsed, 1)
                        for key in ("packets_to", "bytes_to", "packets_from", "bytes_from")},
                 })
+        key = sort_key(sort, rate=True)
+        if key is not None:
+            rates.sort(key=key)
         if as_json:
             out.write(json.dumps({"interval": round(elapsed, 3), "real_servers": rates}) + "\n")
         else:
-            out.write("\x1b[H\x1b[2J")  # refresh in place
+            _refresh(out, done)
             services = ", ".join(f"{v['name']} {v['virtual_server']}" for v in status["services"])
             out.write(f"sbulb on {', '.join(status['interfaces'])}: {services}, "
                       f"{status['associations']} associations, every {interval:g}s\n\n")
@@ -291,21 +373,32 @@ def _main(argv: Sequence[str] | None) -> int:
                 and not args.yes and not _confirm_flush_all(path, args, parser)):
             print("sbulbctl: nothing flushed", file=sys.stderr)
             return EXIT_ERROR
-        if args.command == "status":
+        if args.command == "status" and args.watch is not None:
+            watch(path, args, out)
+        elif args.command == "status":
             status = control.request(path, "status", _service_query(args), args.timeout)
             if args.json:
                 json.dump(status, out, indent=2)
                 out.write("\n")
             else:
-                print_status(status, out)
+                print_status(status, out, args.sort)
         elif args.command == "top":
-            top(path, args.service, args.interval, args.count, args.json, out, args.timeout)
-        elif args.command == "server":
+            top(path, args.service, args.interval, args.count, args.json, out, args.timeout,
+                args.sort)
+        elif args.command == "server" and args.action in ("disable", "enable"):
             result = control.request(path, f"server.{args.action}",
                                      {**_service_query(args), "server": args.server},
                                      timeout=args.timeout)
             verb = "disabled" if args.action == "disable" else "enabled"
             out.write(f"{args.server} {verb} in {', '.join(result[verb])}\n")
+        elif args.command == "server":
+            extra = {"weight": args.weight} if args.action == "set-weight" else {}
+            result = control.request(path, f"server.{args.action}",
+                                     {**_service_query(args), "server": args.server, **extra},
+                                     timeout=args.timeout)
+            what = {"set-weight": f"weight {getattr(args, 'weight', '')}", "drain": "drained",
+                    "reset": "back to the file"}[args.action]
+            out.write(f"{args.server} {what} in {', '.join(result['services'])}\n")
         else:
             result = associations(path, args)
             if args.json:

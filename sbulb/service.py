@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from sbulb import __version__, health, neigh, state
 from sbulb.config import (
     DEFAULT_SERVICE,
+    MAX_WEIGHT,
     Config,
     ConfigError,
     IPAddress,
@@ -232,6 +233,7 @@ class Service:
         self._verdicts_waiting = False
         self._next_verdicts = 0.0  # when verdicts may be taken again
         self._disabled: frozenset[state.Member] = frozenset()  # sbulbctl server disable
+        self._weights: dict[state.Member, int] = {}  # sbulbctl server set-weight, drain
         self._jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event,
                                             list[object]]] = queue.SimpleQueue()
         self._health_shown = 0.0  # when the snapshot last took the probe counters
@@ -308,7 +310,7 @@ class Service:
         self._targets = health_targets(self.base)
         self._health = self._healths_for(self._targets)
         try:
-            self.apply(self.base.with_down(self._downs(self._health)))
+            self.apply(self._effective(self.base, self._health))
         except (PlanError, DataplaneError) as e:
             raise StartError(f"cannot fill the maps: {e}") from None
         desired, ids = self.desired, self.layout.ids
@@ -357,15 +359,28 @@ class Service:
         return {key: self._health.get(key) or health.ServerHealth.initial(spec, now)
                 for key, spec in targets.items()}
 
+    def _effective(self, base: DesiredState, healths: dict[state.Member, health.ServerHealth],
+                   weights: dict[state.Member, int] | None = None) -> DesiredState:
+        """What is applied: the file's state with the operator's weights
+        (sbulbctl set-weight, drain) and without the servers down by health
+        or disabled."""
+        weights = self._weights if weights is None else weights
+        return base.with_weights(weights).with_down(self._downs(healths))
+
     def _downs(self, healths: dict[state.Member, health.ServerHealth]
                ) -> dict[str, frozenset[IPAddress]]:
         """Service -> servers that take no new client: down by their health
         checks, or disabled by the operator (sbulbctl server disable)."""
+        return self._downs_with(healths, self._disabled)
+
+    @staticmethod
+    def _downs_with(healths: dict[state.Member, health.ServerHealth],
+                    disabled: frozenset[state.Member]) -> dict[str, frozenset[IPAddress]]:
         downs: dict[str, set[IPAddress]] = {}
         for (name, address), h in healths.items():
             if not h.takes_traffic:
                 downs.setdefault(name, set()).add(address)
-        for name, address in self._disabled:
+        for name, address in disabled:
             downs.setdefault(name, set()).add(address)
         return {name: frozenset(addresses) for name, addresses in downs.items()}
 
@@ -404,20 +419,52 @@ class Service:
     def _set_disabled(self, server: IPAddress, names: list[str], disabled: bool) -> object:
         """sbulbctl server disable|enable: an operator override (until
         enabled again or a restart), applied like a health change."""
-        keys = {(spec.name, server) for spec in self.base.services
-                if spec.name in names and spec.server(server) is not None}
-        if not keys:
-            raise ControlError(f"{server} is not a real server of "
-                               f"{'service ' + names[0] if len(names) == 1 else 'any service'}")
+        keys = self._members(server, names)
         before = set(self._disabled)
         self._disabled = self._disabled | keys if disabled else self._disabled - keys
         if self._disabled != before:
-            self.apply(self.base.with_down(self._downs(self._health)))
+            self.apply(self._effective(self.base, self._health))
             self.notifier.notify(f"STATUS={self.status()}")
         verb = "disabled" if disabled else "enabled"
         services = sorted(name for name, _ in keys)
         log.info("server.%s server=%s services=%s by=sbulbctl", verb, server, ",".join(services))
         return {verb: services}
+
+    def _members(self, server: IPAddress, names: list[str]) -> set[state.Member]:
+        keys = {(spec.name, server) for spec in self.base.services
+                if spec.name in names and spec.server(server) is not None}
+        if not keys:
+            raise ControlError(f"{server} is not a real server of "
+                               f"{'service ' + names[0] if len(names) == 1 else 'any service'}")
+        return keys
+
+    def _set_weight(self, server: IPAddress, names: list[str], weight: int | None) -> object:
+        """sbulbctl server set-weight|drain (a weight), reset (None: the
+        file's weight, and enabled): runtime overrides over the file, kept
+        until the file changes that server, a reset or a restart."""
+        keys = self._members(server, names)
+        weights = dict(self._weights)
+        disabled = self._disabled
+        for key in keys:
+            if weight is None:
+                weights.pop(key, None)
+            else:
+                weights[key] = weight
+        if weight is None:
+            disabled = disabled - keys
+        if weights != self._weights or disabled != self._disabled:
+            self.apply(self.base.with_weights(weights).with_down(
+                self._downs_with(self._health, disabled)))
+            self._weights, self._disabled = weights, disabled
+            self.snapshot = self._make_snapshot()
+            self.notifier.notify(f"STATUS={self.status()}")
+        services = sorted(name for name, _ in keys)
+        if weight is None:
+            log.info("server.reset server=%s services=%s by=sbulbctl", server, ",".join(services))
+        else:
+            log.info("server.weight_set server=%s weight=%d services=%s by=sbulbctl", server,
+                     weight, ",".join(services))
+        return {"services": services}
 
     def _on_verdicts(self, batch: list[tuple[state.Member, health.Verdict]]) -> None:
         """From the prober's thread: queue them, wake the main loop (once
@@ -521,7 +568,7 @@ class Service:
             # servers to be worth doing only when something changed)
             before = {s.name: bool(s.serving) for s in self.desired.services if s.checks.spec}
             try:
-                self.apply(self.base.with_down(self._downs(self._health)))
+                self.apply(self._effective(self.base, self._health))
             except (PlanError, DataplaneError) as e:
                 log.error("health.not_applied reason=%s", e)
             for service in self.desired.services:
@@ -564,6 +611,7 @@ class Service:
             pin_requested=self.config.pin,
             health=self._health_views(),
             disabled=self._disabled,
+            file_weights={key: _file_weight(self.base, key) or 0 for key in self._weights},
         )
 
     def check(self) -> None:
@@ -740,8 +788,15 @@ class Service:
             # servers that stay keep their health; new ones start afresh
             targets = health_targets(base)
             healths = self._healths_for(targets)
-            planned = self.apply(base.with_down(self._downs(healths)))
+            # an override stays while the file leaves that server as it was
+            weights = {key: weight for key, weight in self._weights.items()
+                       if _file_weight(base, key) == _file_weight(self.base, key)}
+            for name, address in sorted(self._weights.keys() - weights.keys(), key=str):
+                log.info("server.override_dropped service=%s server=%s reason=the file changed it",
+                         name, address)
+            planned = self.apply(self._effective(base, healths, weights))
             self.base, self._targets, self._health = base, targets, healths
+            self._weights = weights
             self._disabled = frozenset((name, address) for name, address in self._disabled
                                        if (spec := base.service(name)) is not None
                                        and spec.server(address) is not None)
@@ -820,6 +875,21 @@ class Service:
             chosen = [name for i, name in sorted(names.items()) if i in ids]
             return self._in_main_loop(lambda: self._set_disabled(
                 target, chosen, command == "server.disable"))
+        if command in ("server.set-weight", "server.drain", "server.reset"):
+            server = _address_arg(args, "server", required=True)
+            assert server is not None
+            member: IPAddress = server
+            weight: int | None = None
+            if command == "server.set-weight":
+                if args.get("weight") is None:
+                    raise ControlError("set-weight needs a weight")
+                weight = _int_arg(args, "weight")
+                if weight > MAX_WEIGHT:
+                    raise ControlError(f"weight must be 0 to {MAX_WEIGHT}, not {weight}")
+            elif command == "server.drain":
+                weight = 0
+            picked = [name for i, name in sorted(names.items()) if i in ids]
+            return self._in_main_loop(lambda: self._set_weight(member, picked, weight))
         if command == "associations.list":
             client = _address_arg(args, "client")
             server = _address_arg(args, "server")
@@ -893,9 +963,13 @@ class Service:
                 view = snapshot.health.get((spec.name, rs.address))
                 down = rs.address in spec.down
                 disabled = (spec.name, rs.address) in snapshot.disabled
+                file_weight = snapshot.file_weights.get((spec.name, rs.address))
                 servers.append({
                     "address": str(rs.address),
                     "weight": rs.weight,
+                    # sbulbctl set-weight / drain: what the file says under it
+                    "file_weight": rs.weight if file_weight is None else file_weight,
+                    "override": file_weight is not None,
                     "state": ("disabled" if disabled else "down" if down
                               else "active" if rs.weight else "drained"),
                     "associations": per_member.get((i, rs.address), 0),
@@ -1044,6 +1118,13 @@ def _address_arg(args: dict, name: str, required: bool = False) -> IPAddress | N
         return parse_address(value, name)
     except ConfigError as e:
         raise ControlError(str(e)) from None
+
+
+def _file_weight(base: DesiredState, key: state.Member) -> int | None:
+    """The weight a state gives a member, None if it has no such member."""
+    spec = base.service(key[0])
+    server = spec.server(key[1]) if spec is not None else None
+    return server.weight if server is not None else None
 
 
 def _service_arg(args: dict, snapshot: Snapshot) -> set[int]:

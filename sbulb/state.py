@@ -117,6 +117,17 @@ class DesiredState:
             replace(s, down=frozenset(a for a in down.get(s.name, ()) if s.server(a)))
             for s in self.services))
 
+    def with_weights(self, weights: Mapping["Member", int]) -> "DesiredState":
+        """This state with some servers' weights replaced (sbulbctl server
+        set-weight / drain), by (service name, address); others as they are."""
+        if not weights:
+            return self
+        return DesiredState(tuple(
+            replace(s, servers=tuple(
+                replace(rs, weight=weights.get((s.name, rs.address), rs.weight))
+                for rs in s.servers))
+            for s in self.services))
+
     def with_service(self, spec: ServiceSpec) -> "DesiredState":
         """This state with one service replaced (or added)."""
         others = tuple(s for s in self.services if s.name != spec.name)
@@ -565,6 +576,9 @@ class Snapshot:
     # (service, real server) -> its health, for the checked services
     health: Mapping[Member, HealthView] = field(default_factory=dict)
     disabled: frozenset[Member] = frozenset()  # sbulbctl server disable
+    # sbulbctl server set-weight / drain: the weight the file gives each
+    # overridden member (the services above carry the override)
+    file_weights: Mapping[Member, int] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from sbulb import __version__
 from sbulb.lab import PORT, Client, Lab, SbulbProcess
 from tests.conftest import require_root
-from tests.proc import ctl_json, sbulbctl
+from tests.proc import REPO, ctl_json, sbulbctl
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,73 @@ def test_top_refreshes(lab: Lab, balancer: SbulbProcess) -> None:
     assert result.returncode == 0, result.stderr
     frames = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(frames) == 2 and len(frames[0]["real_servers"]) == 3
-    human = sbulbctl(lab, "top", "--count", "1", "--interval", "0.1")
-    assert human.stdout.startswith("\x1b[H\x1b[2J") and "pkts/s to" in human.stdout
+    # into a pipe: no terminal escapes, frames apart by a blank line
+    human = sbulbctl(lab, "top", "--count", "2", "--interval", "0.1")
+    assert human.returncode == 0 and "\x1b" not in human.stdout, human.stderr
+    assert human.stdout.count("pkts/s to") == 2 and "\n\nsbulb on" in human.stdout
+    # at a terminal: each frame clears the screen
+    at_tty = on_a_terminal(lab, "top", "--count", "1", "--interval", "0.1")
+    assert at_tty.startswith("\x1b[H\x1b[2J") and "pkts/s to" in at_tty
+
+
+def on_a_terminal(lab: Lab, *args: str) -> str:
+    """sbulbctl ARGS with a pseudo-terminal as stdout: what it wrote."""
+    import os
+    import pty
+
+    main, child = pty.openpty()
+    try:
+        result = subprocess.run(["ip", "netns", "exec", lab.lb_ns, sys.executable, "-m",
+                                 "sbulb.ctl", *args], stdout=child, stderr=subprocess.PIPE,
+                                cwd=REPO, timeout=60)
+        os.close(child)
+        child = -1
+        assert result.returncode == 0, result.stderr
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the terminal's other end is closed, all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode().replace("\r\n", "\n")
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+
+
+def test_status_sorted_and_watched(lab: Lab, balancer: SbulbProcess) -> None:
+    """--sort puts the busiest servers first; --watch shows status again
+    every S seconds (--count frames), without escapes into a pipe."""
+    clients = [lab.client(4) for _ in range(4)]  # rs0, rs1, rs2, rs0
+    assert [ping(c, lab, b"s") for c in clients] == ["rs0", "rs1", "rs2", "rs0"]
+    for _ in range(3):
+        ping(clients[2], lab, b"more to rs2")  # rs2: most packets, most bytes
+    ping(clients[1], lab, b"rs1")  # rs1: 2 packets, rs0: 2 (fewer bytes)
+    rs0, rs1, rs2 = (str(a) for a in lab.v4.real_servers[:3])
+
+    def text_order(*args: str) -> list[str]:
+        result = sbulbctl(lab, "status", *args)
+        assert result.returncode == 0, result.stderr
+        return [line.split()[0] for line in result.stdout.splitlines()
+                if line.startswith("10.")]
+
+    assert text_order() == [rs0, rs1, rs2]  # the file's order
+    assert text_order("--sort", "assoc") == [rs0, rs1, rs2]  # 2, 1, 1 (ties as listed)
+    assert text_order("--sort", "pkts") == [rs2, rs0, rs1]  # 4, 2, 2
+    assert text_order("--sort", "bytes") == [rs2, rs1, rs0]
+    sbulbctl(lab, "associations", "flush", "--server", rs0)
+    assert text_order("--sort", "assoc") == [rs1, rs2, rs0]  # 1, 1, 0
+    watched = sbulbctl(lab, "status", "--watch", "0.1", "--count", "3")
+    assert watched.returncode == 0 and "\x1b" not in watched.stdout, watched.stderr
+    assert watched.stdout.count("associations 2 (at most") == 3
+    frames = sbulbctl(lab, "status", "--watch", "0.1", "--count", "2", "--json")
+    assert [json.loads(line)["associations"] for line in frames.stdout.splitlines()] == [2, 2]
+    bad = sbulbctl(lab, "status", "--sort", "age")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_no_daemon_is_one_clear_line(lab: Lab) -> None:

@@ -228,3 +228,72 @@ def test_sbulbctl_server_disable_and_enable(lab: Lab, tmp_path: Path) -> None:
         assert unknown.returncode == 1 and "is not a real server" in unknown.stderr
     finally:
         process.close()
+
+
+def test_sbulbctl_set_weight_drain_and_reset(lab: Lab, tmp_path: Path) -> None:
+    """Runtime weights over the file's: new clients follow them at once,
+    status shows them as overrides, an edit of that server in the file
+    ends them (an edit of another server does not), reset undoes them."""
+    from tests.proc import sbulbctl
+
+    v4 = lab.v4
+    rs0, rs1, rs2 = (str(a) for a in v4.real_servers[:3])
+    conf = tmp_path / "sbulb.conf"
+
+    def write(servers: str) -> None:
+        conf.write_text(f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+                        f"servers = {servers}\n")
+
+    def servers() -> dict[str, dict]:
+        return {s["address"]: s for s in ctl_json(lab, "status")["services"][0]["real_servers"]}
+
+    def newcomers(n: int) -> list[str]:
+        return [lab.client(4).exchange(v4.vip, PORT, b"n").server for _ in range(n)]
+
+    def reload_with(servers_line: str) -> None:
+        write(servers_line)
+        process.notify.wait_for("RELOADING=1", 10)
+        process.notify.wait_for("READY=1", 10)
+
+    write(f"{rs0} {rs1} {rs2}")
+    process = start(lab, tmp_path, conf)
+    try:
+        first = lab.client(4)
+        assert first.exchange(v4.vip, PORT, b"a").server == "rs0"
+        done = sbulbctl(lab, "server", "set-weight", rs0, "3")
+        assert done.returncode == 0 and done.stdout.strip() == f"{rs0} weight 3 in coap"
+        shown = servers()[rs0]
+        assert (shown["weight"], shown["file_weight"], shown["override"]) == (3, 1, True)
+        line = next(line for line in sbulbctl(lab, "status").stdout.splitlines()
+                    if line.startswith(rs0 + " "))
+        assert "3 (file 1)" in line
+        assert sorted(newcomers(10)).count("rs0") == 6  # 3:1:1
+        drained = sbulbctl(lab, "server", "drain", rs0)
+        assert drained.returncode == 0 and drained.stdout.strip() == f"{rs0} drained in coap"
+        assert servers()[rs0]["state"] == "drained"
+        assert "rs0" not in newcomers(6)
+        assert first.exchange(v4.vip, PORT, b"b").server == "rs0"  # keeps its clients
+        # the file changes another server: the override stays
+        reload_with(f"{rs0} {rs1}=2 {rs2}")
+        assert (servers()[rs0]["weight"], servers()[rs1]["weight"]) == (0, 2)
+        assert "rs0" not in newcomers(4)
+        # the file changes this one: the file wins
+        reload_with(f"{rs0}=2 {rs1}=2 {rs2}")
+        assert servers()[rs0]["override"] is False and servers()[rs0]["weight"] == 2
+        assert "server.override_dropped service=coap server=" + rs0 in process.stderr
+        # reset: set-weight and disable undone
+        assert sbulbctl(lab, "server", "set-weight", rs2, "0").returncode == 0
+        assert sbulbctl(lab, "server", "disable", rs1).returncode == 0
+        assert set(newcomers(4)) == {"rs0"}
+        assert sbulbctl(lab, "server", "reset", rs2).stdout.strip() == f"{rs2} back to the file in coap"
+        assert sbulbctl(lab, "server", "reset", rs1).returncode == 0
+        after = servers()
+        assert [after[a]["state"] for a in (rs0, rs1, rs2)] == ["active"] * 3
+        assert set(newcomers(10)) == {"rs0", "rs1", "rs2"}
+        assert "server.weight_set server=" + rs0 in process.stderr
+        bad = sbulbctl(lab, "server", "set-weight", rs0, "1001")
+        assert bad.returncode == 2 and "is not a weight" in bad.stderr
+        unknown = sbulbctl(lab, "server", "drain", "10.77.99.9")
+        assert unknown.returncode == 1 and "is not a real server" in unknown.stderr
+    finally:
+        process.close()

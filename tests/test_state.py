@@ -361,3 +361,15 @@ def test_a_mode_change_rewrites_only_the_descriptor() -> None:
     (w,) = second.writes
     assert w.id == first.layout.ids["syslog"] and w.flags == state.SVC_F_PER_PACKET
     assert [c.name for c in second.changes if c.mode_changed] == ["syslog"]
+
+
+def test_with_weights_replaces_only_the_members_named() -> None:
+    """sbulbctl set-weight / drain: by (service, server); the same address
+    in another service, and the other servers, keep the file's weight."""
+    base = DesiredState((spec("a", "10.0.0.1", (53,), "10.0.1.1", "10.0.1.2"),
+                         spec("b", "10.0.0.1", (54,), "10.0.1.1")))
+    changed = base.with_weights({("a", ip("10.0.1.1")): 0, ("a", ip("10.0.9.9")): 5})
+    weights = {(s.name, str(rs.address)): rs.weight
+               for s in changed.services for rs in s.servers}
+    assert weights == {("a", "10.0.1.1"): 0, ("a", "10.0.1.2"): 1, ("b", "10.0.1.1"): 1}
+    assert base.with_weights({}) is base
