@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit bench install uninstall
+.PHONY: setup demo test test-unit bench install uninstall deb
 
 setup:
 	./scripts/setup.sh
@@ -35,3 +35,9 @@ install:
 
 uninstall:
 	PYTHON=$(PYTHON) ./scripts/install.sh uninstall
+
+# the Debian package (dpkg-buildpackage -us -uc -b on a copy of the tree),
+# in DEB_DIR: dpkg -i build/deb/sbulb_*_all.deb
+DEB_DIR ?= build/deb
+deb:
+	./scripts/deb.sh $(DEB_DIR)

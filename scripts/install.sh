@@ -1,6 +1,7 @@
 #!/bin/sh
 # make install / make uninstall: sbulb where Debian's python3 finds it, the
-# sbulb and sbulbctl commands, the systemd units and example configs.
+# sbulb and sbulbctl commands, the systemd units, example configs, man pages
+# and bash completion.
 #   DESTDIR  staging root (default: none)    PREFIX  (default: /usr/local)
 # Configuration in /etc is never overwritten; uninstall removes an example
 # config only if it is still the example, unchanged.
@@ -16,6 +17,8 @@ pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_inf
 site="$DESTDIR$PREFIX/lib/python$pyver/dist-packages"
 bindir="$DESTDIR$PREFIX/bin"
 docdir="$DESTDIR$PREFIX/share/doc/sbulb"
+mandir="$DESTDIR$PREFIX/share/man"
+completions="$DESTDIR$PREFIX/share/bash-completion/completions"
 unitdir="$DESTDIR/etc/systemd/system"
 confdir="$DESTDIR/etc/sbulb"
 default="$DESTDIR/etc/default/sbulb"
@@ -56,6 +59,11 @@ install)
 	install -d "$docdir/prometheus" "$docdir/grafana"
 	install -m 0644 packaging/prometheus/sbulb-alerts.yml "$docdir/prometheus/"
 	install -m 0644 packaging/grafana/sbulb-dashboard.json "$docdir/grafana/"
+	install -d "$mandir/man8" "$mandir/man5" "$completions"
+	install -m 0644 packaging/man/sbulb.8 packaging/man/sbulbctl.8 "$mandir/man8/"
+	install -m 0644 packaging/man/sbulb.conf.5 "$mandir/man5/"
+	install -m 0644 packaging/bash-completion/sbulb packaging/bash-completion/sbulbctl \
+		"$completions/"
 	config packaging/systemd/sbulb.default "$default"
 	config packaging/systemd/sbulb.conf "$confdir/sbulb.conf"
 	config packaging/systemd/eth0.conf "$confdir/eth0.conf.example"
@@ -67,6 +75,8 @@ install)
 uninstall)
 	rm -rf "$site/sbulb" "$docdir"
 	rm -f "$bindir/sbulb" "$bindir/sbulbctl" "$unitdir/sbulb.service" "$unitdir/sbulb@.service"
+	rm -f "$mandir/man8/sbulb.8" "$mandir/man8/sbulbctl.8" "$mandir/man5/sbulb.conf.5"
+	rm -f "$completions/sbulb" "$completions/sbulbctl"
 	unconfig packaging/systemd/sbulb.default "$default"
 	unconfig packaging/systemd/sbulb.conf "$confdir/sbulb.conf"
 	unconfig packaging/systemd/eth0.conf "$confdir/eth0.conf.example"

@@ -9,7 +9,8 @@ PACKAGES="python3-bpfcc python3-watchdog python3-scapy
 python3-pytest python3-pyroute2 python3-hypothesis python3-prometheus-client
 python3-setuptools
 python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
-systemd diffutils prometheus"
+systemd diffutils prometheus
+debhelper dh-python pybuild-plugin-pyproject python3-all lintian man-db"
 
 # the benchmark's peers (nginx's UDP proxy, nftables) and its chart
 BENCH_PACKAGES="nftables nginx-light libnginx-mod-stream python3-matplotlib"

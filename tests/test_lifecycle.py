@@ -363,7 +363,10 @@ def test_make_install_and_uninstall(tmp_path: Path) -> None:
                  root / "etc/default/sbulb", root / "etc/sbulb/sbulb.conf",
                  root / "etc/sbulb/eth0.conf.example",
                  root / "usr/local/share/doc/sbulb/prometheus/sbulb-alerts.yml",
-                 root / "usr/local/share/doc/sbulb/grafana/sbulb-dashboard.json"]:
+                 root / "usr/local/share/doc/sbulb/grafana/sbulb-dashboard.json",
+                 root / "usr/local/share/man/man8/sbulbctl.8",
+                 root / "usr/local/share/man/man5/sbulb.conf.5",
+                 root / "usr/local/share/bash-completion/completions/sbulbctl"]:
         assert path.exists(), path
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     ran = subprocess.run([str(root / "usr/local/bin/sbulb"), "-h"], capture_output=True, text=True,
