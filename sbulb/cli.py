@@ -388,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         service = Service(config)
         if args.check:
-            service.check()
+            for note in service.check():
+                print(f"sbulb: warning: {note}", file=sys.stderr)
             print(f"sbulb: configuration OK, program verified for {', '.join(config.interfaces)}")
             return EXIT_OK
         return service.run()

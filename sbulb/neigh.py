@@ -1,4 +1,7 @@
-"""Get the kernel to resolve next hops the data path met without a neighbour
+"""Netlink questions to the kernel: which addresses are this host's, and
+resolving next hops.
+
+Get the kernel to resolve next hops the data path met without a neighbour
 entry (forward.h notes them): an RTM_NEWNEIGH with NTF_USE makes the kernel
 start ARP / neighbour discovery for the address, as if it had a packet for
 it. With --forward fib, a packet whose next hop is out of the interface it
@@ -7,6 +10,7 @@ known, the FIB path takes over."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Iterable
 
@@ -41,3 +45,20 @@ def resolve(misses: Iterable[tuple[IPAddress, int]]) -> int:
     except OSError as e:
         log.warning("neigh.resolve_failed error=%s", e)
     return asked
+
+
+def local_addresses() -> set[IPAddress]:
+    """The addresses configured on this network namespace's interfaces
+    (empty if netlink cannot be asked: a warning less, nothing worse)."""
+    found: set[IPAddress] = set()
+    try:
+        with IPRoute() as ipr:
+            for message in ipr.get_addr():
+                # IFA_LOCAL when there is one: on a point-to-point link
+                # IFA_ADDRESS is the peer's (IPv6 has only IFA_ADDRESS)
+                value = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
+                if value:
+                    found.add(ipaddress.ip_address(value.split("%")[0]))
+    except (OSError, NetlinkError, ValueError) as e:
+        log.warning("neigh.addresses_failed error=%s", e)
+    return found

@@ -234,6 +234,7 @@ class Service:
         self._next_verdicts = 0.0  # when verdicts may be taken again
         self._disabled: frozenset[state.Member] = frozenset()  # sbulbctl server disable
         self._weights: dict[state.Member, int] = {}  # sbulbctl server set-weight, drain
+        self._local_vips: set[IPAddress] = set()  # VIPs that are this host's, warned about
         self._jobs: queue.SimpleQueue[tuple[Callable[[], object], threading.Event,
                                             list[object]]] = queue.SimpleQueue()
         self._health_shown = 0.0  # when the snapshot last took the probe counters
@@ -294,6 +295,19 @@ class Service:
                 interface_index(name)
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        self._warn_local_vips(self.base)
+
+    def _warn_local_vips(self, desired: DesiredState) -> None:
+        """A VIP that is also an address of this host gets, whenever sbulb
+        is not attached (a stop, a restart), to the host's own stack: say so
+        once per VIP (README, Deployment checklist)."""
+        local = neigh.local_addresses()
+        for spec in desired.services:
+            if spec.vip not in self._local_vips and spec.vip in local:
+                self._local_vips.add(spec.vip)
+                log.warning("start.vip_local vip=%s service=%s: the VIP is an address of this "
+                            "host; while sbulb is not attached (stop, restart) its datagrams go "
+                            "to the host's own stack", spec.vip, spec.name)
 
     def _prepare(self) -> None:
         """Everything before attaching: compile, load, fill the maps."""
@@ -614,14 +628,18 @@ class Service:
             file_weights={key: _file_weight(self.base, key) or 0 for key in self._weights},
         )
 
-    def check(self) -> None:
-        """Dry run: everything but attaching (and pinning)."""
+    def check(self) -> list[str]:
+        """Dry run: everything but attaching (and pinning). Returns what
+        the operator should know (a VIP that is a local address)."""
         self._check_environment()
         self.dataplane.pin = None
         try:
             self._prepare()
         finally:
             self.dataplane.close()
+        return [f"VIP {vip} is an address of this host: while sbulb is not attached (stop, "
+                f"restart) its datagrams go to the host's own stack (README, Deployment "
+                f"checklist)" for vip in sorted(self._local_vips, key=str)]
 
     def _attach(self) -> None:
         try:
@@ -815,6 +833,7 @@ class Service:
             error = str(e)
             log.error("config.not_applied file=%s reason=%s", path, e)
         else:
+            self._warn_local_vips(base)
             self.config = new
             self._log_plan(planned, path, trigger)
             self._warn_if_all_drained()

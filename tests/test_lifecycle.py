@@ -162,7 +162,22 @@ def test_check_verifies_without_attaching(ns: str, tmp_path: Path) -> None:
                  "--check", check=False)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
+    assert "warning" not in result.stderr, result.stderr
     assert xdp_programs(ns) == []
+
+
+def test_a_vip_that_is_a_local_address_is_pointed_out(ns: str, tmp_path: Path) -> None:
+    """While sbulb is not attached, datagrams to a local VIP reach the
+    host's own stack: --check warns, the start logs it (once)."""
+    run("ip", "-n", ns, "addr", "add", "10.0.0.1/32", "dev", "lo")
+    result = run("nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "sbulb", *V4_ARGS,
+                 "--check", check=False)
+    assert result.returncode == 0 and "configuration OK" in result.stdout, result.stderr
+    assert result.stderr.startswith("sbulb: warning: VIP 10.0.0.1 is an address of this host")
+    with sbulb(ns, [*V4_ARGS, "-l", "INFO"], tmp_path) as lb:
+        lb.wait_ready()
+        assert lb.stop() == 0
+    assert lb.stderr.count("event=start.vip_local vip=10.0.0.1 service=default") == 1, lb.stderr
 
 
 def test_console_script(tmp_path: Path) -> None:
