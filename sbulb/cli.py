@@ -8,6 +8,8 @@ error is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence, TypeVar
@@ -379,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sbulb import log
 
     try:
-        from sbulb.service import Service, StartError
+        from sbulb.service import RESTART, TAKEOVER_ENV, Service, StartError
     except ImportError as e:
         print(f"sbulb: error: Python module {e.name} is missing: run `make setup`", file=sys.stderr)
         return EXIT_RUNTIME
@@ -392,7 +394,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"sbulb: warning: {note}", file=sys.stderr)
             print(f"sbulb: configuration OK, program verified for {', '.join(config.interfaces)}")
             return EXIT_OK
-        return service.run()
+        code = service.run()
     except StartError as e:
         print(f"sbulb: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
+    if code != RESTART:
+        return code
+    # a restart in place: the same process (systemd's main PID), new code,
+    # the same command line; the program left attached keeps serving until
+    # the new one is compiled, loaded with the pinned maps and swapped in
+    command = [sys.executable, "-m", "sbulb", *(sys.argv[1:] if argv is None else argv)]
+    logging.shutdown()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, command, {**os.environ, TAKEOVER_ENV: str(os.getpid())})
+    except OSError as e:
+        print(f"sbulb: error: cannot restart ({e.strerror}): the program stays attached, "
+              "the next start takes it over", file=sys.stderr)
+    return EXIT_RUNTIME

@@ -7,6 +7,7 @@
     sbulbctl top [--interval S] [--count N] [--sort assoc|pkts|bytes]
     sbulbctl server disable|enable|drain|reset SERVER
     sbulbctl server set-weight SERVER N
+    sbulbctl restart
 
 Every command takes --service NAME to cover one service only (default:
 all of them). It talks to the daemon through its control socket
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("server", metavar="SERVER")
         if name == "set-weight":
             action.add_argument("weight", metavar="N", type=_weight, help="0 to 1000")
+    commands.add_parser("restart", help="restart the daemon in place (new code, same command "
+                                        "line): the data path keeps serving throughout")
     top = commands.add_parser("top", parents=[json_too, sort_too],
                               help="per-server rates, refreshed in place")
     top.add_argument("--interval", type=float, default=1.0, help="seconds (default: 1)")
@@ -385,6 +388,9 @@ def _main(argv: Sequence[str] | None) -> int:
         elif args.command == "top":
             top(path, args.service, args.interval, args.count, args.json, out, args.timeout,
                 args.sort)
+        elif args.command == "restart":
+            result = control.request(path, "restart", {}, timeout=args.timeout)
+            out.write(f"sbulb (pid {result['pid']}) restarting in place\n")
         elif args.command == "server" and args.action in ("disable", "enable"):
             result = control.request(path, f"server.{args.action}",
                                      {**_service_query(args), "server": args.server},

@@ -38,6 +38,7 @@ PROG_NAME = "sbulb_xdp"  # kernel program name, how sbulb recognises its own
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4  # swap in place of the program named by old_prog_fd
 
 # Capability bits (uapi linux/capability.h)
 CAP_NET_ADMIN = 12
@@ -923,6 +924,30 @@ class Dataplane:
         finally:
             os.close(fd)
 
+    def replace(self, ifname: str, old: AttachedProgram) -> None:
+        """Swap this program in place of `old` on an interface, in its XDP
+        mode, in one step: the kernel's replace-if-expected attach
+        (XDP_FLAGS_REPLACE), so no packet meets the interface without a
+        program, and nothing is replaced if `old` is no longer the one there."""
+        ifindex = interface_index(ifname)
+        lib = libbpf()
+        fd = lib.bpf_prog_get_fd_by_id(old.id)
+        if fd < 0:
+            raise DataplaneError(f"XDP program {old.id} on {ifname} is gone: {_errstr(fd)}")
+        # a redirect target before the first packet (the old program's
+        # devmap is its own)
+        self._add_redirect_target(ifindex)
+        try:
+            opts = _XdpAttachOpts(sz=ct.sizeof(_XdpAttachOpts), old_prog_fd=fd)
+            ret = lib.bpf_xdp_attach(ifindex, self.prog_fd, old.flags | XDP_FLAGS_REPLACE,
+                                     ct.byref(opts))
+        finally:
+            os.close(fd)
+        if ret < 0:
+            raise DataplaneError(f"cannot replace XDP program {old.id} on {ifname}: "
+                                 f"{_errstr(ret)}")
+        self._attached_here(ifname, ifindex, old.flags)
+
     def attach(self, ifname: str, mode: str = "auto") -> None:
         """Attach to an interface that has no XDP program, in `mode`: native
         (in the driver), generic (in the stack) or auto (native, else generic
@@ -951,11 +976,19 @@ class Dataplane:
                 f"cannot attach XDP ({mode}) to {ifname}: {_errstr(ret)}"
                 + (" (try --xdp-mode generic)" if mode == "native" else "")
             )
-        self._attached[ifname] = (ifindex, flags)
+        self._attached_here(ifname, ifindex, flags)
+
+    def _add_redirect_target(self, ifindex: int) -> None:
+        if ifindex in self._ifslots:
+            return
         slot = min(set(range(MAX_INTERFACES)) - set(self._ifslots.values()))
         self._put("sbulb_devmap", struct.pack("i", slot), struct.pack("i", ifindex))
         self._put("sbulb_ifslot", struct.pack("I", ifindex), struct.pack("I", slot))
         self._ifslots[ifindex] = slot
+
+    def _attached_here(self, ifname: str, ifindex: int, flags: int) -> None:
+        self._attached[ifname] = (ifindex, flags)
+        self._add_redirect_target(ifindex)
         log.info(
             "dataplane.attached interface=%s ifindex=%d mode=%s",
             ifname,
@@ -997,9 +1030,14 @@ class Dataplane:
         for ifname in list(self._attached):
             self.detach(ifname)
 
-    def close(self) -> None:
-        """Detach everywhere and release the program and its maps."""
-        self.detach_all()
+    def close(self, detach: bool = True) -> None:
+        """Detach everywhere (unless told not to: a restart in place, whose
+        next process takes the program over) and release the program and
+        its maps (an attached program keeps its own)."""
+        if detach:
+            self.detach_all()
+        else:
+            self._attached.clear()
         if self._legacy_fd is not None:
             os.close(self._legacy_fd)
             self._legacy_fd = None

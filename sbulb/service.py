@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from sbulb import __version__, health, neigh, state
 from sbulb.config import (
@@ -39,6 +39,7 @@ from sbulb.control import RUN_DIR, ControlError, ControlServer
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
+    XDP_FLAGS_SKB_MODE,
     Dataplane,
     DataplaneError,
     Event,
@@ -249,6 +250,9 @@ class Service:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_requested = False
         self._reload_requested = False
+        self._restart_requested = False
+        # started by a restart in place: the sbulb program attached is ours
+        self._takeover = os.environ.pop(TAKEOVER_ENV, None) is not None
         self._file_changed_at: float | None = None
         self._watcher: ConfigWatcher | None = None
         self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
@@ -270,6 +274,14 @@ class Service:
         self._stop_requested = True
         self._wake()
 
+    def request_restart(self) -> None:
+        """Restart in place (SIGUSR2, sbulbctl restart): stop everything but
+        the data path, which keeps serving, and let the caller exec a new
+        sbulb that takes the program over (run() returns RESTART)."""
+        self._restart_requested = True
+        self._stop_requested = True
+        self._wake()
+
     def request_reload(self) -> None:
         self._reload_requested = True
         self._wake()
@@ -281,6 +293,9 @@ class Service:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
             self._reload_requested = True
+        elif signum == signal.SIGUSR2:
+            self._restart_requested = True
+            self._stop_requested = True
         else:
             self._stop_requested = True
 
@@ -652,24 +667,43 @@ class Service:
                             f"'{program.name}' (id {program.id}); sbulb will not replace "
                             f"it: remove it with `ip link set dev {interface} xdp off`"
                         )
+            # an sbulb program still attached (a restart in place, or an sbulb
+            # that was killed) is swapped for ours in one step: no packet
+            # meets the interface without a program
+            modes = set()
+            rest = []
             for interface in self.config.interfaces:
-                for program in self.dataplane.attached_programs(interface):
-                    log.warning(
-                        "start.replacing_leftover interface=%s prog_id=%d "
-                        "(left by an sbulb that did not stop cleanly)",
-                        interface,
-                        program.id,
-                    )
-                    self.dataplane.detach_program(interface, program)
-            self._attach_all()
+                leftovers = self.dataplane.attached_programs(interface)
+                if not leftovers:
+                    rest.append(interface)
+                    continue
+                old = leftovers[0]
+                if self._takeover:
+                    log.info("start.took_over interface=%s prog_id=%d", interface, old.id)
+                else:
+                    log.warning("start.replacing_leftover interface=%s prog_id=%d (left by an "
+                                "sbulb that did not stop cleanly)", interface, old.id)
+                try:
+                    self.dataplane.replace(interface, old)
+                    modes.add("generic" if old.flags == XDP_FLAGS_SKB_MODE else "native")
+                except DataplaneError as e:
+                    log.warning("start.replace_failed interface=%s reason=%s: detaching it first",
+                                interface, e)
+                    self.dataplane.detach_program(interface, old)
+                    rest.append(interface)
+            if rest and modes and self.config.xdp_mode == "auto":
+                for interface in rest:  # the mode of the others: redirects need one
+                    self.dataplane.attach(interface, modes.pop() if len(modes) == 1 else "auto")
+            elif rest:
+                self._attach_all(rest)
         except DataplaneError as e:
             raise StartError(str(e)) from None
 
-    def _attach_all(self) -> None:
+    def _attach_all(self, interfaces: Sequence[str]) -> None:
         """Attach everywhere in one XDP mode: a redirect from a native
         interface to one in generic mode is dropped, so with auto, one
         interface refusing native XDP makes them all generic."""
-        interfaces, mode = self.config.interfaces, self.config.xdp_mode
+        mode = self.config.xdp_mode
         if mode != "auto" or len(interfaces) == 1:
             for interface in interfaces:
                 self.dataplane.attach(interface, mode)
@@ -741,7 +775,7 @@ class Service:
         except OSError as e:
             raise StartError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, detach: bool = True) -> None:
         if self._prober is not None:
             self._prober.stop()
             self._prober = None
@@ -754,11 +788,21 @@ class Service:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        self.dataplane.close()
+        self.dataplane.close(detach=detach)
         for lock in self._locks:
             lock.release()
 
     def stop(self) -> None:
+        if self._restart_requested:
+            # the program stays attached and serving: the next sbulb swaps
+            # its own in (RELOADING=1 now, its READY=1 when it has)
+            now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={now_usec}\n"
+                                 "STATUS=restarting in place (the data path keeps serving)")
+            self._shutdown(detach=False)
+            log.info("stop.restarting interfaces=%s (left attached for the next sbulb)",
+                     ",".join(self.config.interfaces))
+            return
         self.notifier.notify("STOPPING=1")
         self._shutdown()
         log.info("stop.done interfaces=%s", ",".join(self.config.interfaces))
@@ -894,6 +938,9 @@ class Service:
             chosen = [name for i, name in sorted(names.items()) if i in ids]
             return self._in_main_loop(lambda: self._set_disabled(
                 target, chosen, command == "server.disable"))
+        if command == "restart":
+            self.request_restart()
+            return {"pid": os.getpid()}
         if command in ("server.set-weight", "server.drain", "server.reset"):
             server = _address_arg(args, "server", required=True)
             assert server is not None
@@ -1098,7 +1145,7 @@ class Service:
         raises StartError if it cannot start."""
         previous = {}
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 previous[signum] = signal.signal(signum, self._on_signal)
             signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
@@ -1114,7 +1161,11 @@ class Service:
                     signal.signal(signum, handler)
             os.close(self._wake_r)
             os.close(self._wake_w)
-        return 0
+        return RESTART if self._restart_requested else 0
+
+
+RESTART = -1  # run()'s answer to a restart in place: exec a new sbulb (cli.main)
+TAKEOVER_ENV = "SBULB_TAKEOVER"  # set for that new sbulb
 
 
 def _shown(value: object) -> str:

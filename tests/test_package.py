@@ -32,7 +32,7 @@ def test_man_pages_document_every_option_and_key() -> None:
     assert missing == set()
     ctl8 = (MAN / "sbulbctl.8").read_text().replace("\\-", "-")
     for word in ("status", "top", "associations list", "associations flush", "server disable",
-                 "server drain", "server set-weight", "server reset", "--sort", "--watch",
+                 "server drain", "server set-weight", "server reset", "restart", "--sort", "--watch",
                  "--json", "--timeout", "--interface", "--service"):
         assert word in ctl8, word
     conf5 = (MAN / "sbulb.conf.5").read_text().replace("\\-", "-")

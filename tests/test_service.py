@@ -93,7 +93,7 @@ class FakeDataplane:
     def attach(self, ifname: str, mode: str = "auto") -> None:
         self.attached.append(ifname)
 
-    def close(self) -> None:
+    def close(self, detach: bool = True) -> None:
         self.closed = True
 
     def poll_events(self) -> list:
