@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,14 @@ def _held(lock: Path) -> bool:
 
 
 Handler = Callable[[str, dict[str, Any]], Any]
+
+
+class AfterAnswer(NamedTuple):
+    """A handler's result whose effect must wait until the answer is sent
+    (sbulbctl restart: the daemon stops serving the socket right after)."""
+
+    result: Any
+    then: Callable[[], None]
 
 
 class BadRequest(ControlError):
@@ -320,9 +328,13 @@ class ControlServer:
     # -- request threads: the handler, then the answer
 
     def _answer(self, conn: socket.socket, command: str, args: dict[str, Any]) -> None:
+        after: Callable[[], None] | None = None
         try:
             try:
-                response = {"ok": True, "result": self._handler(command, args)}
+                result = self._handler(command, args)
+                if isinstance(result, AfterAnswer):
+                    result, after = result.result, result.then
+                response = {"ok": True, "result": result}
             except ControlError as e:
                 response = {"ok": False, "error": str(e)}
             except RecursionError:
@@ -344,6 +356,8 @@ class ControlServer:
             with self._lock:
                 self._answering.pop(conn, None)
                 conn.close()
+            if after is not None:
+                after()
 
     # -- stop
 

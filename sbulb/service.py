@@ -35,7 +35,7 @@ from sbulb.config import (
     parse_address,
     read_file,
 )
-from sbulb.control import RUN_DIR, ControlError, ControlServer
+from sbulb.control import RUN_DIR, AfterAnswer, ControlError, ControlServer
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
@@ -938,9 +938,8 @@ class Service:
             chosen = [name for i, name in sorted(names.items()) if i in ids]
             return self._in_main_loop(lambda: self._set_disabled(
                 target, chosen, command == "server.disable"))
-        if command == "restart":
-            self.request_restart()
-            return {"pid": os.getpid()}
+        if command == "restart":  # once sbulbctl has its answer
+            return AfterAnswer({"pid": os.getpid()}, self.request_restart)
         if command in ("server.set-weight", "server.drain", "server.reset"):
             server = _address_arg(args, "server", required=True)
             assert server is not None

@@ -614,3 +614,23 @@ def test_a_killed_daemons_socket_is_not_listed(tmp_path: Path) -> None:
     finally:
         os.close(held)
     assert sorted(control.daemons(tmp_path)) == ["old0"]
+
+
+def test_an_effect_that_waits_for_the_answer(run_dir: Path) -> None:
+    """sbulbctl restart: the daemon stops serving the socket right after
+    it acts, so the act comes once the answer is out (AfterAnswer). Here
+    the act waits for the client to have its answer: run before the
+    answer, it would hold it back and the request would time out."""
+    answered, acted = threading.Event(), threading.Event()
+
+    def act() -> None:
+        assert answered.wait(BOUND)
+        acted.set()
+
+    def handler(command: str, args: dict) -> object:
+        return control.AfterAnswer({"pid": 1}, act)
+
+    with serving(run_dir, handler) as (_, path):  # type: ignore[arg-type]
+        assert control.request(path, "restart", {}, 2.0) == {"pid": 1}
+        answered.set()
+        assert acted.wait(BOUND)
