@@ -12,6 +12,7 @@ STATE_TIMEOUT. A no-op when NOTIFY_SOCKET is not set.
 from __future__ import annotations
 
 import logging
+import subprocess
 import os
 import socket
 from typing import Mapping, Optional
@@ -59,3 +60,28 @@ class SystemdNotifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+UNIT_ENV = "SBULB_UNIT"  # the units set it to their own name (%n)
+JOB_TIMEOUT = 2.0  # seconds systemctl may take to answer
+
+
+def pending_job(unit: str | None = None) -> str | None:
+    """The type of the job systemd runs for our unit right now ("restart"
+    while `systemctl restart` stops us, "stop" for `systemctl stop`), or
+    None: not under one of sbulb's units, no job, or systemctl did not
+    answer in time (then sbulb stops as always: detached)."""
+    unit = unit or os.environ.get(UNIT_ENV)
+    if not unit:
+        return None
+    try:
+        listed = subprocess.run(["systemctl", "list-jobs", "--no-legend", "--no-pager", unit],
+                                capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("notify.jobs_unknown unit=%s error=%s", unit, e)
+        return None
+    for line in listed.stdout.splitlines():
+        fields = line.split()  # JOB UNIT TYPE STATE
+        if len(fields) >= 3 and fields[1] == unit:
+            return fields[2]
+    return None

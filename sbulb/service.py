@@ -35,7 +35,7 @@ from sbulb.config import (
     parse_address,
     read_file,
 )
-from sbulb.control import RUN_DIR, AfterAnswer, ControlError, ControlServer
+from sbulb.control import RUN_DIR, AfterAnswer, ControlError, ControlServer, socket_path
 from sbulb.consts import EVENTS_ALL, EVENTS_CHANGES, EVENTS_NONE, EventType
 from sbulb.dataplane import (
     PROG_NAME,
@@ -49,7 +49,7 @@ from sbulb.dataplane import (
     pin_dir,
 )
 from sbulb.log import TRACE
-from sbulb.notify import SystemdNotifier
+from sbulb.notify import SystemdNotifier, pending_job
 from sbulb.state import DesiredState, Layout, PlanError, Snapshot
 from sbulb.watcher import ConfigWatcher
 
@@ -251,12 +251,18 @@ class Service:
         self._stop_requested = False
         self._reload_requested = False
         self._restart_requested = False
-        # started by a restart in place: the sbulb program attached is ours
+        self._run_dir = lock_dir
+        # started by a restart in place, or right after a stop for
+        # systemctl restart: the sbulb program attached is ours to take over
         self._takeover = os.environ.pop(TAKEOVER_ENV, None) is not None
+        try:
+            self._takeover_marker().unlink()
+            self._takeover = True
+        except OSError:
+            pass
         self._file_changed_at: float | None = None
         self._watcher: ConfigWatcher | None = None
         self._locks = [_InterfaceLock(name, lock_dir) for name in config.interfaces]
-        self._run_dir = lock_dir
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None  # with --metrics
         self._watchdog = watchdog_interval()  # seconds between WATCHDOG=1, or None
@@ -273,6 +279,10 @@ class Service:
     def request_stop(self) -> None:
         self._stop_requested = True
         self._wake()
+
+    def _takeover_marker(self) -> Path:
+        """Left by a stop for systemctl restart, for the next sbulb."""
+        return socket_path(self.config.interfaces[0], self._run_dir).with_suffix(".takeover")
 
     def request_restart(self) -> None:
         """Restart in place (SIGUSR2, sbulbctl restart): stop everything but
@@ -793,6 +803,16 @@ class Service:
             lock.release()
 
     def stop(self) -> None:
+        if not self._restart_requested and self._loaded and pending_job() == "restart":
+            # systemctl restart: systemd starts a new sbulb right after, which
+            # takes the program over; detaching now would leave the VIP to
+            # the host's stack for the whole compile
+            self.notifier.notify("STOPPING=1")
+            self._shutdown(detach=False)
+            self._takeover_marker().write_text(f"{os.getpid()}\n")
+            log.info("stop.restart_pending interfaces=%s (left attached for the sbulb systemd "
+                     "starts next)", ",".join(self.config.interfaces))
+            return
         if self._restart_requested:
             # the program stays attached and serving: the next sbulb swaps
             # its own in (RELOADING=1 now, its READY=1 when it has)

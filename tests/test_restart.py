@@ -128,3 +128,57 @@ def test_restart_in_place_loses_nothing(request: pytest.FixtureRequest, tmp_path
         assert programs(lab) == []  # a stop still detaches
     finally:
         process.close()
+
+
+def fake_systemctl(directory: Path) -> dict[str, str]:
+    """An environment whose `systemctl list-jobs` prints the file `job` of
+    `directory`: systemd is not PID 1 on this machine, so this stands in
+    for its answer while it runs a job for sbulb-test.service (JOB UNIT
+    TYPE STATE)."""
+    directory.mkdir(exist_ok=True)
+    script = directory / "systemctl"
+    script.write_text(f'#!/bin/sh\n[ "$1" = list-jobs ] && cat {directory / "job"}\nexit 0\n')
+    script.chmod(0o755)
+    return {"PATH": f"{directory}:/usr/sbin:/usr/bin:/sbin:/bin", "SBULB_UNIT": "sbulb-test.service"}
+
+
+def test_systemctl_restart_hands_the_program_over(one_armed: Lab, tmp_path: Path) -> None:
+    """SIGTERM while systemd runs a restart job for the unit: the program
+    stays attached and the sbulb started next takes it over, so traffic
+    flows through the whole new compile. A stop job still detaches."""
+    lab = one_armed
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1, 2])
+    lab.forget_associations()
+    args = lab.sbulb_args(4, conf, "-l", "INFO")
+    env = fake_systemctl(tmp_path / "bin")
+    job = tmp_path / "bin" / "job"
+    job.write_text("42 sbulb-test.service restart running\n")
+    first = lab.start_sbulb(args, tmp_path, env=env)
+    second = None
+    try:
+        first.wait_ready()
+        before = programs(lab)
+        with Traffic(lab) as traffic:
+            traffic.wait_sent(20)
+            assert first.stop() == 0
+            assert programs(lab) == before  # still attached, still serving
+            at_stop = traffic.sent
+            second = lab.start_sbulb(args, tmp_path, env=env)  # what systemd starts next
+            second.wait_ready(timeout=120)
+            during = traffic.sent - at_stop
+            traffic.wait_sent(traffic.sent + 50)
+        assert during >= 20, during
+        assert (traffic.lost, traffic.moved) == (0, 0), (traffic.lost, traffic.moved, traffic.sent)
+        assert "event=stop.restart_pending" in first.stderr
+        assert "event=start.took_over" in second.stderr
+        assert programs(lab) != before
+        # systemctl stop: the job is a stop, sbulb detaches as it always did
+        job.write_text("43 sbulb-test.service stop running\n")
+        assert second.stop() == 0
+        assert programs(lab) == []
+        assert "stop.restart_pending" not in second.stderr
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
