@@ -7,13 +7,16 @@ control socket. So: STATUS= and WATCHDOG=1 are sent without waiting (when
 the queue is full they are dropped, counted and logged once); READY=,
 RELOADING= and STOPPING=, which change what systemd does, wait for at most
 STATE_TIMEOUT. A no-op when NOTIFY_SOCKET is not set.
+
+pending_job() asks systemd which job it runs for sbulb's unit: on SIGTERM,
+a restart and a stop look alike otherwise.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
 import os
+import subprocess
 import socket
 from typing import Mapping, Optional
 

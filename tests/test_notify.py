@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sbulb.notify import SystemdNotifier, notify_address
+from sbulb.notify import SystemdNotifier, notify_address, pending_job
 
 
 @pytest.fixture
@@ -104,3 +104,34 @@ def test_a_socket_gone_is_counted_not_raised(tmp_path: Path) -> None:
     n.notify("STATUS=x")
     n.notify("READY=1")
     assert n.dropped == 2
+
+
+def systemctl_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """`systemctl list-jobs` prints `text` (systemd is not PID 1 here)."""
+    script = tmp_path / "systemctl"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}EOF\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+
+
+@pytest.mark.parametrize("listing,expected", [
+    ("42 sbulb.service restart running\n", "restart"),
+    ("43 sbulb.service stop running\n", "stop"),
+    ("44 other.service restart running\n", None),  # not ours
+    ("", None),  # no job
+])
+def test_pending_job_reads_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     listing: str, expected: str | None) -> None:
+    systemctl_answering(tmp_path, monkeypatch, listing)
+    assert pending_job("sbulb.service") == expected
+
+
+def test_pending_job_without_a_unit_or_systemctl(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    systemctl_answering(tmp_path, monkeypatch, "42 sbulb.service restart running\n")
+    monkeypatch.delenv("SBULB_UNIT", raising=False)
+    assert pending_job() is None  # not under sbulb's unit: never asks
+    monkeypatch.setenv("SBULB_UNIT", "sbulb.service")
+    assert pending_job() == "restart"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert pending_job() is None  # no systemctl: stop as always
