@@ -142,11 +142,13 @@ def fake_systemctl(directory: Path) -> dict[str, str]:
     return {"PATH": f"{directory}:/usr/sbin:/usr/bin:/sbin:/bin", "SBULB_UNIT": "sbulb-test.service"}
 
 
-def test_systemctl_restart_hands_the_program_over(one_armed: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup", ["one_armed", "routed"])
+def test_systemctl_restart_hands_the_program_over(request: pytest.FixtureRequest,
+                                                  tmp_path: Path, setup: str) -> None:
     """SIGTERM while systemd runs a restart job for the unit: the program
     stays attached and the sbulb started next takes it over, so traffic
     flows through the whole new compile. A stop job still detaches."""
-    lab = one_armed
+    lab: Lab = request.getfixturevalue(setup)
     conf = tmp_path / "sbulb.conf"
     lab.write_config(conf, 4, [0, 1, 2])
     lab.forget_associations()
