@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
 from sbulb import control
-from sbulb.config import ConfigError, parse_address
+from sbulb.config import MAX_WEIGHT, ConfigError, parse_address
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head -1`'s yes
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         action = server_actions.add_parser(name, parents=[service_too], help=text)
         action.add_argument("server", metavar="SERVER")
         if name == "set-weight":
-            action.add_argument("weight", metavar="N", type=_weight, help="0 to 1000")
+            action.add_argument("weight", metavar="N", type=_weight, help=f"0 to {MAX_WEIGHT}")
     commands.add_parser("restart", help="restart the daemon in place (new code, same command "
                                         "line): the data path keeps serving throughout")
     top = commands.add_parser("top", parents=[json_too, sort_too],
@@ -121,12 +121,13 @@ SORTS = ("assoc", "pkts", "bytes")
 
 
 def _weight(text: str) -> int:
+    """A weight as the config file takes it (0 to MAX_WEIGHT)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a weight (0 to 1000)") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a weight (0 to 1000)")
+        value = -1
+    if not 0 <= value <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a weight (0 to {MAX_WEIGHT})")
     return value
 
 

@@ -399,29 +399,22 @@ class Service:
                 for key, spec in targets.items()}
 
     def _effective(self, base: DesiredState, healths: dict[state.Member, health.ServerHealth],
-                   weights: dict[state.Member, int] | None = None) -> DesiredState:
+                   weights: dict[state.Member, int] | None = None,
+                   disabled: frozenset[state.Member] | None = None) -> DesiredState:
         """What is applied: the file's state with the operator's weights
-        (sbulbctl set-weight, drain) and without the servers down by health
-        or disabled."""
+        (sbulbctl set-weight, drain; default: the current ones) and without
+        the servers that take no new client: down by their health checks,
+        or disabled by the operator (sbulbctl server disable)."""
         weights = self._weights if weights is None else weights
-        return base.with_weights(weights).with_down(self._downs(healths))
-
-    def _downs(self, healths: dict[state.Member, health.ServerHealth]
-               ) -> dict[str, frozenset[IPAddress]]:
-        """Service -> servers that take no new client: down by their health
-        checks, or disabled by the operator (sbulbctl server disable)."""
-        return self._downs_with(healths, self._disabled)
-
-    @staticmethod
-    def _downs_with(healths: dict[state.Member, health.ServerHealth],
-                    disabled: frozenset[state.Member]) -> dict[str, frozenset[IPAddress]]:
+        disabled = self._disabled if disabled is None else disabled
         downs: dict[str, set[IPAddress]] = {}
         for (name, address), h in healths.items():
             if not h.takes_traffic:
                 downs.setdefault(name, set()).add(address)
         for name, address in disabled:
             downs.setdefault(name, set()).add(address)
-        return {name: frozenset(addresses) for name, addresses in downs.items()}
+        return base.with_weights(weights).with_down(
+            {name: frozenset(addresses) for name, addresses in downs.items()})
 
     # -- requests of control threads that change the maps: run by the main
     # loop (the one writer), answered when done
@@ -492,8 +485,7 @@ class Service:
         if weight is None:
             disabled = disabled - keys
         if weights != self._weights or disabled != self._disabled:
-            self.apply(self.base.with_weights(weights).with_down(
-                self._downs_with(self._health, disabled)))
+            self.apply(self._effective(self.base, self._health, weights, disabled))
             self._weights, self._disabled = weights, disabled
             self.snapshot = self._make_snapshot()
             self.notifier.notify(f"STATUS={self.status()}")
