@@ -238,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MODE",
         help="what the service of -vs does with a datagram: 'sticky' (a client keeps its "
-        "server: sbulb's behaviour) or 'per-packet' (each datagram to the next server, no "
-        "association). (default: sticky, or the config file's [Virtual Server] mode)",
+        "server: sbulb's behaviour), 'per-packet' (each datagram to the next server, no "
+        "association) or 'mirror' (a copy to every server of weight > 0; the first "
+        "server's replies reach the client). (default: sticky, or the config file's "
+        "[Virtual Server] mode)",
     )
     parser.add_argument(
         "--max-new-associations-per-second",

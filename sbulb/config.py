@@ -115,8 +115,14 @@ def _port_value(text: str, name: str) -> int:
     _check_range(name, port, 1, 65535)
     return port
 # what a service does with a datagram to it (sbulb/bpf/consts.h SBULB_SVC_F_*)
-MODES = ("sticky", "per-packet")
-MODES_PLANNED = ("mirror", "telemetry")  # specified, not built yet
+MODES = ("sticky", "per-packet", "mirror")
+MODES_PLANNED = ("telemetry",)  # specified, not built yet
+# mirror services at once (sbulb/bpf/consts.h SBULB_MIRROR_SLOTS: one
+# broadcast map each; a reload that renames them all needs twice as many)
+# and targets of one (SBULB_MIRROR_TARGETS)
+MIRROR_SLOTS = 16
+MAX_MIRROR_SERVICES = MIRROR_SLOTS // 2
+MAX_MIRROR_TARGETS = 32
 
 
 def parse_mode(text: str) -> str:

@@ -47,6 +47,11 @@ class Stat(enum.IntEnum):
     DROP_ICMP_MISDIRECTED = 32
     ASSOC_RATE_LIMITED = 33
     DROP_FRAG_RATE = 34
+    TX_MIRROR = 35
+    DROP_MIRROR_REPLY = 36
+    DROP_MIRROR_NO_META = 37
+    MIRROR_SENT = 38
+    MIRROR_FAILED = 39
 
     @property
     def kind(self) -> "StatKind":
@@ -73,6 +78,7 @@ class StatKind(enum.Enum):
     FWD = "fwd"  # how rewritten packets left (on top of a verdict)
     ACTION = "action"  # the XDP action each packet finally got
     LIMIT = "limit"  # new clients balanced but not remembered (on top of a verdict)
+    MIRROR = "mirror"  # copies of mirrored datagrams, made or not (on top of a verdict)
     RETIRED = "retired"  # a slot no longer counted; its number is never reused
 
 
@@ -113,9 +119,14 @@ STAT_KINDS = {
     Stat.DROP_ICMP_MISDIRECTED: StatKind.DROP,
     Stat.ASSOC_RATE_LIMITED: StatKind.LIMIT,
     Stat.DROP_FRAG_RATE: StatKind.DROP,
+    Stat.TX_MIRROR: StatKind.TX,
+    Stat.DROP_MIRROR_REPLY: StatKind.DROP,
+    Stat.DROP_MIRROR_NO_META: StatKind.DROP,
+    Stat.MIRROR_SENT: StatKind.MIRROR,
+    Stat.MIRROR_FAILED: StatKind.MIRROR,
 }
 
-STAT_MAX = 35
+STAT_MAX = 40
 
 
 class EventType(enum.IntEnum):

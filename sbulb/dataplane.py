@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from sbulb import state
-from sbulb.config import MAX_INTERFACES, IPAddress, Limits, RealServer
+from sbulb import neigh, state
+from sbulb.config import MAX_INTERFACES, MAX_MIRROR_TARGETS, IPAddress, Limits, RealServer
 from sbulb.consts import EVENTS_NONE, STAT_MAX, EventType, Stat, XdpAction
 
 log = logging.getLogger(__name__)
 
 PROG_NAME = "sbulb_xdp"  # kernel program name, how sbulb recognises its own
+MIRROR_PROG_NAME = "sbulb_mirror_tx"  # the egress program of every devmap entry (mirror.h)
+BPF_XDP_DEVMAP = 33  # enum bpf_attach_type: a devmap entry's egress program
 
 # uapi linux/if_link.h
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -399,6 +401,8 @@ class Dataplane:
         self._sources = sources
         self._bpf = None  # bcc.BPF, once loaded
         self._fn = None  # bcc function (the program fd)
+        self._tx_fn = None  # the devmap entries' egress program (mirror.h)
+        self._interfaces: dict[str, int] = {}  # ifname -> ifindex: where it will be attached
         self._registry: _Registry | None = None  # service name <-> id
         self._legacy_fd: int | None = None  # a v1 association pin to migrate
         self._layout = state.Layout()  # configure() / set_real_servers() only
@@ -468,13 +472,15 @@ class Dataplane:
                 failure = None
                 try:
                     fn = bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+                    tx = bpf.load_func(MIRROR_PROG_NAME.encode(), BPF.XDP,
+                                       attach_type=BPF_XDP_DEVMAP)
                 except Exception as e:
                     failure = ("load the XDP program", e)
         for line in output:
             log.debug("bpf.output %s", line)
         if failure:
             raise DataplaneError(_explain_failure(failure[0], failure[1], output))
-        self._bpf, self._fn = bpf, fn
+        self._bpf, self._fn, self._tx_fn = bpf, fn, tx
         if self._registry is None:
             self._registry = _Registry(None)
         if self.events:
@@ -624,7 +630,7 @@ class Dataplane:
         elif isinstance(w, state.PutService):
             self._put("sbulb_svc", struct.pack("I", w.id),
                       addr_to_bytes(w.vip) + struct.pack("IIII", w.ring_base, w.ring_len, w.flags,
-                                                         0))
+                                                         w.mirror))
         elif isinstance(w, state.ClearService):
             self._put("sbulb_svc", struct.pack("I", w.id), bytes(SERVICE_SIZE))
             stats = self._table("sbulb_svc_stats")
@@ -632,6 +638,15 @@ class Dataplane:
                 stats.clearitem(stats.Key(index))
             rr = self._table("sbulb_rr")
             rr[rr.Key(w.id)] = rr.Leaf()
+        elif isinstance(w, state.PutMirror):
+            if w.targets:
+                ifindex = self._mirror_interface(w.targets)
+                for i in range(len(w.targets)):
+                    self._put(f"sbulb_mirror_{w.slot}", struct.pack("I", i),
+                              self._devmap_entry(ifindex))
+        elif isinstance(w, state.TrimMirror):
+            for i in range(w.keep, MAX_MIRROR_TARGETS):
+                self._delete(f"sbulb_mirror_{w.slot}", struct.pack("I", i))
         elif isinstance(w, state.PutAddress):
             self._put(_ADDRESS_MAPS[w.kind], addr_to_bytes(w.address), struct.pack("I", 1))
         elif isinstance(w, state.DelAddress):
@@ -982,9 +997,51 @@ class Dataplane:
         if ifindex in self._ifslots:
             return
         slot = min(set(range(MAX_INTERFACES)) - set(self._ifslots.values()))
-        self._put("sbulb_devmap", struct.pack("i", slot), struct.pack("i", ifindex))
+        self._put("sbulb_devmap", struct.pack("i", slot), self._devmap_entry(ifindex))
         self._put("sbulb_ifslot", struct.pack("I", ifindex), struct.pack("I", slot))
         self._ifslots[ifindex] = slot
+
+    def _devmap_entry(self, ifindex: int) -> bytes:
+        """struct bpf_devmap_val: the interface, and the egress program
+        every copy of a mirrored frame needs (mirror.h)."""
+        assert self._tx_fn is not None
+        return struct.pack("ii", ifindex, self._tx_fn.fd)
+
+    def expect_interfaces(self, names: Sequence[str]) -> None:
+        """The interfaces this program is for, before it is attached: each
+        becomes a redirect target now, so that mirror copies find their
+        interface from the first packet."""
+        for name in names:
+            ifindex = interface_index(name)
+            self._interfaces[name] = ifindex
+            self._add_redirect_target(ifindex)
+
+    def _mirror_interface(self, targets: Sequence[IPAddress]) -> int:
+        """The one interface (ifindex) a mirror service's targets are
+        reached through: copies of a frame must leave by one interface
+        (mirror.h). DataplaneError if there is none."""
+        generic = [name for name, (_, flags) in self._attached.items()
+                   if flags == XDP_FLAGS_SKB_MODE]
+        if generic:
+            raise DataplaneError(f"mirror mode needs native XDP, and {', '.join(generic)} "
+                                 "runs generic XDP (--xdp-mode native)")
+        ours = dict(self._interfaces)
+        ours.update({name: ifindex for name, (ifindex, _) in self._attached.items()})
+        if not ours:
+            raise DataplaneError("mirror mode needs the interfaces first (expect_interfaces)")
+        if len(ours) == 1:
+            return next(iter(ours.values()))
+        names = {ifindex: name for name, ifindex in ours.items()}
+        found = {target: neigh.route_interface(target) for target in targets}
+        through = {names.get(i, f"ifindex {i}") for i in found.values()}
+        strangers = sorted(str(t) for t, i in found.items() if i not in names)
+        if strangers:
+            raise DataplaneError(f"mirror targets {', '.join(strangers)} are not reached through "
+                                 f"an interface sbulb is attached to ({', '.join(sorted(ours))})")
+        if len(through) > 1:
+            raise DataplaneError("the targets of one mirror service must be reached through one "
+                                 f"interface, not {', '.join(sorted(through))}")
+        return next(iter(found.values()))
 
     def _attached_here(self, ifname: str, ifindex: int, flags: int) -> None:
         self._attached[ifname] = (ifindex, flags)

@@ -55,6 +55,7 @@ CLOSED_PORT = 5699  # may be balanced too, but no real server listens there
 UNBALANCED_PORT = 7777
 START_TIMEOUT = 120.0  # compile + load on a slow machine
 STOP_TIMEOUT = 30.0
+SO_RCVBUFFORCE = 33  # socket(7): root may exceed net.core.rmem_max
 
 ip = ipaddress.ip_address
 
@@ -187,6 +188,11 @@ class UdpService:
                 v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
                 v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 v6.bind(("::", port))
+                for sock in (v4, v6):
+                    # room for bursts: a mirror copy is built in a page of
+                    # its own (4 KiB of buffer, whatever its size), and the
+                    # lab's veths carry it to the socket as it is
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
                 self._sockets[(4, port)] = v4
                 self._sockets[(6, port)] = v6
         self._stop_r, self._stop_w = os.pipe()
@@ -237,6 +243,9 @@ class Client:
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         with netns(ns):
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        # room for bursts of answers: what XDP sent reaches the socket in a
+        # page of its own (see UdpService)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         self.sock.bind((str(address), port))
         self.address = address
         self.port: int = self.sock.getsockname()[1]

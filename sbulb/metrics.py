@@ -243,6 +243,9 @@ class Collector:
             StatKind.LIMIT: CounterMetricFamily("sbulb_associations_refused",
                                                 "New clients balanced but not remembered",
                                                 labels=["reason"]),
+            StatKind.MIRROR: CounterMetricFamily("sbulb_mirror_copies",
+                                                 "Copies of datagrams to mirror services, "
+                                                 "sent or not made", labels=["result"]),
         }
         for stat in Stat:
             family = families.get(stat.kind)

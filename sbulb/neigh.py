@@ -62,3 +62,19 @@ def local_addresses() -> set[IPAddress]:
     except (OSError, NetlinkError, ValueError) as e:
         log.warning("neigh.addresses_failed error=%s", e)
     return found
+
+
+def route_interface(address: IPAddress) -> int | None:
+    """The interface (ifindex) this host's routes reach `address` through,
+    or None if there is no route (or netlink cannot be asked)."""
+    try:
+        with IPRoute() as ipr:
+            routes = ipr.route("get", dst=str(address))
+    except (OSError, NetlinkError) as e:
+        log.warning("neigh.route_failed address=%s error=%s", address, e)
+        return None
+    for route in routes:
+        oif = route.get_attr("RTA_OIF")
+        if oif:
+            return int(oif)
+    return None

@@ -343,6 +343,10 @@ class Service:
         # None: bpffs was missing (or --no-pin, or --check)
         self._pinned = str(self.dataplane.pin) if self.dataplane.pin else None
         self._loaded = True
+        try:
+            self.dataplane.expect_interfaces(self.config.interfaces)
+        except DataplaneError as e:
+            raise StartError(str(e)) from None
         # service ids are kept from the pinned registry: they key the
         # associations that survived the restart
         self.layout = Layout.with_ids(self.dataplane.registered_services())
@@ -385,7 +389,8 @@ class Service:
                       "rejected configuration until the next successful reload", e)
             self.layout = Layout(ids={**self.layout.ids, **attempted.ids},
                                  services=attempted.services, slots=attempted.slots,
-                                 rings=attempted.rings, half=attempted.half)
+                                 rings=attempted.rings, half=attempted.half,
+                                 mirrors={**self.layout.mirrors, **attempted.mirrors})
         else:
             self.layout = back.layout
 
@@ -700,6 +705,13 @@ class Service:
                 self._attach_all(rest)
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        generic = sorted(name for name, mode in self.dataplane.attached_modes().items()
+                         if mode == "generic")
+        mirrored = [s.name for s in self.desired.services if s.mode == "mirror"]
+        if generic and mirrored:
+            raise StartError(f"mirror service {mirrored[0]} needs native XDP, and "
+                             f"{', '.join(generic)} runs generic XDP (mirror.h: generic XDP "
+                             "keeps no metadata across a redirect)")
 
     def _attach_all(self, interfaces: Sequence[str]) -> None:
         """Attach everywhere in one XDP mode: a redirect from a native

@@ -32,6 +32,9 @@ from typing import Iterable, Mapping, NamedTuple, Sequence, Union
 
 from sbulb.config import (
     DEFAULT_SERVICE,
+    MAX_MIRROR_SERVICES,
+    MAX_MIRROR_TARGETS,
+    MIRROR_SLOTS,
     RING_SIZE,
     Checks,
     Config,
@@ -43,7 +46,9 @@ from sbulb.config import (
 
 
 SVC_F_PER_PACKET = 1  # every datagram to the next server, no association
+SVC_F_MIRROR = 2  # every datagram to every server of the cycle
 MEMBER_F_MOVE = 1  # down, on_down = move: its clients pick anew
+MEMBER_F_PRIMARY = 2  # mirror: the server whose replies reach clients
 
 
 class PlanError(ValueError):
@@ -75,12 +80,21 @@ class ServiceSpec:
     def member_flags(self, address: IPAddress) -> int:
         """A member's flags (sbulb/bpf/consts.h SBULB_MEMBER_F_*)."""
         moves = address in self.down and self.checks.on_down == "move"
-        return MEMBER_F_MOVE if moves else 0
+        primary = self.mode == "mirror" and self.servers[0].address == address
+        return (MEMBER_F_MOVE if moves else 0) | (MEMBER_F_PRIMARY if primary else 0)
 
     @property
     def flags(self) -> int:
         """The descriptor's flags (sbulb/bpf/consts.h SBULB_SVC_F_*)."""
-        return SVC_F_PER_PACKET if self.mode == "per-packet" else 0
+        return {"per-packet": SVC_F_PER_PACKET, "mirror": SVC_F_MIRROR}.get(self.mode, 0)
+
+    @property
+    def cycle(self) -> tuple[IPAddress, ...]:
+        """Its servers in the data path's cycle: by weight (smooth weighted
+        round robin), or for mirror each target once, as listed."""
+        if self.mode == "mirror":
+            return tuple(s.address for s in self.serving if s.weight > 0)
+        return tuple(smooth_weighted_order(self.serving))
 
     def server(self, address: IPAddress) -> RealServer | None:
         return next((s for s in self.servers if s.address == address), None)
@@ -151,6 +165,7 @@ class Layout:
     slots: Mapping[Member, int] = field(default_factory=dict)  # member -> slot
     rings: Mapping[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     half: int = 1  # ring half in use; the first plan writes half 0
+    mirrors: Mapping[str, int] = field(default_factory=dict)  # mirror service -> its slot
 
     @classmethod
     def with_ids(cls, ids: Mapping[str, int]) -> "Layout":
@@ -245,6 +260,7 @@ class PutService:
     ring_base: int
     ring_len: int
     flags: int = 0
+    mirror: int = 0  # mirror slot (SVC_F_MIRROR)
 
 
 @dataclass(frozen=True)
@@ -252,6 +268,23 @@ class ClearService:
     """Empty a descriptor, zero its counters and its round-robin cursor."""
 
     id: int
+
+
+@dataclass(frozen=True)
+class PutMirror:
+    """A mirror service's broadcast map: entry i for the i-th target of its
+    cycle (the dataplane finds the interface they are reached through)."""
+
+    slot: int
+    targets: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True)
+class TrimMirror:
+    """Remove a mirror slot's entries from `keep` on."""
+
+    slot: int
+    keep: int
 
 
 @dataclass(frozen=True)
@@ -268,8 +301,8 @@ class DelVipPort:
 
 
 Write = Union[NameService, ForgetService, PutAddress, DelAddress, PutMember, ClearMember,
-              PutEndpoint, DelEndpoint, PutRing, PutService, ClearService, PutVipPort,
-              DelVipPort]
+              PutEndpoint, DelEndpoint, PutRing, PutService, ClearService, PutMirror,
+              TrimMirror, PutVipPort, DelVipPort]
 
 
 # ---- the plan
@@ -314,7 +347,8 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
     """Raise PlanError if the desired state does not fit the maps."""
     members = sum(len(s.servers) for s in desired.services)
     endpoints = sum(len(s.servers) * len(s.ports) for s in desired.services)
-    ring = sum(len(smooth_weighted_order(s.serving)) for s in desired.services)
+    ring = sum(len(s.cycle) for s in desired.services)
+    mirrors = [s for s in desired.services if s.mode == "mirror"]
     names = [s.name for s in desired.services]
     if len(set(names)) != len(names):
         raise PlanError("a service name is used twice")
@@ -327,6 +361,12 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
     if endpoints > limits.max_endpoints:
         raise PlanError(f"{endpoints} real server:port pairs but at most "
                         f"{limits.max_endpoints} (raise --max_ports or --max_realservers)")
+    if len(mirrors) > MAX_MIRROR_SERVICES:
+        raise PlanError(f"{len(mirrors)} mirror services but at most {MAX_MIRROR_SERVICES}")
+    for spec in mirrors:
+        if len(spec.cycle) > MAX_MIRROR_TARGETS:
+            raise PlanError(f"mirror service '{spec.name}' has {len(spec.cycle)} targets but at "
+                            f"most {MAX_MIRROR_TARGETS}")
     if ring > RING_SIZE:
         raise PlanError(f"the round-robin cycles of all services add up to {ring} entries; "
                         f"at most {RING_SIZE}")
@@ -384,7 +424,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         slots[m] = n
 
     # rings: each service's cycle, by slot; all into the other half if any differs
-    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in smooth_weighted_order(spec.serving))
+    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in spec.cycle)
               for spec in desired.services}
     old_cycles = {name: ring for name, (_, ring) in old.rings.items()}
     if cycles == {n: c for n, c in old_cycles.items() if n in cycles} and set(cycles) <= set(
@@ -401,7 +441,17 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             ring_writes.extend(PutRing(offset + i, slot) for i, slot in enumerate(cycle))
             offset += len(cycle)
 
-    new = Layout(ids=ids, services=dict(wanted), slots=slots, rings=rings, half=half)
+    # mirror slots: kept by name; a new mirror service takes the lowest
+    # slot no service uses now (the old ones serve until this plan ends)
+    mirrors = {name: n for name, n in old.mirrors.items()
+               if name in wanted and wanted[name].mode == "mirror"}
+    new_mirrors = [s.name for s in desired.services if s.mode == "mirror" and s.name not in mirrors]
+    for name, n in zip(new_mirrors, _lowest_free(old.mirrors.values(), 0, MIRROR_SLOTS - 1,
+                                                  len(new_mirrors))):
+        mirrors[name] = n
+
+    new = Layout(ids=ids, services=dict(wanted), slots=slots, rings=rings, half=half,
+                 mirrors=mirrors)
     writes: list[Write] = []
     live = {name: ids[name] for name in old.services if name in ids}  # described now
 
@@ -429,16 +479,26 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             raise PlanError("nothing to roll back to (the cycles were never written)")
         for spec in desired.services:
             base, cycle = rings[spec.name]
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags))
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags,
+                                     mirrors.get(spec.name, 0)))
     else:
-        writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags)
+        writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags,
+                                 mirrors.get(name, 0))
                       for name in wanted if live.get(name) != ids[name])
     # 4. endpoints
     old_ep, new_ep = ({} if force else old.endpoints()), new.endpoints()
     writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
                   if old_ep.get((a, p)) != (svc, slot))
-    # 5. rings
+    # 5. rings, and each mirror service's broadcast map (entries beyond its
+    # cycle make copies the egress program drops until the descriptor says
+    # how many there are)
     writes.extend(ring_writes)
+    old_targets = {old.mirrors[name]: old.services[name].cycle for name in old.mirrors
+                   if name in old.services}
+    for name, n in sorted(mirrors.items(), key=lambda item: item[1]):
+        targets = wanted[name].cycle
+        if force or old_targets.get(n) != targets:
+            writes.append(PutMirror(n, targets))
     # 6. descriptors
     for spec in desired.services:
         base, cycle = rings[spec.name]
@@ -447,8 +507,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             break  # written above
         if (before is None or before.vip != spec.vip or before.mode != spec.mode
                 or old.rings.get(spec.name) != (base, cycle)
-                or old.ids.get(spec.name) != ids[spec.name]):
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags))
+                or old.ids.get(spec.name) != ids[spec.name]
+                or old.mirrors.get(spec.name) != mirrors.get(spec.name)):
+            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags,
+                                     mirrors.get(spec.name, 0)))
     # 7. ingress
     old_vp, new_vp = ({} if force else old.vip_ports()), new.vip_ports()
     writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
@@ -463,6 +525,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         if name in old.services:
             writes.append(ClearService(i))
         writes.append(ForgetService(i))
+    # (a mirror slot keeps the entries of its cycle; one no service keeps, none)
+    kept = {n: len(wanted[name].cycle) for name, n in mirrors.items()}
+    writes.extend(TrimMirror(n, kept.get(n, 0)) for n, targets in sorted(old_targets.items())
+                  if len(targets) > kept.get(n, 0))
     writes.extend(ClearMember(n) for m, n in old.slots.items() if m not in slots)
     writes.extend(DelAddress(kind, a) for kind, a in sorted(old_addrs - new_addrs, key=_addr_key))
 
@@ -487,7 +553,8 @@ def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limi
     whatever `attempted` may have added is removed. Every write is the put
     of a whole entry or the delete of one, so doing one twice is harmless."""
     running = Layout(ids={**attempted.ids, **old.ids}, services=attempted.services,
-                     slots={**attempted.slots, **old.slots}, rings=old.rings, half=old.half)
+                     slots={**attempted.slots, **old.slots}, rings=old.rings, half=old.half,
+                     mirrors={**attempted.mirrors, **old.mirrors})
     return plan(running, desired, limits, force=True)
 
 

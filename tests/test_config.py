@@ -795,7 +795,7 @@ def test_new_association_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """mode = sticky | per-packet per service; --mode for the -vs one (it
+    """mode = sticky | per-packet | mirror per service; --mode for the -vs one (it
     wins over [Virtual Server] mode); the modes not built yet say so."""
     path = tmp_path / "sbulb.conf"
     path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nmode = per-packet\n\n"
@@ -810,8 +810,9 @@ def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert parse(*V4, "-rs", "10.0.0.2").default_service.mode == "sticky"
     assert parse(*V4, "-rs", "10.0.0.2", "--mode", "per-packet").default_service.mode == (
         "per-packet")
-    assert "mode 'mirror' is not available in this release" in usage_error(
-        capsys, *V4, "-rs", "10.0.0.2", "--mode", "mirror")
+    assert parse(*V4, "-rs", "10.0.0.2", "--mode", "mirror").default_service.mode == "mirror"
+    assert "mode 'telemetry' is not available in this release" in usage_error(
+        capsys, *V4, "-rs", "10.0.0.2", "--mode", "telemetry")
     assert "unknown mode 'fast'" in usage_error(capsys, *V4, "-rs", "10.0.0.2", "--mode", "fast")
     path.write_text("[Service dns]\naddress = 10.0.0.1\nports = 53\nservers = 10.0.1.1\n"
                     "mode = telemetry\n")

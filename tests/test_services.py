@@ -356,3 +356,58 @@ def test_per_packet_mode_spreads_one_client_port(lab: Lab, tmp_path: Path) -> No
     assert counts == {"rs0": 200, "rs1": 100, "rs2": 100}
     assert [s["mode"] for s in status["services"]] == ["per-packet"]
     assert status["associations"] == 0
+
+
+def _received(lab: Lab) -> dict[str, int]:
+    return {s.name: s.received for s in lab.services}
+
+
+def _wait_until(done, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.02)
+    return done()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: Path,
+                                                           family: int) -> None:
+    """mode = mirror through the real CLI: each datagram reaches every
+    server of weight > 0, with the client's own source address; only the
+    first server's (the primary's) answers reach the client, from the VIP;
+    the others' are dropped and counted."""
+    net = lab.addresses(family)
+    rs = net.real_servers
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service logs]\nmode = mirror\naddress = {net.vip}\n"
+                    f"ports = {SECOND_PORT}\nservers = {rs[0]} {rs[1]} {rs[2]} {rs[3]}=0\n")
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
+    try:
+        process.wait_ready()
+        client = lab.client(family)
+        before = _received(lab)
+        reply = client.exchange(net.vip, SECOND_PORT, b"first")  # paths and neighbours
+        assert (reply.server, reply.source, reply.source_port) == ("rs0", net.vip, SECOND_PORT)
+        for n in range(200):
+            client.send(net.vip, SECOND_PORT, b"m%d" % n)
+        targets = ("rs0", "rs1", "rs2")
+        assert _wait_until(lambda: all(_received(lab)[t] - before[t] >= 201 for t in targets))
+        replies = [client.receive(2.0) for _ in range(200)]
+        status = ctl_json(lab, "status")
+        assert "mode=mirror" in process.stderr
+    finally:
+        process.close()
+    counters = status["counters"]
+    mirrored = counters["TX_MIRROR"]  # 201, or more if "first" was sent again
+    after = _received(lab)
+    assert {t: after[t] - before[t] for t in targets} == {t: mirrored for t in targets}
+    assert after["rs3"] == before["rs3"]  # weight 0: no copy
+    assert counters["MIRROR_SENT"] == 3 * mirrored
+    assert counters["DROP_MIRROR_REPLY"] == 2 * mirrored  # rs1's and rs2's answers
+    assert counters["MIRROR_FAILED"] == 0
+    assert all(r is not None and (r.server, r.source) == ("rs0", net.vip) for r in replies), (
+        sum(r is None for r in replies), {(r.server, str(r.source)) for r in replies if r})
+    assert sorted(r.payload for r in replies if r) == sorted(b"m%d" % n for n in range(200))
+    assert [s["mode"] for s in status["services"]] == ["mirror"]

@@ -148,6 +148,57 @@ static __always_inline void neigh_miss(struct sbulb_neigh *key)
 		sbulb_neigh_miss.update(key, &one);
 }
 
+static __always_inline __u32 mirror_seq_next(void)
+{
+	__u32 zero = 0, *seq = sbulb_mirror_seq.lookup(&zero);
+
+	if (!seq)
+		return 0;
+	*seq += 1;
+	return *seq;
+}
+
+static __always_inline struct sbulb_mirror_state *mirror_state_get(__u32 ifindex)
+{
+	__u32 *slot = sbulb_ifslot.lookup(&ifindex);
+
+	if (!slot)
+		return NULL;
+	return sbulb_mirror_state.lookup(slot);
+}
+
+/* A broadcast takes its map as a constant: one call per slot. */
+static __always_inline int mirror_broadcast(__u32 n)
+{
+	switch (n) {
+	case 0: return sbulb_mirror_0.redirect_map(0, BPF_F_BROADCAST);
+	case 1: return sbulb_mirror_1.redirect_map(0, BPF_F_BROADCAST);
+	case 2: return sbulb_mirror_2.redirect_map(0, BPF_F_BROADCAST);
+	case 3: return sbulb_mirror_3.redirect_map(0, BPF_F_BROADCAST);
+	case 4: return sbulb_mirror_4.redirect_map(0, BPF_F_BROADCAST);
+	case 5: return sbulb_mirror_5.redirect_map(0, BPF_F_BROADCAST);
+	case 6: return sbulb_mirror_6.redirect_map(0, BPF_F_BROADCAST);
+	case 7: return sbulb_mirror_7.redirect_map(0, BPF_F_BROADCAST);
+	case 8: return sbulb_mirror_8.redirect_map(0, BPF_F_BROADCAST);
+	case 9: return sbulb_mirror_9.redirect_map(0, BPF_F_BROADCAST);
+	case 10: return sbulb_mirror_10.redirect_map(0, BPF_F_BROADCAST);
+	case 11: return sbulb_mirror_11.redirect_map(0, BPF_F_BROADCAST);
+	case 12: return sbulb_mirror_12.redirect_map(0, BPF_F_BROADCAST);
+	case 13: return sbulb_mirror_13.redirect_map(0, BPF_F_BROADCAST);
+	case 14: return sbulb_mirror_14.redirect_map(0, BPF_F_BROADCAST);
+	case 15: return sbulb_mirror_15.redirect_map(0, BPF_F_BROADCAST);
+	}
+	return XDP_DROP;
+}
+
+static __always_inline void count_copy_fail(__u32 slot)
+{
+	__u64 *n = sbulb_rs_copy_fail.lookup(&slot);
+
+	if (n)
+		*n += 1;
+}
+
 static __always_inline void count_unreach(__u32 slot)
 {
 	__u64 *n = sbulb_rs_unreach.lookup(&slot);
@@ -218,6 +269,7 @@ static __always_inline void emit_event(__u32 type, __u32 service,
 #include "lb.h"
 #include "icmp.h"
 #include "forward.h"
+#include "mirror.h"
 
 /* ---- the packet walk ---- */
 
@@ -236,6 +288,8 @@ static __always_inline int stat_action(__u32 stat)
 	case SBULB_STAT_DROP_FRAG_UNKNOWN:
 	case SBULB_STAT_DROP_ICMP_MISDIRECTED:
 	case SBULB_STAT_DROP_FRAG_RATE:
+	case SBULB_STAT_DROP_MIRROR_REPLY:
+	case SBULB_STAT_DROP_MIRROR_NO_META:
 		return XDP_DROP;
 	}
 	return XDP_PASS;
@@ -461,17 +515,24 @@ static __always_inline void nat_packet(struct packet *p, __u32 stat)
  * fragments follow it.
  */
 static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
-					 struct packet *p, __u32 stat, __u64 len)
+					 struct packet *p, __u32 stat, __u64 len,
+					 __u32 *mirror)
 {
 	if (stat == SBULB_CONTINUE)
 		stat = p->later ? frag_follow(&p->fkey, &p->f, &p->t)
 				: udp_verdict(nh, data_end, p);
 	if (p->fragment && !p->later)
 		frag_remember(&p->fkey, &p->f, stat, &p->t);
-	if (!is_tx(stat))
+	if (!is_tx(stat) && stat != SBULB_STAT_TX_MIRROR)
 		return stat;
 	if (p->ttl < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
+	if (stat == SBULB_STAT_TX_MIRROR) {
+		/* copied and rewritten by sbulb_mirror_tx (mirror.h) */
+		count_traffic(p->t.service, 0, SBULB_DIR_TO_SERVER, len);
+		*mirror = p->t.service;
+		return stat;
+	}
 	count_traffic(p->t.service, p->t.slot,
 		      stat == SBULB_STAT_TX_INGRESS ? SBULB_DIR_TO_SERVER
 						    : SBULB_DIR_FROM_SERVER,
@@ -482,7 +543,7 @@ static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
 
 /* IPv4: fill *p from the header (and its fragment fields), then walk. */
 static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
-					__u64 len)
+					__u64 len, __u32 *mirror)
 {
 	__u32 stat = SBULB_CONTINUE;
 	__u16 tot_len, hdr_len;
@@ -516,7 +577,7 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else
 		p.ip_payload = tot_len - hdr_len;
-	return process_udp(nh, data_end, &p, stat, len);
+	return process_udp(nh, data_end, &p, stat, len, mirror);
 }
 
 /*
@@ -526,7 +587,7 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
  * the fragment header's next header, which every fragment carries.
  */
 static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
-					__u64 len)
+					__u64 len, __u32 *mirror)
 {
 	struct sbulb_ip6_frag *fh = NULL;
 	__u32 stat = SBULB_CONTINUE;
@@ -585,7 +646,7 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 			  : process_icmp_v6(nh, data_end, ip6h, &p.f, len);
 	else
 		p.ip_payload = payload_len - (nh->pos - (void *)(ip6h + 1));
-	return process_udp(nh, data_end, &p, stat, len);
+	return process_udp(nh, data_end, &p, stat, len, mirror);
 }
 
 int sbulb_xdp(struct xdp_md *ctx)
@@ -594,27 +655,37 @@ int sbulb_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	struct hdr_cursor nh = { .pos = data };
 	struct ethhdr *eth;
-	void *l3;
-	__u32 stat;
+	__u32 stat, mirror = 0;
 	int proto, action;
+	void *l3;
 
 	proto = parse_ethhdr(&nh, data_end, &eth);
 	l3 = nh.pos;
 	if (proto < 0)
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else if (proto == bpf_htons(ETH_P_IP))
-		stat = process_v4(&nh, data_end, data_end - data);
+		stat = process_v4(&nh, data_end, data_end - data, &mirror);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		stat = process_v6(&nh, data_end, data_end - data);
+		stat = process_v6(&nh, data_end, data_end - data, &mirror);
 	else
 		stat = SBULB_STAT_PASS_NOT_IP;
 
-	action = stat_action(stat);
-	if (action == XDP_TX)
-		action = forward(ctx, eth, l3, data_end, proto);
+	if (stat == SBULB_STAT_TX_MIRROR) {
+		action = mirror_out(ctx, mirror, &stat);
+	} else {
+		action = stat_action(stat);
+		if (action == XDP_TX)
+			action = forward(ctx, eth, l3, data_end, proto);
+	}
 	count(stat);
 	/* the action it finally got: XDP_ABORTED (0) .. XDP_REDIRECT (4) */
 	if (action >= XDP_ABORTED && action <= XDP_REDIRECT)
 		count(SBULB_STAT_ACTION_ABORTED + action);
 	return action;
+}
+
+/* The egress program of every devmap entry (mirror.h). */
+int sbulb_mirror_tx(struct xdp_md *ctx)
+{
+	return mirror_tx(ctx);
 }

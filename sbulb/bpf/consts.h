@@ -61,9 +61,18 @@
 
 /* Service flags (struct sbulb_service flags; sbulb/state.py SVC_F_*). */
 #define SBULB_SVC_F_PER_PACKET 1 /* every datagram to the next server, no association */
+#define SBULB_SVC_F_MIRROR 2     /* every datagram to every server of its cycle (mirror.h) */
 
 /* Member flags (struct sbulb_member flags; sbulb/state.py MEMBER_F_*). */
 #define SBULB_MEMBER_F_MOVE 1 /* down, on_down = move: its clients pick anew */
+#define SBULB_MEMBER_F_PRIMARY 2 /* mirror: the server whose replies reach clients */
+
+/* Mirror services at once (one broadcast devmap each; sbulb/config.py
+ * MIRROR_SLOTS), and targets of one (entries of its devmap). */
+#define SBULB_MIRROR_SLOTS 16
+#define SBULB_MIRROR_TARGETS 32
+/* The mark of a mirrored frame's metadata (mirror.h). */
+#define SBULB_MIRROR_MAGIC 0x5b1b
 
 /* Probe sockets of the daemon's health checks (sbulb_probes). */
 #define SBULB_MAX_PROBES 16384
@@ -189,7 +198,14 @@ enum sbulb_stat {
 					     * by hash, not remembered */
 	SBULB_STAT_DROP_FRAG_RATE = 34,     /* first fragment of a new client over
 					     * the rate */
-	SBULB_STAT_MAX = 35,
+	SBULB_STAT_TX_MIRROR = 35,          /* client -> mirror service: copied to its targets */
+	SBULB_STAT_DROP_MIRROR_REPLY = 36,  /* mirror: a target that is not the primary
+					     * answering a client */
+	SBULB_STAT_DROP_MIRROR_NO_META = 37, /* mirror: the driver gave no room for
+					      * XDP metadata, no copy made */
+	SBULB_STAT_MIRROR_SENT = 38,        /* mirror: copies sent (on top of TX_MIRROR) */
+	SBULB_STAT_MIRROR_FAILED = 39, /* mirror: copies that could not be made */
+	SBULB_STAT_MAX = 40,
 };
 
 /* Directions of sbulb_rs_stats (index = slot * 2 + direction) and of

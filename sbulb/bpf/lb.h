@@ -88,6 +88,14 @@ static __always_inline int member_moves(__u32 slot)
 	return member && (member->flags & SBULB_MEMBER_F_MOVE);
 }
 
+/* Is the member in `slot` its mirror service's primary? */
+static __always_inline int member_is_primary(__u32 slot)
+{
+	struct sbulb_member *member = rs_get(slot);
+
+	return member && (member->flags & SBULB_MEMBER_F_PRIMARY);
+}
+
 /* Which way a packet goes: ingress (to a VIP:port) or egress (from a real
  * server:port to anyone but its VIP); t->service (and for egress t->slot)
  * say whose. *svc = the service. */
@@ -226,6 +234,11 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 	__u32 stat = SBULB_STAT_ASSOC_CLIENT;
 	int hashed = 0;
 
+	/* mirror mode: a copy to every server of the cycle (mirror.h) */
+	if (svc->flags & SBULB_SVC_F_MIRROR)
+		return svc->ring_len ? SBULB_STAT_TX_MIRROR
+				     : SBULB_STAT_DROP_NO_REAL_SERVER;
+
 	/* per-packet mode: the next server in the cycle, remembered nowhere
 	 * (a fragmented datagram's later fragments follow its first one) */
 	if (svc->flags & SBULB_SVC_F_PER_PACKET) {
@@ -306,6 +319,16 @@ static __always_inline __u32 egress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_addr other;
 	struct sbulb_assoc *as;
 	__u32 slot;
+
+	/* mirror mode: only the primary's datagrams reach clients (from the
+	 * VIP); the other targets' are dropped. Probe answers are ours. */
+	if (svc->flags & SBULB_SVC_F_MIRROR) {
+		if (is_probe(&f->dst, f->dport))
+			return SBULB_STAT_PASS_NOT_BALANCED;
+		if (!member_is_primary(t->slot))
+			return SBULB_STAT_DROP_MIRROR_REPLY;
+		goto out;
+	}
 
 	/* per-packet mode: any server of the service speaks for it (but an
 	 * answer to one of our own health probes is for our stack) */
@@ -415,6 +438,8 @@ static __always_inline void frag_remember(struct sbulb_frag_key *key,
 		val.to = t->to;
 		val.slot = t->slot;
 		val.service = t->service;
+	} else if (stat == SBULB_STAT_TX_MIRROR) {
+		val.service = t->service; /* its later fragments are copied too */
 	}
 	frag_store(key, &val);
 }

@@ -81,8 +81,49 @@ BPF_TABLE("lru_hash", struct sbulb_assoc_key, struct sbulb_assoc, sbulb_assoc,
 BPF_TABLE("lru_hash", struct sbulb_frag_key, struct sbulb_frag, sbulb_frags,
 	  SBULB_MAX_FRAGMENTED);
 
-/* Redirect targets: slot -> ifindex of an interface sbulb is attached to. */
-BPF_DEVMAP(sbulb_devmap, SBULB_MAX_INTERFACES);
+/* Redirect targets: slot -> ifindex of an interface sbulb is attached to,
+ * with sbulb_mirror_tx as its egress program (mirror.h says why). */
+BPF_XDP_REDIRECT_MAP("devmap", struct bpf_devmap_val, sbulb_devmap,
+		     SBULB_MAX_INTERFACES);
+
+/*
+ * Mirror services: slot n (struct sbulb_service mirror) broadcasts through
+ * sbulb_mirror_<n>, whose entries 0..k-1 are the interface each of its k
+ * targets is reached through, every one with sbulb_mirror_tx as egress
+ * program (mirror.h). A broadcast copies the frame to every entry of a
+ * map, so each mirror service has a map of its own.
+ */
+#define SBULB_MIRROR_MAP(n)                                                   \
+	BPF_XDP_REDIRECT_MAP("devmap", struct bpf_devmap_val, sbulb_mirror_##n, \
+			     SBULB_MIRROR_TARGETS)
+SBULB_MIRROR_MAP(0);
+SBULB_MIRROR_MAP(1);
+SBULB_MIRROR_MAP(2);
+SBULB_MIRROR_MAP(3);
+SBULB_MIRROR_MAP(4);
+SBULB_MIRROR_MAP(5);
+SBULB_MIRROR_MAP(6);
+SBULB_MIRROR_MAP(7);
+SBULB_MIRROR_MAP(8);
+SBULB_MIRROR_MAP(9);
+SBULB_MIRROR_MAP(10);
+SBULB_MIRROR_MAP(11);
+SBULB_MIRROR_MAP(12);
+SBULB_MIRROR_MAP(13);
+SBULB_MIRROR_MAP(14);
+SBULB_MIRROR_MAP(15);
+
+/* Mirrored frames per CPU: the sequence number of the next one. */
+BPF_PERCPU_ARRAY(sbulb_mirror_seq, __u32, 1);
+
+/* Per CPU, per interface slot (sbulb_ifslot): the copy the egress program
+ * saw last. */
+BPF_PERCPU_ARRAY(sbulb_mirror_state, struct sbulb_mirror_state,
+		 SBULB_MAX_INTERFACES);
+
+/* Per CPU, per member slot: mirror copies for that target that could not
+ * be made (no route through the interface, no neighbour). */
+BPF_PERCPU_ARRAY(sbulb_rs_copy_fail, __u64, 2 * SBULB_MAX_MEMBERS + 1);
 
 /* ifindex -> its slot in sbulb_devmap. */
 BPF_HASH(sbulb_ifslot, __u32, __u32, SBULB_MAX_INTERFACES);
@@ -140,6 +181,13 @@ static __always_inline int is_redirect_target(__u32 ifindex);
 /* XDP_REDIRECT to one of our interfaces (XDP_PASS if it is not one) */
 static __always_inline int redirect_to(__u32 ifindex);
 static __always_inline void neigh_miss(struct sbulb_neigh *key);
+/* the next mirrored frame's sequence number on this CPU */
+static __always_inline __u32 mirror_seq_next(void);
+/* this CPU's copy state for an interface, NULL if sbulb is not attached there */
+static __always_inline struct sbulb_mirror_state *mirror_state_get(__u32 ifindex);
+/* XDP_REDIRECT to every entry of mirror slot n (XDP_DROP if no such slot) */
+static __always_inline int mirror_broadcast(__u32 n);
+static __always_inline void count_copy_fail(__u32 slot);
 /* count a packet of `bytes` to/from a member slot (0: none) and its
  * service (enum sbulb_direction) */
 static __always_inline void count_traffic(__u32 service, __u32 slot, __u32 dir,

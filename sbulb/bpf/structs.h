@@ -41,7 +41,7 @@ struct sbulb_service {
 	__u32 ring_base;       /* first entry of its cycle in sbulb_ring */
 	__u32 ring_len;        /* entries of its cycle; 0: no server takes new clients */
 	__u32 flags;           /* SBULB_SVC_F_* (consts.h): its mode */
-	__u32 pad;             /* zero */
+	__u32 mirror;          /* SBULB_SVC_F_MIRROR: its broadcast devmap (sbulb_mirror_<n>) */
 };
 
 /* Value of sbulb_rs, indexed by member slot: one real server of one
@@ -128,6 +128,13 @@ struct sbulb_event {
 struct sbulb_rate {
 	__u64 due_ns;
 	__u64 hashed_until_ns; /* new associations take the hash's server until then */
+};
+
+/* Value of sbulb_mirror_state (per CPU, per interface slot): which copy of
+ * which mirrored frame the egress program saw last (mirror.h). */
+struct sbulb_mirror_state {
+	__u32 seq;  /* the frame's sequence number (struct sbulb_mirror_meta) */
+	__u32 next; /* index of its next copy among the service's targets */
 };
 
 #endif /* SBULB_STRUCTS_H */
