@@ -10,7 +10,8 @@ python3-pytest python3-pyroute2 python3-hypothesis python3-prometheus-client
 python3-setuptools
 python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
 systemd diffutils prometheus
-debhelper dh-python pybuild-plugin-pyproject python3-all lintian man-db"
+debhelper dh-python pybuild-plugin-pyproject python3-all lintian man-db
+rsyslog softflowd nfdump socat"
 
 # the benchmark's peers (nginx's UDP proxy, nftables) and its chart
 BENCH_PACKAGES="nftables nginx-light libnginx-mod-stream python3-matplotlib"

@@ -5,6 +5,8 @@ per service and per (service, server)."""
 
 from __future__ import annotations
 
+import struct
+
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -231,6 +233,80 @@ def test_per_packet_icmp_from_a_server_reaches_the_client(loaded: Dataplane) -> 
     to_other = icmp_error(V4, server, V4.clients[1], quoted(V4, V4.clients[0], server, 7, COAP),
                           "unreachable")
     assert send(loaded, to_other)[0] == DROP
+
+
+# ---- mirror mode (the copies themselves are made by the kernel's broadcast,
+# which BPF_PROG_TEST_RUN does not run: tests/test_modes.py and
+# tests/test_services.py see them arrive)
+
+
+REDIRECT = XdpAction.REDIRECT
+
+
+def mirror(dp: Dataplane, net=V4, weights: tuple[int, ...] = (1, 1, 0)) -> None:
+    dp.reset_state()
+    dp.expect_interfaces(["lo"])  # one interface: every copy leaves there
+    servers = tuple(RealServer(net.ip(a), w) for a, w in zip(net.real_servers, weights))
+    dp.set_services(DesiredState((ServiceSpec("logs", net.vip_ip, (SYSLOG,), servers,
+                                              "mirror"),)))
+
+
+def test_mirror_fixtures(loaded: Dataplane) -> None:
+    """A client's datagram (whole, or each fragment) is broadcast untouched
+    (the egress program rewrites each copy); only the primary's (the first
+    server's) answers reach the client, from the VIP; nothing is
+    associated."""
+    from tests.packets import big_udp, fragments
+
+    for net, layer in ((V4, IP), (V6, IPv6)):
+        mirror(loaded, net)
+        rs, client = net.real_servers, net.clients[0]
+        frame = bytes(udp(net, client, net.vip, 4000, SYSLOG))
+        out = loaded.test_run(frame)
+        # the frame untouched, behind the metadata for the egress program
+        # (mirror.h struct sbulb_mirror_meta): two targets of weight > 0
+        assert (out.action, out.frame[16:]) == (REDIRECT, frame)
+        magic, targets, _, seq, _ = struct.unpack("=HHIII", out.frame[:16])
+        assert (magic, targets) == (0x5B1B, 2)
+        assert struct.unpack("=HHIII", loaded.test_run(frame).frame[:16])[3] == seq + 1
+        pieces = fragments(bytes(big_udp(net, client, net.vip, 4001, SYSLOG, frag_id=9)))
+        assert len(pieces) > 1
+        assert [loaded.test_run(f).action for f in pieces] == [REDIRECT] * len(pieces)
+        lost = fragments(bytes(big_udp(net, net.clients[1], net.vip, 4002, SYSLOG, frag_id=10)))[1]
+        assert loaded.test_run(lost).action == DROP  # its first never came
+        action, answer = send(loaded, bytes(udp(net, rs[0], client, SYSLOG, 4000)))
+        assert action == TX and answer[layer].src == net.vip
+        for other in rs[1:3]:  # a target, and a member of weight 0
+            assert send(loaded, bytes(udp(net, other, client, SYSLOG, 4000)))[0] == DROP
+        stats = loaded.stats()
+        assert stats[Stat.TX_MIRROR] == 2 + len(pieces)
+        assert stats[Stat.DROP_MIRROR_REPLY] == 2
+        assert stats[Stat.DROP_FRAG_UNKNOWN] == 1
+        assert loaded.associations() == {}
+
+
+def test_mirror_icmp_from_the_primary_only_reaches_the_client(loaded: Dataplane) -> None:
+    from tests.packets import icmp_error, quoted
+
+    mirror(loaded)
+    rs, client = V4.real_servers, V4.clients[0]
+    for server, wanted in ((rs[0], TX), (rs[1], DROP)):
+        error = icmp_error(V4, server, client, quoted(V4, client, server, 7, SYSLOG),
+                           "unreachable")
+        action, out = send(loaded, error)
+        assert action == wanted
+        if action == TX:
+            assert out[IP].src == V4.vip
+    # the dropped error still counts against its server (passive_fall)
+    assert {a: n for (_, a), n in loaded.member_unreachable().items() if n} == {
+        V4.ip(rs[0]): 1, V4.ip(rs[1]): 1}
+
+
+def test_a_mirror_service_without_targets_drops(loaded: Dataplane) -> None:
+    mirror(loaded, weights=(0, 0, 0))
+    frame = bytes(udp(V4, V4.clients[0], V4.vip, 4000, SYSLOG))
+    assert loaded.test_run(frame).action == DROP
+    assert loaded.stats()[Stat.DROP_NO_REAL_SERVER] == 1
 
 
 # ---- health: down servers, probes

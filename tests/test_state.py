@@ -9,12 +9,12 @@ write by write, not only at the end.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from sbulb import state
-from sbulb.config import RING_SIZE, IPAddress, Limits, RealServer
+from sbulb.config import MIRROR_SLOTS, RING_SIZE, IPAddress, Limits, RealServer
 from sbulb.state import DesiredState, Layout, PlanError, ServiceSpec, plan
 
 LIMITS = Limits(max_ports=8, max_real_servers=8, max_services=4)
@@ -48,6 +48,8 @@ class Maps:
     ring: dict[int, int] = field(default_factory=dict)
     services: dict[int, tuple[IPAddress, int, int]] = field(default_factory=dict)
     vip_ports: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
+    mirror_of: dict[int, int] = field(default_factory=dict)  # service -> its mirror slot
+    mirror_entries: dict[int, int] = field(default_factory=dict)  # mirror slot -> entries
 
     def write(self, w: state.Write) -> None:
         if isinstance(w, state.NameService):
@@ -71,8 +73,19 @@ class Maps:
             self.ring[w.index] = w.slot
         elif isinstance(w, state.PutService):
             self.services[w.id] = (w.vip, w.ring_base, w.ring_len)
+            if w.flags & state.SVC_F_MIRROR:
+                self.mirror_of[w.id] = w.mirror
+            else:
+                self.mirror_of.pop(w.id, None)
         elif isinstance(w, state.ClearService):
             self.services.pop(w.id, None)
+            self.mirror_of.pop(w.id, None)
+        elif isinstance(w, state.PutMirror):
+            assert 0 <= w.slot < MIRROR_SLOTS
+            self.mirror_entries[w.slot] = max(self.mirror_entries.get(w.slot, 0),
+                                              len(w.targets))
+        elif isinstance(w, state.TrimMirror):
+            self.mirror_entries[w.slot] = min(self.mirror_entries.get(w.slot, 0), w.keep)
         elif isinstance(w, state.PutVipPort):
             self.vip_ports[(w.vip, w.port)] = w.service
         elif isinstance(w, state.DelVipPort):
@@ -95,6 +108,11 @@ class Maps:
             for i in range(length):
                 slot = self.ring[base + i]
                 assert self.members[slot][1] == service, f"ring names slot {slot} of another"
+            if service in self.mirror_of:
+                # a copy for each target of the cycle (more: dropped copies)
+                assert self.mirror_entries.get(self.mirror_of[service], 0) >= length
+        slots = [n for sid, n in self.mirror_of.items() if sid in self.vip_ports.values()]
+        assert len(slots) == len(set(slots)), "two live mirror services share a broadcast map"
         for (address, _), (service, slot) in self.endpoints.items():
             assert self.members.get(slot) == (address, service)
             assert ("server", address) in self.addresses
@@ -373,3 +391,75 @@ def test_with_weights_replaces_only_the_members_named() -> None:
                for s in changed.services for rs in s.servers}
     assert weights == {("a", "10.0.1.1"): 0, ("a", "10.0.1.2"): 1, ("b", "10.0.1.1"): 1}
     assert base.with_weights({}) is base
+
+
+def mirror(name: str, vip: str, ports: tuple[int, ...], *servers: str) -> ServiceSpec:
+    return replace(spec(name, vip, ports, *servers), mode="mirror")
+
+
+def test_a_mirror_cycle_is_each_target_of_weight_above_zero_once() -> None:
+    """Mirror: the cycle lists each server of weight > 0 once, in the
+    file's order (weights do not repeat it), the first is the primary,
+    and the broadcast map has an entry per target before the descriptor
+    points at the cycle."""
+    maps = Maps()
+    logs = mirror("logs", "10.0.0.1", (514,), "10.0.2.1=3", "10.0.2.2=0", "10.0.2.3")
+    first = run(maps, Layout(), DesiredState((COAP, logs)))
+    assert maps.pick(ip("10.0.0.1"), 514) == [ip("10.0.2.1"), ip("10.0.2.3")]
+    (put,) = [w for w in first.writes if isinstance(w, state.PutMirror)]
+    assert put.targets == (ip("10.0.2.1"), ip("10.0.2.3"))
+    last_descriptor = max(i for i, w in enumerate(first.writes)
+                          if isinstance(w, state.PutService) and w.ring_len)
+    assert first.writes.index(put) < last_descriptor
+    primary = {w.address: w.flags for w in first.writes if isinstance(w, state.PutMember)}
+    assert primary[ip("10.0.2.1")] == state.MEMBER_F_PRIMARY
+    assert primary[ip("10.0.2.3")] == 0
+    assert all(flags == 0 for address, flags in primary.items()
+               if address in {s.address for s in COAP.servers})
+
+
+def test_mirror_targets_grow_before_and_shrink_after_the_descriptor() -> None:
+    maps = Maps()
+    two = mirror("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2")
+    three = mirror("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2", "10.0.2.3")
+    first = run(maps, Layout(), DesiredState((two,)))
+    grown = run(maps, first.layout, DesiredState((three,)))
+    assert maps.mirror_entries[first.layout.mirrors["logs"]] == 3
+    assert not any(isinstance(w, state.TrimMirror) for w in grown.writes)
+    shrunk = run(maps, grown.layout, DesiredState((two,)))
+    (trim,) = [w for w in shrunk.writes if isinstance(w, state.TrimMirror)]
+    assert trim.keep == 2 and maps.mirror_entries[trim.slot] == 2
+    assert shrunk.writes.index(trim) > max(
+        i for i, w in enumerate(shrunk.writes) if isinstance(w, state.PutService))
+    # a health-check down target leaves the cycle like a weight of 0
+    down = run(maps, shrunk.layout, DesiredState((two,)).with_down(
+        {"logs": frozenset({ip("10.0.2.2")})}))
+    assert maps.pick(ip("10.0.0.1"), 514) == [ip("10.0.2.1")]
+    assert any(isinstance(w, state.TrimMirror) and w.keep == 1 for w in down.writes)
+
+
+def test_mirror_slots_are_kept_by_name_and_a_rename_takes_a_new_one() -> None:
+    maps = Maps()
+    logs = mirror("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2")
+    stats = mirror("stats", "10.0.0.1", (8125,), "10.0.2.1", "10.0.2.3")
+    first = run(maps, Layout(), DesiredState((logs, stats)))
+    assert sorted(first.layout.mirrors.values()) == [0, 1]
+    again = run(maps, first.layout, DesiredState((logs, replace(stats, ports=(8126,)))))
+    assert again.layout.mirrors == first.layout.mirrors
+    renamed = run(maps, again.layout, DesiredState((replace(logs, name="syslog"),
+                                                    again.layout.services["stats"])))
+    assert renamed.layout.mirrors["syslog"] not in first.layout.mirrors.values()
+    assert state.TrimMirror(first.layout.mirrors["logs"], 0) in renamed.writes
+    sticky = run(maps, renamed.layout, DesiredState((replace(logs, name="syslog", mode="sticky"),
+                                                     again.layout.services["stats"])))
+    assert "syslog" not in sticky.layout.mirrors
+    assert state.TrimMirror(renamed.layout.mirrors["syslog"], 0) in sticky.writes
+
+
+def test_mirror_limits_are_refused_before_any_write() -> None:
+    many = tuple(mirror(f"m{i}", "10.0.0.1", (1000 + i,), "10.0.2.1") for i in range(9))
+    with pytest.raises(PlanError, match="9 mirror services but at most 8"):
+        plan(Layout(), DesiredState(many), Limits(max_services=16))
+    wide = mirror("wide", "10.0.0.1", (514,), *(f"10.0.3.{i}" for i in range(1, 34)))
+    with pytest.raises(PlanError, match="33 targets but at most 32"):
+        plan(Layout(), DesiredState((wide,)), Limits(max_real_servers=64))

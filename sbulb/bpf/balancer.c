@@ -361,6 +361,8 @@ static __always_inline __u32 process_icmp_v4(struct hdr_cursor *nh,
 	quoted.sport = qudp->source;
 	quoted.dport = qudp->dest;
 	stat = icmp_classify(&outer, &quoted, &t);
+	if (stat == SBULB_STAT_DROP_MIRROR_REPLY && icmp->type == ICMP_DEST_UNREACH)
+		count_unreach(t.slot);
 	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
 		return stat;
 	if (iph->ttl < SBULB_MIN_TTL)
@@ -431,6 +433,8 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 	quoted.sport = qudp->source;
 	quoted.dport = qudp->dest;
 	stat = icmp_classify(outer, &quoted, &t);
+	if (stat == SBULB_STAT_DROP_MIRROR_REPLY && icmp6->icmp6_type == ICMPV6_DEST_UNREACH)
+		count_unreach(t.slot);
 	if (stat != SBULB_STAT_TX_ICMP_INGRESS && stat != SBULB_STAT_TX_ICMP_EGRESS)
 		return stat;
 	if (ip6h->hop_limit < SBULB_MIN_TTL)

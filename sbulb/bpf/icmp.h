@@ -88,9 +88,15 @@ static __always_inline __u32 icmp_classify(struct flow *outer,
 	svc = svc_get(t->service);
 	if (!svc_live(svc))
 		return SBULB_STAT_PASS_NOT_BALANCED;
-	/* in per-packet mode any server of the service may have had the
-	 * datagram; otherwise the association must name this one */
-	if (!(svc->flags & SBULB_SVC_F_PER_PACKET)) {
+	/* in mirror mode every target had it: the primary's errors reach
+	 * the client (from the VIP), the others' are dropped (and still count
+	 * for passive health checks: the callers count them) */
+	if (svc->flags & SBULB_SVC_F_MIRROR) {
+		if (!member_is_primary(t->slot))
+			return SBULB_STAT_DROP_MIRROR_REPLY;
+	} else if (!(svc->flags & SBULB_SVC_F_PER_PACKET)) {
+		/* in per-packet mode any server of the service may have had
+		 * the datagram; otherwise the association must name this one */
 		key.client = quoted->src;
 		key.port = quoted->sport;
 		key.service = t->service;
