@@ -394,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             for note in service.check():
                 print(f"sbulb: warning: {note}", file=sys.stderr)
+            for line in service.check_report:
+                print(f"sbulb: {line}")
             print(f"sbulb: configuration OK, program verified for {', '.join(config.interfaces)}")
             return EXIT_OK
         code = service.run()

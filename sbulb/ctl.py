@@ -206,8 +206,13 @@ def print_status(status: dict[str, Any], out: TextIO, sort: str | None = None) -
     header = ("real server", "weight", "state", "health", "assoc", "pkts to", "bytes to",
               "pkts from", "bytes from")
     for service in status["services"]:
+        mode = service["mode"]
+        primary = [s["address"] for s in service["real_servers"] if s.get("primary")]
+        if primary:
+            failed = sum(s.get("copy_failures", 0) for s in service["real_servers"])
+            mode = f"mirror (primary {primary[0]}, {failed} copies not made)"
         out.write(f"\nservice {service['name']}: {service['virtual_server']} "
-                  f"port(s) {' '.join(map(str, service['ports']))}, {service['mode']}, "
+                  f"port(s) {' '.join(map(str, service['ports']))}, {mode}, "
                   f"{service['associations']} association(s)\n")
         servers = service["real_servers"]
         key = sort_key(sort)

@@ -403,6 +403,7 @@ class Dataplane:
         self._fn = None  # bcc function (the program fd)
         self._tx_fn = None  # the devmap entries' egress program (mirror.h)
         self._interfaces: dict[str, int] = {}  # ifname -> ifindex: where it will be attached
+        self.mirror_interfaces: dict[int, str] = {}  # mirror slot -> where its copies leave
         self._registry: _Registry | None = None  # service name <-> id
         self._legacy_fd: int | None = None  # a v1 association pin to migrate
         self._layout = state.Layout()  # configure() / set_real_servers() only
@@ -623,8 +624,9 @@ class Dataplane:
             stats = self._table("sbulb_rs_stats")
             for index in (2 * w.slot, 2 * w.slot + 1):
                 stats.clearitem(stats.Key(index))
-            unreach = self._table("sbulb_rs_unreach")
-            unreach.clearitem(unreach.Key(w.slot))
+            for name in ("sbulb_rs_unreach", "sbulb_rs_copy_fail"):
+                counters = self._table(name)
+                counters.clearitem(counters.Key(w.slot))
         elif isinstance(w, state.PutRing):
             self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
         elif isinstance(w, state.PutService):
@@ -641,6 +643,7 @@ class Dataplane:
         elif isinstance(w, state.PutMirror):
             if w.targets:
                 ifindex = self._mirror_interface(w.targets)
+                self.mirror_interfaces[w.slot] = socket.if_indextoname(ifindex)
                 for i in range(len(w.targets)):
                     self._put(f"sbulb_mirror_{w.slot}", struct.pack("I", i),
                               self._devmap_entry(ifindex))
@@ -743,6 +746,14 @@ class Dataplane:
         """(service id, real server) -> ICMP destination-unreachable errors
         translated for it so far, summed over CPUs (passive health)."""
         table = self._table("sbulb_rs_unreach")
+        return {(service, address): int(table.sum(table.Key(slot)).value)
+                for slot, address, service in self._members()}
+
+    def member_copy_failures(self) -> dict[tuple[int, IPAddress], int]:
+        """(service id, real server) -> mirror copies for it that could not
+        be made (no route through the interface, no neighbour), summed over
+        CPUs."""
+        table = self._table("sbulb_rs_copy_fail")
         return {(service, address): int(table.sum(table.Key(slot)).value)
                 for slot, address, service in self._members()}
 

@@ -175,6 +175,12 @@ class Collector:
         svc_info = GaugeMetricFamily("sbulb_service_info", "A balanced service",
                                      labels=["service", "virtual_server", "ports", "mode"])
         traffic = dp.member_traffic()
+        copy_failures = dp.member_copy_failures()
+        failed = CounterMetricFamily("sbulb_mirror_copy_failures",
+                                     "Copies for each target of a mirror service that could "
+                                     "not be made (no route through the interface, no "
+                                     "neighbour); copies sent are its packets to the server",
+                                     labels=["service", "server"])
         ids = [snap.ids[spec.name] for spec in snap.services]
         per_service = dp.service_traffic(ids)
         per_member = self.counts.get()
@@ -194,6 +200,8 @@ class Collector:
                 weight.add_metric([spec.name, name], server.weight)
                 rs_assoc.add_metric([spec.name, name], per_member.get((i, server.address), 0))
                 up.add_metric([spec.name, name], 0 if server.address in spec.down else 1)
+                if spec.mode == "mirror":
+                    failed.add_metric([spec.name, name], copy_failures.get((i, server.address), 0))
                 view = snap.health.get((spec.name, server.address))
                 if view is not None:
                     probes.add_metric([spec.name, name, "ok"], view.probes - view.probe_failures)
@@ -204,7 +212,7 @@ class Collector:
                         buckets.append(("+Inf", view.rtt_counts[-1]))
                         rtt.add_metric([spec.name, name], buckets, view.rtt_sum)
         yield from (packets, octets, weight, svc_packets, svc_octets, svc_assoc, rs_assoc,
-                    svc_info)
+                    svc_info, failed)
         yield from (up, probes, rtt)
 
         total = sum(per_member.values())

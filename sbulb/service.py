@@ -245,6 +245,7 @@ class Service:
         self._last_reload_at = self._last_reload_success_at = time.time()
         self._last_reload_error = ""
         self._loaded = False  # _prepare() done
+        self.check_report: list[str] = []  # what --check says it found (check())
         self._pinned: str | None = None  # where the associations are pinned, once loaded
         self.snapshot = self._make_snapshot()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -659,6 +660,10 @@ class Service:
             self._prepare()
         finally:
             self.dataplane.close()
+        self.check_report = [
+            f"mirror service {name}: copies made by an XDP devmap broadcast, out of "
+            f"{self.dataplane.mirror_interfaces.get(slot, '?')} (needs native XDP)"
+            for name, slot in sorted(self.layout.mirrors.items())]
         return [f"VIP {vip} is an address of this host: while sbulb is not attached (stop, "
                 f"restart) its datagrams go to the host's own stack (README, Deployment "
                 f"checklist)" for vip in sorted(self._local_vips, key=str)]
@@ -1034,6 +1039,7 @@ class Service:
         its servers and their traffic, and the counters."""
         snapshot = snapshot or self.snapshot
         traffic = self.dataplane.member_traffic()
+        copy_failures = self.dataplane.member_copy_failures()
         per_member = self.dataplane.association_counts()
         per_service: dict[int, int] = {}
         for (i, _), count in per_member.items():
@@ -1063,6 +1069,11 @@ class Service:
                               else "active" if rs.weight else "drained"),
                     "associations": per_member.get((i, rs.address), 0),
                     **_traffic_fields(t),
+                    # mirror: packets_to are the copies it was sent
+                    **({} if spec.mode != "mirror" else {
+                        "primary": rs is spec.servers[0],
+                        "copy_failures": copy_failures.get((i, rs.address), 0),
+                    }),
                     **({} if view is None else {
                         "health": view.state,
                         "health_since_s": round(now - view.since, 1),

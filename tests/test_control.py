@@ -302,6 +302,9 @@ class StubDataplane:
     def member_traffic(self) -> dict:
         return {}
 
+    def member_copy_failures(self) -> dict:
+        return {}
+
     def service_traffic(self, ids: Any) -> dict:
         return {i: Traffic() for i in ids}
 

@@ -63,6 +63,10 @@ class FakeDataplane:
         self._check()
         return {(0, SERVER): Traffic(3, 300, 2, 200)}
 
+    def member_copy_failures(self) -> dict[tuple[int, IPAddress], int]:
+        self._check()
+        return {}
+
     def service_traffic(self, ids: list[int]) -> dict[int, Traffic]:
         self._check()
         return {i: Traffic(3, 300, 2, 200) for i in ids}

@@ -377,12 +377,15 @@ def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: P
     """mode = mirror through the real CLI: each datagram reaches every
     server of weight > 0, with the client's own source address; only the
     first server's (the primary's) answers reach the client, from the VIP;
-    the others' are dropped and counted."""
+    the others' are dropped and counted. A target no host answers for
+    costs the others nothing."""
     net = lab.addresses(family)
     rs = net.real_servers
+    ghost = ip_of("10.77.10.99" if family == 4 else "fd77:10::99")  # rs0's link, no host
     conf = tmp_path / "sbulb.conf"
     conf.write_text(f"[Service logs]\nmode = mirror\naddress = {net.vip}\n"
-                    f"ports = {SECOND_PORT}\nservers = {rs[0]} {rs[1]} {rs[2]} {rs[3]}=0\n")
+                    f"ports = {SECOND_PORT}\n"
+                    f"servers = {rs[0]} {rs[1]} {ghost} {rs[2]} {rs[3]}=0\n")
     process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
     try:
         process.wait_ready()
@@ -396,6 +399,7 @@ def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: P
         assert _wait_until(lambda: all(_received(lab)[t] - before[t] >= 201 for t in targets))
         replies = [client.receive(2.0) for _ in range(200)]
         status = ctl_json(lab, "status")
+        text = sbulbctl(lab, "status").stdout
         assert "mode=mirror" in process.stderr
     finally:
         process.close()
@@ -404,10 +408,41 @@ def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: P
     after = _received(lab)
     assert {t: after[t] - before[t] for t in targets} == {t: mirrored for t in targets}
     assert after["rs3"] == before["rs3"]  # weight 0: no copy
-    assert counters["MIRROR_SENT"] == 3 * mirrored
+    assert counters["MIRROR_SENT"] == 4 * mirrored  # the ghost's copies left too
     assert counters["DROP_MIRROR_REPLY"] == 2 * mirrored  # rs1's and rs2's answers
     assert counters["MIRROR_FAILED"] == 0
     assert all(r is not None and (r.server, r.source) == ("rs0", net.vip) for r in replies), (
         sum(r is None for r in replies), {(r.server, str(r.source)) for r in replies if r})
     assert sorted(r.payload for r in replies if r) == sorted(b"m%d" % n for n in range(200))
     assert [s["mode"] for s in status["services"]] == ["mirror"]
+    servers = status["services"][0]["real_servers"]
+    assert [s["primary"] for s in servers] == [True, False, False, False, False]
+    assert [s["packets_to"] for s in servers] == [mirrored] * 4 + [0]
+    assert all(s["copy_failures"] == 0 for s in servers)
+    assert f"mirror (primary {rs[0]}, 0 copies not made)" in text
+
+
+def test_mirror_mode_refuses_generic_xdp(lab: Lab, tmp_path: Path) -> None:
+    """--check says how mirror copies are made. Generic XDP keeps no
+    metadata across a redirect (mirror.h): a mirror service with
+    --xdp-mode generic is refused at start, with one line, and nothing
+    stays attached."""
+    v4 = lab.v4
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service logs]\nmode = mirror\naddress = {v4.vip}\n"
+                    f"ports = {SECOND_PORT}\nservers = {v4.real_servers[0]}\n")
+    checked = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{lab.lb_ns}", "/usr/bin/python3", "-m", "sbulb",
+         *lab.lb_interfaces, "-cfg", str(conf), "--check"],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert ("sbulb: mirror service logs: copies made by an XDP devmap broadcast, out of eth0 "
+            "(needs native XDP)") in checked.stdout
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "--xdp-mode", "generic"],
+                              tmp_path)
+    try:
+        assert process.wait() != 0
+    finally:
+        process.close()
+    assert "mirror service logs needs native XDP, and eth0 runs generic XDP" in process.stderr
+    assert lab.xdp_programs() == []
