@@ -85,3 +85,35 @@ def test_health_cost_is_judged_against_its_goal():
         (line,) = [line for line in out.getvalue().splitlines()
                    if line.startswith("Health checks")]
         assert f"cost {cost * 100:.2f}%" in line and line.split(": ")[-1].startswith(verdict)
+
+
+def modes(mirror_sustained: float) -> dict:
+    return {"cases": [
+        {"name": "sbulb-mirror-2", "label": "sbulb mirror, 2 targets", "copies": 2,
+         "summary": summary(2.4e6, mirror_sustained)},
+        {"name": "socat-chain-2", "label": "socat broadcast chain, 2 targets", "copies": 2,
+         "summary": summary(0.1e6)},
+    ], "failed": [{"name": "nftables-dup-2", "error": "no nft"}]}
+
+
+def test_mirror_goals_count_datagrams_in_not_copies_out():
+    """A tee's rate in is its copies delivered over its targets: 2.4 M
+    copies to 2 targets is 1.2 M datagrams in, 24 times the chain's 0.05."""
+    verdicts = {what: (round(value, 3), met)
+                for what, value, _goal, met in report.mode_targets(modes(2.2e6))}
+    assert verdicts["mirror-2: M datagrams/s in at <0.1% loss"] == (1.1, True)
+    assert verdicts["mirror-2 / socat chain (datagrams in)"] == (24.0, True)
+    slow = {what: met for what, _v, _g, met in report.mode_targets(modes(1.8e6))}
+    assert slow["mirror-2: M datagrams/s in at <0.1% loss"] is False
+
+
+def test_modes_table_shows_rates_in_and_copies_out():
+    out = io.StringIO()
+    report.table({**results(1.0e6), "modes": modes(0.0)}, out)
+    text = out.getvalue()
+    lines = {line.split("  ")[0]: line for line in text.splitlines()}
+    mirror = lines["sbulb mirror, 2 targets"].split()
+    assert mirror[4:6] == ["1.200", "2.400"]  # in, copies out
+    assert "(0.20%)" in lines["sbulb mirror, 2 targets"]  # no sustained rate
+    assert "FAILED: nftables-dup-2: no nft" in text
+    assert "mirror-2 / socat chain (datagrams in)" in text and "FAIL" in text

@@ -66,6 +66,13 @@ class FakeDataplane:
         self.members: dict[int, IPAddress] = {}
         self.attached: list[str] = []
         self.closed = False
+        self.mirror_interfaces: dict[int, str] = {}
+
+    def expect_interfaces(self, names) -> None:
+        pass
+
+    def member_copy_failures(self) -> dict:
+        return {}
 
     @property
     def servers(self) -> set[IPAddress]:
@@ -92,6 +99,9 @@ class FakeDataplane:
 
     def attach(self, ifname: str, mode: str = "auto") -> None:
         self.attached.append(ifname)
+
+    def attached_modes(self) -> dict[str, str]:
+        return {name: "native" for name in self.attached}
 
     def close(self, detach: bool = True) -> None:
         self.closed = True

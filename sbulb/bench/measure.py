@@ -125,17 +125,18 @@ class Bench:
                 seconds: float | None = None) -> Sample:
         self.tools.reset_counted()
         self.tools.reset_ceiling()
-        pids = [self.napi_thread, *case.processes()]
-        cpu_before = cpu_seconds(pids)
+        cpu_before = cpu_seconds([self.napi_thread]) + case.cpu_used()
         generated = self.tools.generate(self.lab.net_ns, NET_IF, frame, seconds or self.seconds,
                                         rate, clients or self.clients, CLIENT_BASE)
-        cpu = (cpu_seconds(pids) - cpu_before) / generated.seconds
+        cpu = (cpu_seconds([self.napi_thread]) + case.cpu_used() - cpu_before) / generated.seconds
         delivered = self.settle(case)
         case.check()
-        sent = generated.sent
-        fraction = min(1.0, delivered / sent) if sent else 0.0
-        return Sample(rate, generated.rate, generated.rate * fraction, 1 - fraction, cpu,
-                      generated.sending_seconds)
+        # a tee's servers get `copies` datagrams for each one sent: delivered
+        # counts copies, the loss is that of copies
+        expected = generated.sent * case.copies
+        fraction = min(1.0, delivered / expected) if expected else 0.0
+        return Sample(rate, generated.rate, generated.rate * case.copies * fraction,
+                      1 - fraction, cpu, generated.sending_seconds)
 
     def warm_up(self, case: Case, frame: bytes, clients: int | None = None) -> None:
         """Associations, neighbours, conntrack entries, proxy sessions: made
@@ -178,7 +179,9 @@ class Bench:
                     ladder = []
                     sustained = None
                     for fraction in LADDER if saturated.delivered > 0 else ():
-                        paced = self.measure(case, frame, saturated.delivered * fraction)
+                        # a rate of datagrams in (a tee delivers `copies` each)
+                        paced = self.measure(case, frame,
+                                             saturated.delivered / case.copies * fraction)
                         ladder.append(paced)
                         if paced.loss < LOSS_TARGET:
                             sustained = paced

@@ -31,6 +31,7 @@ class Case:
     generic = False  # sbulb in generic XDP mode: the link needs GRO for NAPI
     needs_neighbours = False  # learns the servers' MACs from traffic (sbulb, fib)
     forwards_to_servers = True  # the ceilings do not: no sample through sockets
+    copies = 1  # datagrams the servers get for each one sent (a tee: one per target)
 
     def __init__(self, lab: BenchLab, tools: BenchTools, workdir: Path) -> None:
         self.lab, self.tools, self.workdir = lab, tools, workdir
@@ -45,6 +46,11 @@ class Case:
         """Processes whose CPU time is the balancer's, besides lbwire's NAPI
         thread (which every case has)."""
         return []
+
+    def cpu_used(self) -> float:
+        """CPU seconds its processes have used so far (the NAPI thread's
+        aside)."""
+        return cpu_seconds(self.processes())
 
     def check(self) -> None:
         """Raise if what the case started has died (a run would count
@@ -198,6 +204,7 @@ class Proxy(KernelPeer):
     its socket on the VIP is bound."""
 
     process: subprocess.Popen[bytes] | None = None
+    new_session = False  # its own session: stop() ends the whole process group
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -209,6 +216,7 @@ class Proxy(KernelPeer):
             ["nsenter", f"--net=/run/netns/{self.lab.lb_ns}", *self.command()],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             env={**os.environ, "PYTHONPATH": str(Path(sbulb.__file__).resolve().parents[1])},
+            start_new_session=self.new_session,
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT

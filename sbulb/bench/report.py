@@ -100,12 +100,67 @@ def table(results: dict, out: TextIO) -> None:
                   f"{'PASS' if health_met(health) else 'FAIL'}; "
                   f"{health['cost_softirq'] * 100:.2f}% with the servers' receive path "
                   "charged to the daemon's sends (veth, far end in softirq)\n")
+    if results.get("modes"):
+        modes_table(results["modes"], out)
     verdicts = targets(results)
     if verdicts:
         out.write("\nTargets (64-byte payloads, this run)\n")
         for what, value, goal, met in verdicts:
             out.write(f"  {what:38} {value:>7.2f}  (at least {goal:g})  "
                       f"{'met' if met else 'NOT met'}\n")
+
+
+MIRROR_IN_GOAL = 1e6  # mirror to 2 targets: datagrams in per second, at 0.1% loss or less
+MIRROR_OVER_SOCAT_GOAL = 20.0
+
+
+def datagrams_in(case: dict, key: str = "delivered_pps") -> float:
+    """Datagrams in per second a case took whole (every copy delivered):
+    its copies delivered divided by the copies each datagram makes."""
+    return case["summary"][key]["median"] / case["copies"]
+
+
+def modes_table(modes: dict, out: TextIO) -> None:
+    out.write("\nModes (64-byte datagrams, 1000 clients; a tee's loss is that of copies)\n")
+    header = (f"{'case':38} {'in Mpps':>8} {'copies out':>10} {'loss':>6} {'CPU':>5} "
+              f"{'sustained in':>12} {'its loss':>8}\n")
+    out.write(header)
+    out.write("-" * (len(header) - 1) + "\n")
+    for case in modes["cases"]:
+        s = case["summary"]
+        sustained = datagrams_in(case, "sustained_pps")
+        its_loss = (f"{s['sustained_loss']['median'] * 100:.2f}%" if s["sustained_loss"]
+                    and sustained else f"({s['least_loss']['median'] * 100:.2f}%)")
+        out.write(f"{case['label']:38} {_m(datagrams_in(case)):>8} "
+                  f"{_m(s['delivered_pps']['median']):>10} "
+                  f"{s['loss_saturated']['median'] * 100:>5.1f}% {s['cpu']['median']:>5.2f} "
+                  f"{_m(sustained) if sustained else '-':>12} {its_loss:>8}\n")
+    for failure in modes.get("failed", []):
+        out.write(f"FAILED: {failure['name']}: {' '.join(failure['error'].split())}\n")
+    out.write("in: datagrams per second the case took whole (copies delivered / targets), as\n"
+              "fast as the generator sent; sustained in: the highest paced rate with under 0.1%\n"
+              "of copies lost ('-' (n%): none, n% the least loss seen).\n")
+    for what, value, goal, met in mode_targets(modes):
+        out.write(f"  {what:46} {value:>9.2f}  (at least {goal:g})  "
+                  f"{'PASS' if met else 'FAIL'}\n")
+
+
+def mode_targets(modes: dict) -> list[tuple[str, float, float, bool]]:
+    """The modes issue's goals: mirror to 2 targets takes 1 M datagrams/s in
+    at 0.1% loss or less, and 20 times what the socat chain takes."""
+    by = {c["name"]: c for c in modes.get("cases", [])}
+    verdicts = []
+    mirror = by.get("sbulb-mirror-2")
+    if mirror:
+        value = datagrams_in(mirror, "sustained_pps")
+        verdicts.append(("mirror-2: M datagrams/s in at <0.1% loss", value / 1e6,
+                         MIRROR_IN_GOAL / 1e6, value >= MIRROR_IN_GOAL))
+        socat = by.get("socat-chain-2")
+        if socat and datagrams_in(socat):
+            ratio = datagrams_in(mirror) / datagrams_in(socat)
+            verdicts.append(("mirror-2 / socat chain (datagrams in)", ratio,
+                             MIRROR_OVER_SOCAT_GOAL, ratio >= MIRROR_OVER_SOCAT_GOAL))
+    return verdicts
 
 
 def health_met(health: dict) -> bool:
@@ -144,6 +199,8 @@ def chart(results: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     cases = results["throughput"]
+    if not cases:
+        return None  # no throughput case run (--cases ''): nothing to draw
     names = list(dict.fromkeys(c["name"] for c in cases))
     labels = {c["name"]: c["label"] for c in cases}
     payloads = sorted({c["payload"] for c in cases})

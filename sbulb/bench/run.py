@@ -18,6 +18,7 @@ from sbulb.bench import report
 from sbulb.bench.costs import path_costs
 from sbulb.bench.healthcost import health_cost
 from sbulb.bench.measure import Bench
+from sbulb.bench.modes import modes
 from sbulb.bench.peers import Case, Ceiling, Nftables, Nginx, PythonForwarder, Sbulb
 from sbulb.bench.scaling import control_plane, scaling
 from sbulb.bench.tools import GENERATOR_CPU, BenchTools
@@ -52,7 +53,7 @@ def make_case(name: str, lab: BenchLab, tools: BenchTools, workdir: Path) -> Cas
 PAYLOADS = [64, 1400]
 
 # after the throughput cases, in this order
-PHASES = ["scaling", "control-plane", "costs", "health"]
+PHASES = ["scaling", "control-plane", "costs", "health", "modes"]
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,13 +88,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def missing(cases: list[str]) -> str | None:
+    """What the cases (and phases) named need that this machine lacks."""
     if os.geteuid() != 0:
         return "the benchmark needs root (namespaces, XDP): run `make bench`"
     if not {GENERATOR_CPU, BALANCER_CPU} <= os.sched_getaffinity(0):
         return (f"the benchmark needs CPUs {GENERATOR_CPU} and {BALANCER_CPU} "
                 "(one generates, one balances)")
-    tools = {"nftables": "nft", "nginx": "nginx"}
-    for case, tool in tools.items():
+    tools = [("nftables", "nft"), ("nginx", "nginx"), ("modes", "socat"), ("modes", "nft")]
+    for case, tool in tools:
         if case in cases and not shutil.which(tool):
             return f"{tool} is not installed: run `make bench` (it installs it)"
     if "nginx" in cases and not Nginx.MODULE.exists():
@@ -107,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # are torn down
     signal.signal(signal.SIGTERM, raise_interrupt)
     cases = [name for name in CASES if name in args.cases.split(",")]
-    problem = missing(cases)
+    problem = missing(cases + args.phases)
     if problem:
         print(f"sbulb.bench: {problem}", file=sys.stderr)
         return 1
@@ -155,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["costs"] = [asdict(c) for c in path_costs(bench)]
             if "health" in args.phases:
                 results["health"] = health_cost(bench)
+        if "modes" in args.phases:  # a lab of its own: four servers
+            results["modes"] = modes(tools, workdir, args.seconds, args.repeats, args.clients,
+                                     say)
     finally:
         tools.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -65,9 +65,11 @@ static __always_inline int mirror_out(struct xdp_md *ctx, __u32 service,
 	}
 	len = svc->ring_len;
 	seq = mirror_seq_next();
-	/* adjust_meta invalidates every packet pointer: nothing reads the
-	 * packet after this */
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*m))) {
+	/* exactly our metadata in front of the frame, whatever was there (a
+	 * driver's, or a recycled page's: the kernel's test-run page pool
+	 * keeps the last metadata size). adjust_meta invalidates every packet
+	 * pointer: nothing reads the packet after this. */
+	if (bpf_xdp_adjust_meta(ctx, (int)(ctx->data - ctx->data_meta) - (int)sizeof(*m))) {
 		*stat = SBULB_STAT_DROP_MIRROR_NO_META;
 		return XDP_DROP;
 	}
