@@ -4,14 +4,16 @@ Builds the lab, starts `python3 -m sbulb` in the load balancer's namespace
 with a config file, exactly as an operator would, and shows what crosses the
 wire: clients spread over the real servers and sticking to them, answers
 from the virtual IP, a server speaking first, a server added while traffic
-runs, IPv6, several services in one instance, health checks, then a
-clean stop and teardown. Bounded in time and packets.
+runs, IPv6, several services in one instance, health checks, a mirror
+service copying `logger`'s messages to two receivers, then a clean stop
+and teardown. Bounded in time and packets.
 """
 
 from __future__ import annotations
 
 import collections
 import shlex
+import socket
 import sys
 import tempfile
 import threading
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 
 from sbulb.config import endpoint
-from sbulb.lab import PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess, UdpService
+from sbulb.lab import (PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess, UdpService,
+                       in_ns, netns)
 
 CLIENTS = 9
 ROUNDS = 10
@@ -168,6 +171,8 @@ def story(lab: Lab, workdir: Path) -> None:
     services(lab, workdir)
     say()
     health_checks(lab, workdir)
+    say()
+    mirror(lab, workdir)
 
 
 def health_checks(lab: Lab, workdir: Path) -> None:
@@ -199,6 +204,55 @@ def health_checks(lab: Lab, workdir: Path) -> None:
     say(f"  rs1's service started again: up {took:.1f}s later (2 good probes)")
     code = lb.stop()
     say(f"  SIGTERM: sbulb exited with {code}, XDP programs left: {lab.xdp_programs() or 'none'}")
+
+
+SYSLOG_PORT = 5514
+MIRROR_SIZES = (100, 3000, 8000)  # bytes; the last two are fragmented over the lab's MTU
+
+
+def mirror(lab: Lab, workdir: Path) -> None:
+    """mode = mirror: `logger` sends three messages to the VIP, and each of
+    two receivers gets every one, whole, from the client's address."""
+    v4 = lab.addresses(4)
+    conf = workdir / "mirror.conf"
+    conf.write_text(f"[Service syslog]\nmode = mirror\naddress = {v4.vip}\n"
+                    f"ports = {SYSLOG_PORT}\nservers = {v4.real_servers[0]} {v4.real_servers[1]}\n")
+    say(f"10. a UDP tee: {conf} has mode = mirror, servers rs0 rs1 (rs0 the primary)")
+    receivers = []
+    for ns in lab.server_ns[:2]:
+        with netns(ns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", SYSLOG_PORT))
+        sock.settimeout(5.0)
+        receivers.append(sock)
+    lb = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], workdir)
+    try:
+        lb.wait_ready()
+        messages = [(f"demo-{size} " + "x" * size)[:size].encode() for size in MIRROR_SIZES]
+        for message in messages:
+            in_ns(lab.client_ns, "logger", "-d", "-n", str(v4.vip), "-P", str(SYSLOG_PORT),
+                  "--size", "9000", "-t", "demo", message.decode())
+        say(f"  $ logger -d -n {v4.vip} -P {SYSLOG_PORT} ... (messages of "
+            f"{', '.join(map(str, MIRROR_SIZES))} bytes)")
+        for name, sock in zip(lab.server_names, receivers):
+            got = []
+            try:
+                for _ in MIRROR_SIZES:
+                    data, peer = sock.recvfrom(65535)
+                    # the message after logger's RFC 5424 header, whole or not
+                    size = next((len(m) for m in messages if data.endswith(m)), None)
+                    got.append(f"{size} B whole" if size else f"{len(data)} B CUT")
+                    got[-1] += f" from {peer[0]}"
+            except TimeoutError:
+                got.append("(nothing more)")
+            say(f"  {name} received: {', '.join(got)}")
+        code = lb.stop()
+    finally:
+        lb.close()
+        for sock in receivers:
+            sock.close()
+    say(f"  each copy made in the kernel (XDP devmap broadcast); SIGTERM: sbulb exited "
+        f"with {code}")
 
 
 def services_text(lab: Lab, telemetry: tuple[int, ...]) -> str:

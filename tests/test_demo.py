@@ -37,6 +37,10 @@ def test_demo_tells_the_story() -> None:
         "coap's clients stay (4/4 on their server), telemetry's go to: rs3 rs3 rs3 rs3",
         "4 new clients go to: rs0 rs2 rs0 rs2",
         "rs1's service started again: up",
+        "rs0 received: 100 B whole from 10.77.1.10, 3000 B whole from 10.77.1.10, "
+        "8000 B whole from 10.77.1.10",
+        "rs1 received: 100 B whole from 10.77.1.10, 3000 B whole from 10.77.1.10, "
+        "8000 B whole from 10.77.1.10",
     ]:
         assert line in out, out
     assert "rs3" in out.split("4 new clients go to:")[1].splitlines()[0]
