@@ -14,6 +14,7 @@ import pytest
 
 from sbulb.lab import CLOSED_PORT, PORT, UNBALANCED_PORT, Lab, RoutedLab, SbulbProcess, sh
 from tests.conftest import require_root
+from tests.proc import ctl_json
 
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
 SILENCE = 1.0  # how long a datagram that must never arrive is waited for
@@ -253,6 +254,52 @@ def test_fib_forwarding_through_a_two_interface_router(routed_lab: RoutedLab, tm
     assert lab.forwarded_by_kernel(family) - before == 0
     assert process.stop() == 0
     assert lab.xdp_programs(ifname="eth0") == [] and lab.xdp_programs(ifname="eth1") == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mirror_through_a_two_interface_router(routed_lab: RoutedLab, tmp_path: Path,
+                                               family: int) -> None:
+    """Mirror on the router: datagrams arrive on eth0, their copies leave
+    by eth1 (the interface the targets' route names), rewritten with the
+    FIB's MACs; the primary's answers go back out of eth0 from the VIP."""
+    import time
+
+    lab, net = routed_lab, routed_lab.addresses(family)
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service logs]\nmode = mirror\naddress = {net.vip}\nports = {PORT}\n"
+                    f"servers = {' '.join(str(a) for a in net.real_servers)}\n")
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf)], tmp_path)
+    try:
+        process.wait_ready()
+        client = lab.client(family)
+        targets = [lab.service(name) for name in ("rs0", "rs1", "rs2")]
+
+        def each_got(count: int, since: dict[str, int]) -> bool:
+            """Poll (bounded) until every target has `count` more datagrams."""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if all(t.received - since[t.name] >= count for t in targets):
+                    return True
+                time.sleep(0.02)
+            return False
+
+        # the first copies find no neighbour on eth1 (not made, counted)
+        # until the daemon has the kernel resolve them
+        start = {t.name: t.received for t in targets}
+        for n in range(100):  # at most 100 datagrams, 50 ms apart
+            client.exchange(net.vip, PORT, b"warm %d" % n)
+            if all(t.received > start[t.name] for t in targets):
+                break
+            time.sleep(0.05)
+        before = {t.name: t.received for t in targets}
+        replies = [client.exchange(net.vip, PORT, b"copy %d" % n) for n in range(20)]
+        arrived = each_got(20, before)
+        status = ctl_json(lab, "status")
+    finally:
+        process.close()
+    assert {(r.server, r.source) for r in replies} == {("rs0", net.vip)}
+    assert arrived, {t.name: t.received - before[t.name] for t in targets}
+    assert status["counters"]["FWD_FIB_REDIRECT"] >= 20  # the primary's answers, eth1 -> eth0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -158,14 +158,15 @@ static __always_inline int mirror_macs(struct xdp_md *ctx, struct ethhdr *eth,
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 		return 0;
 	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		note_neigh_miss(&fib);
-		if (fib.ifindex != ctx->egress_ifindex)
-			return -1;
-	} else if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED) {
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		note_neigh_miss(&fib); /* the daemon resolves it: later copies go */
+	else if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return -1; /* no route, for this host, too big: not as a copy */
-	}
 #endif
+	/* sbulb's MAC swap: back to the neighbour the frame came from, which
+	 * only makes sense out of the interface it came in by */
+	if (ctx->egress_ifindex != ctx->ingress_ifindex)
+		return -1;
 	swap_macs(eth);
 	return 0;
 }
