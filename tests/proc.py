@@ -7,15 +7,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from sbulb import lab
 from sbulb.lab import SbulbProcess, sh
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `done` every 20 ms until it is true or `timeout` seconds have
+    passed (datagrams land in sockets: there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.02)
+    return done()
 
 
 def sbulbctl(in_lab: lab.Lab, *args: str):

@@ -14,7 +14,7 @@ import pytest
 
 from sbulb.lab import CLOSED_PORT, PORT, UNBALANCED_PORT, Lab, RoutedLab, SbulbProcess, sh
 from tests.conftest import require_root
-from tests.proc import ctl_json
+from tests.proc import ctl_json, wait_until
 
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
 SILENCE = 1.0  # how long a datagram that must never arrive is waited for
@@ -274,15 +274,6 @@ def test_mirror_through_a_two_interface_router(routed_lab: RoutedLab, tmp_path: 
         client = lab.client(family)
         targets = [lab.service(name) for name in ("rs0", "rs1", "rs2")]
 
-        def each_got(count: int, since: dict[str, int]) -> bool:
-            """Poll (bounded) until every target has `count` more datagrams."""
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if all(t.received - since[t.name] >= count for t in targets):
-                    return True
-                time.sleep(0.02)
-            return False
-
         # the first copies find no neighbour on eth1 (not made, counted)
         # until the daemon has the kernel resolve them
         start = {t.name: t.received for t in targets}
@@ -293,7 +284,7 @@ def test_mirror_through_a_two_interface_router(routed_lab: RoutedLab, tmp_path: 
             time.sleep(0.05)
         before = {t.name: t.received for t in targets}
         replies = [client.exchange(net.vip, PORT, b"copy %d" % n) for n in range(20)]
-        arrived = each_got(20, before)
+        arrived = wait_until(lambda: all(t.received - before[t.name] >= 20 for t in targets))
         status = ctl_json(lab, "status")
     finally:
         process.close()

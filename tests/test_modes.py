@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +14,7 @@ import pytest
 
 from sbulb.lab import Lab, in_ns
 from tests.conftest import require_root
-from tests.proc import ctl_json
+from tests.proc import ctl_json, wait_until
 
 SYSLOG_PORT = 5514  # the lab's UdpService does not listen here: rsyslog does
 MESSAGES = 500
@@ -28,16 +27,6 @@ def lab() -> Iterator[Lab]:
     require_root()
     with Lab(servers=3) as built:
         yield built
-
-
-def _wait_until(done, timeout: float) -> bool:
-    """Poll `done` every 20 ms until it is true or `timeout` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        time.sleep(0.02)
-    return done()
 
 
 class Rsyslog:
@@ -59,7 +48,7 @@ class Rsyslog:
             ["ip", "netns", "exec", ns, "rsyslogd", "-n", "-f", str(conf),
              "-i", str(directory / "rsyslogd.pid")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if not _wait_until(self._listening, START_TIMEOUT):
+        if not wait_until(self._listening, START_TIMEOUT):
             self.close()
             raise AssertionError(f"rsyslogd in {ns} did not open UDP port {SYSLOG_PORT}")
 
@@ -119,7 +108,7 @@ def test_syslog_migration_through_mirror_mode(lab: Lab, tmp_path: Path, family: 
                          str(SYSLOG_PORT), "--size", "9000", "-t", "sbulb-test", "-f",
                          str(source))
             assert sent.returncode == 0, sent.stderr
-            complete = _wait_until(lambda: all(len(r.lines()) >= MESSAGES for r in receivers),
+            complete = wait_until(lambda: all(len(r.lines()) >= MESSAGES for r in receivers),
                                    DELIVERY_TIMEOUT)
             status = ctl_json(lab, "status")
         finally:

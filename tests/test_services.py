@@ -27,7 +27,7 @@ from sbulb.dataplane import (
 )
 from sbulb.lab import PORT, SECOND_PORT, Lab, LabError, SbulbProcess, netns
 from tests.conftest import require_root
-from tests.proc import REPO, ctl_json, sbulbctl
+from tests.proc import REPO, ctl_json, sbulbctl, wait_until
 
 RELOAD = 10.0
 ip_of = ipaddress.ip_address
@@ -362,15 +362,6 @@ def _received(lab: Lab) -> dict[str, int]:
     return {s.name: s.received for s in lab.services}
 
 
-def _wait_until(done, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        time.sleep(0.02)
-    return done()
-
-
 @pytest.mark.parametrize("family", [4, 6])
 def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: Path,
                                                            family: int) -> None:
@@ -396,7 +387,7 @@ def test_mirror_mode_copies_every_datagram_to_every_target(lab: Lab, tmp_path: P
         for n in range(200):
             client.send(net.vip, SECOND_PORT, b"m%d" % n)
         targets = ("rs0", "rs1", "rs2")
-        assert _wait_until(lambda: all(_received(lab)[t] - before[t] >= 201 for t in targets))
+        assert wait_until(lambda: all(_received(lab)[t] - before[t] >= 201 for t in targets))
         replies = [client.receive(2.0) for _ in range(200)]
         status = ctl_json(lab, "status")
         text = sbulbctl(lab, "status").stdout
