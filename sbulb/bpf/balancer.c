@@ -680,6 +680,11 @@ int sbulb_xdp(struct xdp_md *ctx)
 		action = stat_action(stat);
 		if (action == XDP_TX)
 			action = forward(ctx, eth, l3, data_end, proto);
+		/* a redirected frame meets sbulb_mirror_tx (mirror.h): it must not
+		 * carry metadata that could pass for a mirrored frame's (a
+		 * driver's, or a recycled page's) */
+		if (action == XDP_REDIRECT && ctx->data_meta < ctx->data)
+			bpf_xdp_adjust_meta(ctx, (int)(ctx->data - ctx->data_meta));
 	}
 	count(stat);
 	/* the action it finally got: XDP_ABORTED (0) .. XDP_REDIRECT (4) */
