@@ -115,11 +115,13 @@ def _port_value(text: str, name: str) -> int:
     _check_range(name, port, 1, 65535)
     return port
 # what a service does with a datagram to it (sbulb/bpf/consts.h SBULB_SVC_F_*)
-MODES = ("sticky", "per-packet", "mirror")
-MODES_PLANNED = ("telemetry",)  # specified, not built yet
-# mirror services at once (sbulb/bpf/consts.h SBULB_MIRROR_SLOTS: one
-# broadcast map each; a reload that renames them all needs twice as many)
-# and targets of one (SBULB_MIRROR_TARGETS)
+MODES = ("sticky", "per-packet", "mirror", "telemetry")
+# modes that copy datagrams to every target (all of them for mirror, the
+# templates for telemetry)
+COPY_MODES = ("mirror", "telemetry")
+# services of those modes at once (sbulb/bpf/consts.h SBULB_MIRROR_SLOTS:
+# one broadcast map each; a reload that renames them all needs twice as
+# many) and targets of one (SBULB_MIRROR_TARGETS)
 MIRROR_SLOTS = 16
 MAX_MIRROR_SERVICES = MIRROR_SLOTS // 2
 MAX_MIRROR_TARGETS = 32
@@ -130,9 +132,6 @@ def parse_mode(text: str) -> str:
     mode = text.strip().lower()
     if mode in MODES:
         return mode
-    if mode in MODES_PLANNED:
-        raise ConfigError(f"mode '{mode}' is not available in this release "
-                          f"(available: {', '.join(MODES)})")
     raise ConfigError(f"unknown mode '{text.strip()}' (modes: {', '.join(MODES)})")
 
 # sbulb's one virtual server (-vs/-rs/-p, [Virtual Server], [Real Servers]).

@@ -52,6 +52,9 @@ class Stat(enum.IntEnum):
     DROP_MIRROR_NO_META = 37
     MIRROR_SENT = 38
     MIRROR_FAILED = 39
+    TX_TEMPLATE = 40
+    TEMPLATE_COPIED = 41
+    TEMPLATE_NOT_KEPT = 42
 
     @property
     def kind(self) -> "StatKind":
@@ -79,6 +82,7 @@ class StatKind(enum.Enum):
     ACTION = "action"  # the XDP action each packet finally got
     LIMIT = "limit"  # new clients balanced but not remembered (on top of a verdict)
     MIRROR = "mirror"  # copies of mirrored datagrams, made or not (on top of a verdict)
+    TEMPLATE = "template"  # telemetry templates copied, or not kept (on top of a verdict)
     RETIRED = "retired"  # a slot no longer counted; its number is never reused
 
 
@@ -124,9 +128,12 @@ STAT_KINDS = {
     Stat.DROP_MIRROR_NO_META: StatKind.DROP,
     Stat.MIRROR_SENT: StatKind.MIRROR,
     Stat.MIRROR_FAILED: StatKind.MIRROR,
+    Stat.TX_TEMPLATE: StatKind.TX,
+    Stat.TEMPLATE_COPIED: StatKind.TEMPLATE,
+    Stat.TEMPLATE_NOT_KEPT: StatKind.TEMPLATE,
 }
 
-STAT_MAX = 40
+STAT_MAX = 43
 
 
 class EventType(enum.IntEnum):

@@ -211,6 +211,12 @@ def print_status(status: dict[str, Any], out: TextIO, sort: str | None = None) -
         if primary:
             failed = sum(s.get("copy_failures", 0) for s in service["real_servers"])
             mode = f"mirror (primary {primary[0]}, {failed} copies not made)"
+        elif mode == "telemetry":
+            failed = sum(s.get("copy_failures", 0) for s in service["real_servers"])
+            tm = service.get("templates", {})
+            mode = (f"telemetry ({tm.get('exporters', 0)} exporter(s), templates "
+                    f"{tm.get('seen', 0)} seen, {tm.get('replayed', 0)} replayed, "
+                    f"{failed} copies not made)")
         out.write(f"\nservice {service['name']}: {service['virtual_server']} "
                   f"port(s) {' '.join(map(str, service['ports']))}, {mode}, "
                   f"{service['associations']} association(s)\n")

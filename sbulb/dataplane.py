@@ -52,7 +52,7 @@ _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 ADDR_SIZE = 16  # struct sbulb_addr
 ENDPOINT_SIZE = 20  # struct sbulb_endpoint
 MEMBER_REF_SIZE = 8  # struct sbulb_member_ref
-SERVICE_SIZE = 32  # struct sbulb_service
+SERVICE_SIZE = 40  # struct sbulb_service
 MEMBER_SIZE = 24  # struct sbulb_member
 ASSOC_KEY_SIZE = 20  # struct sbulb_assoc_key
 ASSOC_SIZE = 16  # struct sbulb_assoc
@@ -158,6 +158,20 @@ class Event:
     port: int
     server: IPAddress
     other: IPAddress | None
+
+
+@dataclass(frozen=True)
+class TemplateFrame:
+    """A telemetry template datagram as it reached the data path (the whole
+    frame, before NAT), for the daemon to keep (sbulb/telemetry.py)."""
+
+    service: int  # service id
+    frame: bytes
+
+
+# template frames held between two polls at most (the ring buffer holds
+# about 120; more would only be a flood the daemon need not keep)
+MAX_PENDING_TEMPLATES = 1024
 
 
 @dataclass(frozen=True)
@@ -411,6 +425,7 @@ class Dataplane:
         self._attached: dict[str, tuple[int, int]] = {}  # ifname -> (ifindex, flags)
         self._ifslots: dict[int, int] = {}  # ifindex -> devmap slot
         self._events: list[Event] = []
+        self._templates: list[TemplateFrame] = []
 
     # -- build
 
@@ -486,6 +501,7 @@ class Dataplane:
             self._registry = _Registry(None)
         if self.events:
             self._table("sbulb_events").open_ring_buffer(self._on_event)
+        self._table("sbulb_templates").open_ring_buffer(self._on_template)
         log.info("dataplane.loaded prog_fd=%d cflags=%s", fn.fd, " ".join(self.cflags()[1:]))
 
     def _prepare_pin(self, directory: Path) -> None:
@@ -631,8 +647,8 @@ class Dataplane:
             self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
         elif isinstance(w, state.PutService):
             self._put("sbulb_svc", struct.pack("I", w.id),
-                      addr_to_bytes(w.vip) + struct.pack("IIII", w.ring_base, w.ring_len, w.flags,
-                                                         w.mirror))
+                      addr_to_bytes(w.vip) + struct.pack("6I", w.ring_base, w.ring_len, w.flags,
+                                                         w.mirror, w.copy_base, w.copy_len))
         elif isinstance(w, state.ClearService):
             self._put("sbulb_svc", struct.pack("I", w.id), bytes(SERVICE_SIZE))
             stats = self._table("sbulb_svc_stats")
@@ -885,6 +901,7 @@ class Dataplane:
             traffic = self._table(name)
             for index in range(len(traffic)):
                 traffic.clearitem(traffic.Key(index))
+        self.take_templates()
 
     # -- events
 
@@ -908,6 +925,22 @@ class Dataplane:
             )
         )
         return 0
+
+    def _on_template(self, _ctx: object, data: int, size: int) -> int:
+        raw = ct.string_at(data, size)  # struct sbulb_template
+        service, length = struct.unpack_from("II", raw)
+        if len(self._templates) < MAX_PENDING_TEMPLATES and 8 + length <= size:
+            self._templates.append(TemplateFrame(service, raw[8:8 + length]))
+        return 0
+
+    def take_templates(self) -> list[TemplateFrame]:
+        """Telemetry template frames the data path handed over since the
+        last call (sbulb/bpf/telemetry.h)."""
+        if self._bpf is None:
+            return []
+        self._bpf.ring_buffer_consume()
+        templates, self._templates = self._templates, []
+        return templates
 
     def poll_events(self) -> list[Event]:
         """Events emitted since the last call (none unless compiled in)."""

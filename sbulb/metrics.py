@@ -62,7 +62,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from sbulb import __version__
-from sbulb.config import IPAddress
+from sbulb.config import COPY_MODES, IPAddress
 from sbulb.consts import Stat, StatKind
 from sbulb.dataplane import Dataplane, Traffic
 from sbulb.state import RTT_BUCKETS, Snapshot
@@ -200,7 +200,7 @@ class Collector:
                 weight.add_metric([spec.name, name], server.weight)
                 rs_assoc.add_metric([spec.name, name], per_member.get((i, server.address), 0))
                 up.add_metric([spec.name, name], 0 if server.address in spec.down else 1)
-                if spec.mode == "mirror":
+                if spec.mode in COPY_MODES:
                     failed.add_metric([spec.name, name], copy_failures.get((i, server.address), 0))
                 view = snap.health.get((spec.name, server.address))
                 if view is not None:
@@ -254,6 +254,10 @@ class Collector:
             StatKind.MIRROR: CounterMetricFamily("sbulb_mirror_copies",
                                                  "Copies of datagrams to mirror services, "
                                                  "sent or not made", labels=["result"]),
+            StatKind.TEMPLATE: CounterMetricFamily("sbulb_telemetry_template_frames",
+                                                   "Telemetry templates: copies sent, and "
+                                                   "those the daemon could not be given",
+                                                   labels=["result"]),
         }
         for stat in Stat:
             family = families.get(stat.kind)

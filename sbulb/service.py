@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from sbulb import __version__, health, neigh, state
 from sbulb.config import (
+    COPY_MODES,
     DEFAULT_SERVICE,
     MAX_WEIGHT,
     Config,
@@ -660,9 +661,12 @@ class Service:
             self._prepare()
         finally:
             self.dataplane.close()
+        modes = {s.name: s.mode for s in self.desired.services}
         self.check_report = [
-            f"mirror service {name}: copies made by an XDP devmap broadcast, out of "
-            f"{self.dataplane.mirror_interfaces.get(slot, '?')} (needs native XDP)"
+            f"{modes.get(name, 'mirror')} service {name}: "
+            f"{'templates' if modes.get(name) == 'telemetry' else 'copies'} made by an XDP "
+            f"devmap broadcast, out of {self.dataplane.mirror_interfaces.get(slot, '?')} "
+            "(needs native XDP)"
             for name, slot in sorted(self.layout.mirrors.items())]
         return [f"VIP {vip} is an address of this host: while sbulb is not attached (stop, "
                 f"restart) its datagrams go to the host's own stack (README, Deployment "
@@ -712,9 +716,9 @@ class Service:
             raise StartError(str(e)) from None
         generic = sorted(name for name, mode in self.dataplane.attached_modes().items()
                          if mode == "generic")
-        mirrored = [s.name for s in self.desired.services if s.mode == "mirror"]
+        mirrored = [s for s in self.desired.services if s.mode in COPY_MODES]
         if generic and mirrored:
-            raise StartError(f"mirror service {mirrored[0]} needs native XDP, and "
+            raise StartError(f"{mirrored[0].mode} service {mirrored[0].name} needs native XDP, and "
                              f"{', '.join(generic)} runs generic XDP (mirror.h: generic XDP "
                              "keeps no metadata across a redirect)")
 
@@ -1070,8 +1074,8 @@ class Service:
                     "associations": per_member.get((i, rs.address), 0),
                     **_traffic_fields(t),
                     # mirror: packets_to are the copies it was sent
-                    **({} if spec.mode != "mirror" else {
-                        "primary": rs is spec.servers[0],
+                    **({} if spec.mode != "mirror" else {"primary": rs is spec.servers[0]}),
+                    **({} if spec.mode not in COPY_MODES else {
                         "copy_failures": copy_failures.get((i, rs.address), 0),
                     }),
                     **({} if view is None else {

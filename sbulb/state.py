@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple, Sequence, Union
 
 from sbulb.config import (
+    COPY_MODES,
     DEFAULT_SERVICE,
     MAX_MIRROR_SERVICES,
     MAX_MIRROR_TARGETS,
@@ -47,6 +48,7 @@ from sbulb.config import (
 
 SVC_F_PER_PACKET = 1  # every datagram to the next server, no association
 SVC_F_MIRROR = 2  # every datagram to every server of the cycle
+SVC_F_TELEMETRY = 4  # with SVC_F_PER_PACKET: templates to every target
 MEMBER_F_MOVE = 1  # down, on_down = move: its clients pick anew
 MEMBER_F_PRIMARY = 2  # mirror: the server whose replies reach clients
 
@@ -86,15 +88,31 @@ class ServiceSpec:
     @property
     def flags(self) -> int:
         """The descriptor's flags (sbulb/bpf/consts.h SBULB_SVC_F_*)."""
-        return {"per-packet": SVC_F_PER_PACKET, "mirror": SVC_F_MIRROR}.get(self.mode, 0)
+        return {"per-packet": SVC_F_PER_PACKET, "mirror": SVC_F_MIRROR,
+                "telemetry": SVC_F_PER_PACKET | SVC_F_TELEMETRY}.get(self.mode, 0)
+
+    @property
+    def copies(self) -> tuple[IPAddress, ...]:
+        """The targets that each get a copy (mirror: of every datagram,
+        telemetry: of templates), as listed: every server with weight > 0
+        and not down. None for the other modes."""
+        if self.mode not in COPY_MODES:
+            return ()
+        return tuple(s.address for s in self.serving if s.weight > 0)
 
     @property
     def cycle(self) -> tuple[IPAddress, ...]:
         """Its servers in the data path's cycle: by weight (smooth weighted
         round robin), or for mirror each target once, as listed."""
         if self.mode == "mirror":
-            return tuple(s.address for s in self.serving if s.weight > 0)
+            return self.copies
         return tuple(smooth_weighted_order(self.serving))
+
+    @property
+    def ring(self) -> tuple[IPAddress, ...]:
+        """What it holds in the ring: its cycle, and for telemetry its copy
+        targets after it (mirror's copies are its cycle)."""
+        return self.cycle + (self.copies if self.mode == "telemetry" else ())
 
     def server(self, address: IPAddress) -> RealServer | None:
         return next((s for s in self.servers if s.address == address), None)
@@ -260,7 +278,9 @@ class PutService:
     ring_base: int
     ring_len: int
     flags: int = 0
-    mirror: int = 0  # mirror slot (SVC_F_MIRROR)
+    mirror: int = 0  # mirror slot (mirror, telemetry) ...
+    copy_base: int = 0  # ... and where the targets of its copies are in the ring
+    copy_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,8 +292,9 @@ class ClearService:
 
 @dataclass(frozen=True)
 class PutMirror:
-    """A mirror service's broadcast map: entry i for the i-th target of its
-    cycle (the dataplane finds the interface they are reached through)."""
+    """A mirror or telemetry service's broadcast map: entry i for the i-th
+    target of its copies (the dataplane finds the interface they are
+    reached through)."""
 
     slot: int
     targets: tuple[IPAddress, ...]
@@ -347,8 +368,8 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
     """Raise PlanError if the desired state does not fit the maps."""
     members = sum(len(s.servers) for s in desired.services)
     endpoints = sum(len(s.servers) * len(s.ports) for s in desired.services)
-    ring = sum(len(s.cycle) for s in desired.services)
-    mirrors = [s for s in desired.services if s.mode == "mirror"]
+    ring = sum(len(s.ring) for s in desired.services)
+    mirrors = [s for s in desired.services if s.mode in COPY_MODES]
     names = [s.name for s in desired.services]
     if len(set(names)) != len(names):
         raise PlanError("a service name is used twice")
@@ -362,11 +383,12 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
         raise PlanError(f"{endpoints} real server:port pairs but at most "
                         f"{limits.max_endpoints} (raise --max_ports or --max_realservers)")
     if len(mirrors) > MAX_MIRROR_SERVICES:
-        raise PlanError(f"{len(mirrors)} mirror services but at most {MAX_MIRROR_SERVICES}")
+        raise PlanError(f"{len(mirrors)} mirror and telemetry services but at most "
+                        f"{MAX_MIRROR_SERVICES}")
     for spec in mirrors:
-        if len(spec.cycle) > MAX_MIRROR_TARGETS:
-            raise PlanError(f"mirror service '{spec.name}' has {len(spec.cycle)} targets but at "
-                            f"most {MAX_MIRROR_TARGETS}")
+        if len(spec.copies) > MAX_MIRROR_TARGETS:
+            raise PlanError(f"{spec.mode} service '{spec.name}' has {len(spec.copies)} targets "
+                            f"but at most {MAX_MIRROR_TARGETS}")
     if ring > RING_SIZE:
         raise PlanError(f"the round-robin cycles of all services add up to {ring} entries; "
                         f"at most {RING_SIZE}")
@@ -424,7 +446,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         slots[m] = n
 
     # rings: each service's cycle, by slot; all into the other half if any differs
-    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in spec.cycle)
+    cycles = {spec.name: tuple(slots[(spec.name, a)] for a in spec.ring)
               for spec in desired.services}
     old_cycles = {name: ring for name, (_, ring) in old.rings.items()}
     if cycles == {n: c for n, c in old_cycles.items() if n in cycles} and set(cycles) <= set(
@@ -444,8 +466,9 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     # mirror slots: kept by name; a new mirror service takes the lowest
     # slot no service uses now (the old ones serve until this plan ends)
     mirrors = {name: n for name, n in old.mirrors.items()
-               if name in wanted and wanted[name].mode == "mirror"}
-    new_mirrors = [s.name for s in desired.services if s.mode == "mirror" and s.name not in mirrors]
+               if name in wanted and wanted[name].mode in COPY_MODES}
+    new_mirrors = [s.name for s in desired.services
+                   if s.mode in COPY_MODES and s.name not in mirrors]
     for name, n in zip(new_mirrors, _lowest_free(old.mirrors.values(), 0, MIRROR_SLOTS - 1,
                                                   len(new_mirrors))):
         mirrors[name] = n
@@ -477,10 +500,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         # so each descriptor is whole at once)
         if ring_writes:
             raise PlanError("nothing to roll back to (the cycles were never written)")
-        for spec in desired.services:
-            base, cycle = rings[spec.name]
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags,
-                                     mirrors.get(spec.name, 0)))
+        writes.extend(_descriptor(spec, ids, rings, mirrors) for spec in desired.services)
     else:
         writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags,
                                  mirrors.get(name, 0))
@@ -493,10 +513,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     # cycle make copies the egress program drops until the descriptor says
     # how many there are)
     writes.extend(ring_writes)
-    old_targets = {old.mirrors[name]: old.services[name].cycle for name in old.mirrors
+    old_targets = {old.mirrors[name]: old.services[name].copies for name in old.mirrors
                    if name in old.services}
     for name, n in sorted(mirrors.items(), key=lambda item: item[1]):
-        targets = wanted[name].cycle
+        targets = wanted[name].copies
         if force or old_targets.get(n) != targets:
             writes.append(PutMirror(n, targets))
     # 6. descriptors
@@ -509,8 +529,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
                 or old.rings.get(spec.name) != (base, cycle)
                 or old.ids.get(spec.name) != ids[spec.name]
                 or old.mirrors.get(spec.name) != mirrors.get(spec.name)):
-            writes.append(PutService(ids[spec.name], spec.vip, base, len(cycle), spec.flags,
-                                     mirrors.get(spec.name, 0)))
+            writes.append(_descriptor(spec, ids, rings, mirrors))
     # 7. ingress
     old_vp, new_vp = ({} if force else old.vip_ports()), new.vip_ports()
     writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
@@ -526,7 +545,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             writes.append(ClearService(i))
         writes.append(ForgetService(i))
     # (a mirror slot keeps the entries of its cycle; one no service keeps, none)
-    kept = {n: len(wanted[name].cycle) for name, n in mirrors.items()}
+    kept = {n: len(wanted[name].copies) for name, n in mirrors.items()}
     writes.extend(TrimMirror(n, kept.get(n, 0)) for n, targets in sorted(old_targets.items())
                   if len(targets) > kept.get(n, 0))
     writes.extend(ClearMember(n) for m, n in old.slots.items() if m not in slots)
@@ -542,6 +561,18 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
                     if (old.services[name].vip, old.services[name].ports) in by_key)
     return Plan(layout=new, writes=tuple(writes), added=added, removed=removed,
                 changes=changes, renamed=renamed)
+
+
+def _descriptor(spec: ServiceSpec, ids: Mapping[str, int],
+                rings: Mapping[str, tuple[int, tuple[int, ...]]],
+                mirrors: Mapping[str, int]) -> PutService:
+    """A service's whole descriptor: its cycle starts its ring entries,
+    the targets of its copies are the cycle (mirror) or follow it."""
+    base, _ = rings[spec.name]
+    cycle, copies = len(spec.cycle), len(spec.copies)
+    copy_base = base if spec.mode == "mirror" else base + cycle
+    return PutService(ids[spec.name], spec.vip, base, cycle, spec.flags,
+                      mirrors.get(spec.name, 0), copy_base if copies else 0, copies)
 
 
 def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limits) -> Plan:

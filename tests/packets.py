@@ -4,6 +4,7 @@ exact expected output (checksums recomputed from scratch by scapy)."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 from scapy.layers.inet import ICMP, IP, UDP, fragment
@@ -125,14 +126,38 @@ def payload_for_zero_checksum(net: Net, src: str, dst: str, sport: int, dport: i
 BIG_PAYLOAD = bytes(range(256)) * 12  # 3072 bytes: three fragments at MTU 1500
 
 
-def big_udp(net: Net, src: str, dst: str, sport: int, dport: int, frag_id: int = 77) -> Packet:
+def big_udp(net: Net, src: str, dst: str, sport: int, dport: int, frag_id: int = 77,
+            payload: bytes = BIG_PAYLOAD) -> Packet:
     """A datagram that needs fragments (IPv6: with the fragment header that
     fragment6 splits)."""
     if net.family == 4:
-        return udp(net, src, dst, sport, dport, BIG_PAYLOAD)
+        return udp(net, src, dst, sport, dport, payload)
     return Ether(src=MAC_NEIGHBOUR, dst=MAC_BALANCER) / IPv6(src=src, dst=dst, hlim=64) / (
-        IPv6ExtHdrFragment(id=frag_id) / UDP(sport=sport, dport=dport) / Raw(BIG_PAYLOAD)
+        IPv6ExtHdrFragment(id=frag_id) / UDP(sport=sport, dport=dport) / Raw(payload)
     )
+
+
+# ---- NetFlow v9 / IPFIX (telemetry mode)
+
+# a template record: id 256, two fields (IPv4 source and destination address)
+TEMPLATE_RECORD = struct.pack("!HHHHHH", 256, 2, 8, 4, 12, 4)
+DATA_RECORD = bytes(8)  # one record of template 256
+
+
+def netflow9(*flowsets: tuple[int, bytes], source_id: int = 7, sequence: int = 1) -> bytes:
+    """A NetFlow v9 export datagram: its header, then (flowset id, body) each
+    with its 4-byte flowset header."""
+    body = b"".join(struct.pack("!HH", fid, 4 + len(data)) + data for fid, data in flowsets)
+    return struct.pack("!HHIIII", 9, len(flowsets), 1000, 1_700_000_000, sequence,
+                       source_id) + body
+
+
+def ipfix(*sets: tuple[int, bytes], domain: int = 7, length: int | None = None) -> bytes:
+    """An IPFIX message: its header (length = the message, unless given),
+    then (set id, body) each with its 4-byte set header."""
+    body = b"".join(struct.pack("!HH", sid, 4 + len(data)) + data for sid, data in sets)
+    total = 16 + len(body) if length is None else length
+    return struct.pack("!HHIII", 10, total, 1_700_000_000, 1, domain) + body
 
 
 def fragments(frame: bytes) -> list[bytes]:

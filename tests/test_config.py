@@ -795,8 +795,8 @@ def test_new_association_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """mode = sticky | per-packet | mirror per service; --mode for the -vs one (it
-    wins over [Virtual Server] mode); the modes not built yet say so."""
+    """mode = sticky | per-packet | mirror | telemetry per service; --mode for the
+    -vs one (it wins over [Virtual Server] mode); an unknown one says so."""
     path = tmp_path / "sbulb.conf"
     path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nmode = per-packet\n\n"
                     "[Real Servers]\n10.0.0.2\n\n"
@@ -811,13 +811,13 @@ def test_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert parse(*V4, "-rs", "10.0.0.2", "--mode", "per-packet").default_service.mode == (
         "per-packet")
     assert parse(*V4, "-rs", "10.0.0.2", "--mode", "mirror").default_service.mode == "mirror"
-    assert "mode 'telemetry' is not available in this release" in usage_error(
-        capsys, *V4, "-rs", "10.0.0.2", "--mode", "telemetry")
+    assert parse(*V4, "-rs", "10.0.0.2", "--mode", "telemetry").default_service.mode == (
+        "telemetry")
     assert "unknown mode 'fast'" in usage_error(capsys, *V4, "-rs", "10.0.0.2", "--mode", "fast")
-    path.write_text("[Service dns]\naddress = 10.0.0.1\nports = 53\nservers = 10.0.1.1\n"
-                    "mode = telemetry\n")
-    assert "[Service dns]: mode 'telemetry' is not available" in usage_error(
-        capsys, "eth0", "-cfg", str(path))
+    path.write_text("[Service flows]\naddress = 10.0.0.1\nports = 2055\nservers = 10.0.1.1\n"
+                    "mode = telemetry\n\n[Service dns]\naddress = 10.0.0.1\nports = 53\n"
+                    "servers = 10.0.1.1\nmode = tee\n")
+    assert "[Service dns]: unknown mode 'tee'" in usage_error(capsys, "eth0", "-cfg", str(path))
     # a reload takes the file's mode for `default`, unless --mode was given
     path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\n\n"
                     "[Real Servers]\n10.0.0.2\n")

@@ -377,3 +377,107 @@ def test_association_counts_read_in_batches_agree_with_the_map(loaded: Dataplane
         assert loaded.association_counts(batch) == walked, batch
     loaded.reset_state()
     assert loaded.association_counts() == {}
+
+
+# ---- telemetry mode (per packet; templates copied as in mirror mode, and
+# handed to the daemon)
+
+FLOWS = 2055
+
+
+def telemetry(dp: Dataplane, net=V4, weights: tuple[int, ...] = (2, 1, 0)) -> None:
+    dp.reset_state()
+    dp.expect_interfaces(["lo"])
+    servers = tuple(RealServer(net.ip(a), w) for a, w in zip(net.real_servers, weights))
+    dp.set_services(DesiredState((ServiceSpec("flows", net.vip_ip, (FLOWS,), servers,
+                                              "telemetry"),)))
+
+
+def test_telemetry_fixtures(loaded: Dataplane) -> None:
+    """NetFlow v9 and IPFIX datagrams with a template or options template
+    (anywhere among the first sets) are broadcast to every target of
+    weight > 0 once and handed to the daemon whole; data, NetFlow v5, sFlow
+    and malformed exports go per packet, by weight; nothing is associated."""
+    from tests.packets import DATA_RECORD, TEMPLATE_RECORD, big_udp, fragments, ipfix, netflow9
+
+    data, tmpl = (256, DATA_RECORD), (0, TEMPLATE_RECORD)
+    templates = {
+        "v9 template": netflow9(tmpl, data),
+        "v9 options template": netflow9((1, TEMPLATE_RECORD)),
+        "v9 template after data": netflow9(data, data, tmpl),
+        "ipfix template": ipfix((2, TEMPLATE_RECORD), data),
+        "ipfix options template": ipfix(data, (3, TEMPLATE_RECORD)),
+    }
+    per_packet_exports = {
+        "v9 data": netflow9(data, data),
+        "ipfix data": ipfix(data),
+        "v9 set ids of ipfix": netflow9((2, TEMPLATE_RECORD), (3, TEMPLATE_RECORD)),
+        "ipfix set ids of v9": ipfix((0, TEMPLATE_RECORD), (1, TEMPLATE_RECORD)),
+        "netflow v5": struct.pack("!HH", 5, 1) + bytes(20 + 48),
+        "sflow v5": struct.pack("!II", 5, 1) + bytes(40),
+        "too short": b"\x00\x09",
+        "v9 zero length flowset": netflow9(data)[:20] + struct.pack("!HH", 0, 0) + bytes(8),
+        "v9 flowset past the datagram": netflow9(data)[:20] + struct.pack("!HH", 0, 64) + bytes(8),
+        "ipfix length past the datagram": ipfix((2, TEMPLATE_RECORD), length=200),
+        "ipfix template past its length": ipfix(data, (2, TEMPLATE_RECORD), length=16 + 12),
+        "v9 template beyond 8 flowsets": netflow9(*([data] * 8), tmpl),
+    }
+    for net, layer in ((V4, IP), (V6, IPv6)):
+        telemetry(loaded, net)
+        rs, client = net.real_servers, net.clients[0]
+        for name, payload in templates.items():
+            frame = bytes(udp(net, client, net.vip, 9995, FLOWS, payload))
+            out = loaded.test_run(frame)
+            assert (out.action, out.frame[16:]) == (REDIRECT, frame), name
+            magic, targets, _, _, _ = struct.unpack("=HHIII", out.frame[:16])
+            assert (magic, targets) == (0x5B1C, 2), name  # the two of weight > 0
+            kept = loaded.take_templates()
+            assert [(t.service, t.frame) for t in kept] == [
+                (loaded.service_id("flows"), frame)], name
+        seen = []
+        for name, payload in per_packet_exports.items():
+            out = loaded.test_run(bytes(udp(net, client, net.vip, 9995, FLOWS, payload)))
+            assert out.action == TX, name
+            seen.append(Ether(out.frame)[layer].dst)
+        # smooth weighted round robin 2:1 over the 12, whatever they hold
+        assert seen.count(rs[0]) == 8 and seen.count(rs[1]) == 4 and rs[2] not in seen
+        assert loaded.take_templates() == []
+        # a fragmented template: every fragment copied, the first one kept
+        big = netflow9(tmpl, (256, DATA_RECORD * 400))
+        pieces = fragments(bytes(big_udp(net, client, net.vip, 9995, FLOWS, frag_id=11,
+                                         payload=big)))
+        assert len(pieces) > 1
+        outs = [loaded.test_run(f) for f in pieces]
+        assert [o.action for o in outs] == [REDIRECT] * len(pieces)
+        assert {struct.unpack("=H", o.frame[:2])[0] for o in outs} == {0x5B1C}
+        assert [t.frame for t in loaded.take_templates()] == [pieces[0]]
+        # any collector's answer reaches the exporter from the VIP
+        action, answer = send(loaded, bytes(udp(net, rs[1], client, FLOWS, 9995)))
+        assert action == TX and answer[layer].src == net.vip
+        stats = loaded.stats()
+        assert stats[Stat.TX_TEMPLATE] == len(templates) + len(pieces)
+        assert stats[Stat.TX_INGRESS] == len(per_packet_exports)
+        assert stats[Stat.TEMPLATE_NOT_KEPT] == 0
+        assert loaded.associations() == {}
+
+
+def test_a_telemetry_template_too_long_to_keep_is_still_copied(loaded: Dataplane) -> None:
+    """A template frame longer than the daemon's record (2048 bytes, a
+    jumbo frame) is copied but counted as not kept."""
+    from tests.packets import TEMPLATE_RECORD, netflow9
+
+    telemetry(loaded)
+    frame = bytes(udp(V4, V4.clients[0], V4.vip, 9995, FLOWS,
+                      netflow9((0, TEMPLATE_RECORD), (256, bytes(2100)))))
+    assert loaded.test_run(frame).action == REDIRECT
+    assert loaded.take_templates() == []
+    assert loaded.stats()[Stat.TEMPLATE_NOT_KEPT] == 1
+
+
+def test_a_telemetry_service_without_targets_drops_templates(loaded: Dataplane) -> None:
+    from tests.packets import TEMPLATE_RECORD, netflow9
+
+    telemetry(loaded, weights=(0, 0, 0))
+    frame = bytes(udp(V4, V4.clients[0], V4.vip, 9995, FLOWS, netflow9((0, TEMPLATE_RECORD))))
+    assert loaded.test_run(frame).action == DROP
+    assert loaded.stats()[Stat.DROP_NO_REAL_SERVER] == 1

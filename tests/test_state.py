@@ -47,6 +47,7 @@ class Maps:
     endpoints: dict[tuple[IPAddress, int], tuple[int, int]] = field(default_factory=dict)
     ring: dict[int, int] = field(default_factory=dict)
     services: dict[int, tuple[IPAddress, int, int]] = field(default_factory=dict)
+    copies: dict[int, tuple[int, int]] = field(default_factory=dict)  # service -> copy base, len
     vip_ports: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
     mirror_of: dict[int, int] = field(default_factory=dict)  # service -> its mirror slot
     mirror_entries: dict[int, int] = field(default_factory=dict)  # mirror slot -> entries
@@ -73,12 +74,15 @@ class Maps:
             self.ring[w.index] = w.slot
         elif isinstance(w, state.PutService):
             self.services[w.id] = (w.vip, w.ring_base, w.ring_len)
-            if w.flags & state.SVC_F_MIRROR:
+            self.copies[w.id] = (w.copy_base, w.copy_len)
+            if w.flags & (state.SVC_F_MIRROR | state.SVC_F_TELEMETRY):
                 self.mirror_of[w.id] = w.mirror
             else:
+                assert w.copy_len == 0
                 self.mirror_of.pop(w.id, None)
         elif isinstance(w, state.ClearService):
             self.services.pop(w.id, None)
+            self.copies.pop(w.id, None)
             self.mirror_of.pop(w.id, None)
         elif isinstance(w, state.PutMirror):
             assert 0 <= w.slot < MIRROR_SLOTS
@@ -108,9 +112,13 @@ class Maps:
             for i in range(length):
                 slot = self.ring[base + i]
                 assert self.members[slot][1] == service, f"ring names slot {slot} of another"
+            copy_base, copies = self.copies[service]
+            for i in range(copies):
+                slot = self.ring[copy_base + i]
+                assert self.members[slot][1] == service, f"copies name slot {slot} of another"
             if service in self.mirror_of:
-                # a copy for each target of the cycle (more: dropped copies)
-                assert self.mirror_entries.get(self.mirror_of[service], 0) >= length
+                # a copy for each target (more: copies the egress program drops)
+                assert self.mirror_entries.get(self.mirror_of[service], 0) >= copies
         slots = [n for sid, n in self.mirror_of.items() if sid in self.vip_ports.values()]
         assert len(slots) == len(set(slots)), "two live mirror services share a broadcast map"
         for (address, _), (service, slot) in self.endpoints.items():
@@ -121,6 +129,11 @@ class Maps:
     def pick(self, vip: IPAddress, port: int) -> list[IPAddress]:
         """The cycle a new client of vip:port walks."""
         _, base, length = self.services[self.vip_ports[(vip, port)]]
+        return [self.members[self.ring[base + i]][0] for i in range(length)]
+
+    def copy_targets(self, vip: IPAddress, port: int) -> list[IPAddress]:
+        """The targets a copy (mirror, telemetry template) of vip:port goes to."""
+        base, length = self.copies[self.vip_ports[(vip, port)]]
         return [self.members[self.ring[base + i]][0] for i in range(length)]
 
 
@@ -458,8 +471,45 @@ def test_mirror_slots_are_kept_by_name_and_a_rename_takes_a_new_one() -> None:
 
 def test_mirror_limits_are_refused_before_any_write() -> None:
     many = tuple(mirror(f"m{i}", "10.0.0.1", (1000 + i,), "10.0.2.1") for i in range(9))
-    with pytest.raises(PlanError, match="9 mirror services but at most 8"):
+    with pytest.raises(PlanError, match="9 mirror and telemetry services but at most 8"):
         plan(Layout(), DesiredState(many), Limits(max_services=16))
     wide = mirror("wide", "10.0.0.1", (514,), *(f"10.0.3.{i}" for i in range(1, 34)))
     with pytest.raises(PlanError, match="33 targets but at most 32"):
         plan(Layout(), DesiredState((wide,)), Limits(max_real_servers=64))
+
+
+def telemetry(name: str, vip: str, ports: tuple[int, ...], *servers: str) -> ServiceSpec:
+    return replace(spec(name, vip, ports, *servers), mode="telemetry")
+
+
+def test_telemetry_is_per_packet_by_weight_with_each_target_once_for_templates() -> None:
+    """Telemetry: the cycle is by weight (per packet), the copies of templates
+    go to each server of weight > 0 once, as listed, after the cycle in the
+    ring; no primary; the broadcast map is filled before the descriptor."""
+    maps = Maps()
+    flows = telemetry("flows", "10.0.0.1", (2055,), "10.0.2.1=2", "10.0.2.2=0", "10.0.2.3")
+    first = run(maps, Layout(), DesiredState((COAP, flows)))
+    a, c = ip("10.0.2.1"), ip("10.0.2.3")
+    assert sorted(maps.pick(ip("10.0.0.1"), 2055), key=str) == [a, a, c]
+    assert maps.copy_targets(ip("10.0.0.1"), 2055) == [a, c]
+    (put,) = [w for w in first.writes if isinstance(w, state.PutMirror)]
+    assert put.targets == (a, c)
+    (desc,) = [w for w in first.writes if isinstance(w, state.PutService) and w.copy_len]
+    assert desc.flags == state.SVC_F_PER_PACKET | state.SVC_F_TELEMETRY
+    assert desc.copy_base == desc.ring_base + desc.ring_len
+    assert first.writes.index(put) < first.writes.index(desc)
+    assert all(w.flags == 0 for w in first.writes if isinstance(w, state.PutMember))
+    # a target joins (back from weight 0): both the cycle and the copies grow
+    joined = run(maps, first.layout, DesiredState((COAP, replace(
+        flows, servers=tuple(replace(s, weight=1) for s in flows.servers)))))
+    assert maps.copy_targets(ip("10.0.0.1"), 2055) == [a, ip("10.0.2.2"), c]
+    assert not any(isinstance(w, state.TrimMirror) for w in joined.writes)
+    # to mirror and back: the slot is kept, the copies follow the mode
+    mirrored = run(maps, joined.layout, DesiredState((COAP, replace(
+        joined.layout.services["flows"], mode="mirror"))))
+    assert mirrored.layout.mirrors == joined.layout.mirrors
+    assert maps.copy_targets(ip("10.0.0.1"), 2055) == maps.pick(ip("10.0.0.1"), 2055)
+    sticky = run(maps, mirrored.layout, DesiredState((COAP, replace(
+        joined.layout.services["flows"], mode="sticky"))))
+    assert "flows" not in sticky.layout.mirrors
+    assert any(isinstance(w, state.TrimMirror) and w.keep == 0 for w in sticky.writes)

@@ -199,6 +199,32 @@ static __always_inline void count_copy_fail(__u32 slot)
 		*n += 1;
 }
 
+static __always_inline void template_keep(struct xdp_md *ctx, __u32 service)
+{
+	__u64 len = ctx->data_end - ctx->data;
+	struct sbulb_template *rec;
+	__u32 n;
+
+	if (len == 0 || len > SBULB_TEMPLATE_FRAME_MAX)
+		goto not_kept;
+	/* the same number, in bounds the verifier can see: 1 .. FRAME_MAX (a
+	 * power of two), for a copy of at least one byte into frame[] */
+	n = (((__u32)len - 1) & (SBULB_TEMPLATE_FRAME_MAX - 1)) + 1;
+	rec = sbulb_templates.ringbuf_reserve(sizeof(*rec));
+	if (!rec)
+		goto not_kept;
+	rec->service = service;
+	rec->len = n;
+	if (bpf_xdp_load_bytes(ctx, 0, rec->frame, n) < 0) {
+		sbulb_templates.ringbuf_discard(rec, 0);
+		goto not_kept;
+	}
+	sbulb_templates.ringbuf_submit(rec, 0);
+	return;
+not_kept:
+	count(SBULB_STAT_TEMPLATE_NOT_KEPT);
+}
+
 static __always_inline void count_unreach(__u32 slot)
 {
 	__u64 *n = sbulb_rs_unreach.lookup(&slot);
@@ -308,6 +334,7 @@ static __always_inline int is_tx(__u32 stat)
  * NAT (Katran's packet_description). Exactly one of iph / ip6h is set.
  */
 struct packet {
+	struct xdp_md *ctx;
 	struct flow f;              /* addresses; ports once the UDP header is read */
 	struct sbulb_frag_key fkey; /* fragmented: the datagram, as it arrived */
 	struct target t;            /* TX: what to write, whose traffic it is */
@@ -466,6 +493,7 @@ static __always_inline __u32 process_icmp_v6(struct hdr_cursor *nh,
 static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 					 struct packet *p)
 {
+	struct payload pl;
 	struct udphdr *u;
 
 	if (parse_udphdr(nh, data_end, &u) < 0)
@@ -481,7 +509,10 @@ static __always_inline __u32 udp_verdict(struct hdr_cursor *nh, void *data_end,
 	p->udp = u;
 	p->f.sport = u->source;
 	p->f.dport = u->dest;
-	return decide(&p->f, p->ttl, p->fragment, &p->t);
+	pl.ctx = p->ctx;
+	pl.off = nh->pos - (void *)(long)p->ctx->data;
+	pl.len = bpf_ntohs(u->len) - sizeof(*u);
+	return decide(&p->f, p->ttl, p->fragment, &p->t, &pl);
 }
 
 /* Rewrite a TX packet's address (the destination for ingress, the source
@@ -510,6 +541,14 @@ static __always_inline void nat_packet(struct packet *p, __u32 stat)
 	}
 }
 
+/* What the walk asks sbulb_xdp to copy (mirror.h): a service's frame, and
+ * whether it is a telemetry template the daemon keeps too. */
+struct copy_req {
+	__u32 service;
+	__u16 magic; /* SBULB_MIRROR_MAGIC or SBULB_TEMPLATE_MAGIC */
+	__u8 keep;   /* a whole template datagram or its first fragment */
+};
+
 /*
  * The walk both families share, once their parser has filled *p: `stat` is
  * its verdict, or SBULB_CONTINUE. A fragmented datagram is decided by its
@@ -520,21 +559,24 @@ static __always_inline void nat_packet(struct packet *p, __u32 stat)
  */
 static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
 					 struct packet *p, __u32 stat, __u64 len,
-					 __u32 *mirror)
+					 struct copy_req *cp)
 {
 	if (stat == SBULB_CONTINUE)
 		stat = p->later ? frag_follow(&p->fkey, &p->f, &p->t)
 				: udp_verdict(nh, data_end, p);
 	if (p->fragment && !p->later)
 		frag_remember(&p->fkey, &p->f, stat, &p->t);
-	if (!is_tx(stat) && stat != SBULB_STAT_TX_MIRROR)
+	if (!is_tx(stat) && stat != SBULB_STAT_TX_MIRROR && stat != SBULB_STAT_TX_TEMPLATE)
 		return stat;
 	if (p->ttl < SBULB_MIN_TTL)
 		return SBULB_STAT_PASS_TTL; /* a later fragment, its first was fine */
-	if (stat == SBULB_STAT_TX_MIRROR) {
+	if (stat == SBULB_STAT_TX_MIRROR || stat == SBULB_STAT_TX_TEMPLATE) {
 		/* copied and rewritten by sbulb_mirror_tx (mirror.h) */
 		count_traffic(p->t.service, 0, SBULB_DIR_TO_SERVER, len);
-		*mirror = p->t.service;
+		cp->service = p->t.service;
+		cp->magic = stat == SBULB_STAT_TX_TEMPLATE ? SBULB_TEMPLATE_MAGIC
+							  : SBULB_MIRROR_MAGIC;
+		cp->keep = stat == SBULB_STAT_TX_TEMPLATE && !p->later;
 		return stat;
 	}
 	count_traffic(p->t.service, p->t.slot,
@@ -546,8 +588,8 @@ static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
 }
 
 /* IPv4: fill *p from the header (and its fragment fields), then walk. */
-static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
-					__u64 len, __u32 *mirror)
+static __always_inline __u32 process_v4(struct xdp_md *ctx, struct hdr_cursor *nh,
+					void *data_end, __u64 len, struct copy_req *cp)
 {
 	__u32 stat = SBULB_CONTINUE;
 	__u16 tot_len, hdr_len;
@@ -562,6 +604,7 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 		return process_icmp_v4(nh, data_end, iph, len);
 	if (proto != IPPROTO_UDP)
 		return SBULB_STAT_PASS_NOT_UDP;
+	p.ctx = ctx;
 	p.iph = iph;
 	p.ttl = iph->ttl;
 	p.fragment = ipv4_is_fragment(iph) != 0;
@@ -581,7 +624,7 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else
 		p.ip_payload = tot_len - hdr_len;
-	return process_udp(nh, data_end, &p, stat, len, mirror);
+	return process_udp(nh, data_end, &p, stat, len, cp);
 }
 
 /*
@@ -590,8 +633,8 @@ static __always_inline __u32 process_v4(struct hdr_cursor *nh, void *data_end,
  * fragment fields, with its 32-bit identification; the key's protocol is
  * the fragment header's next header, which every fragment carries.
  */
-static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
-					__u64 len, __u32 *mirror)
+static __always_inline __u32 process_v6(struct xdp_md *ctx, struct hdr_cursor *nh,
+					void *data_end, __u64 len, struct copy_req *cp)
 {
 	struct sbulb_ip6_frag *fh = NULL;
 	__u32 stat = SBULB_CONTINUE;
@@ -623,6 +666,7 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 	    !ipv6_is_ext_header(proto))
 		return SBULB_STAT_PASS_NOT_UDP;
 
+	p.ctx = ctx;
 	p.ip6h = ip6h;
 	p.ttl = ip6h->hop_limit;
 	__builtin_memcpy(&p.f.src, &ip6h->saddr, sizeof(p.f.src));
@@ -650,7 +694,7 @@ static __always_inline __u32 process_v6(struct hdr_cursor *nh, void *data_end,
 			  : process_icmp_v6(nh, data_end, ip6h, &p.f, len);
 	else
 		p.ip_payload = payload_len - (nh->pos - (void *)(ip6h + 1));
-	return process_udp(nh, data_end, &p, stat, len, mirror);
+	return process_udp(nh, data_end, &p, stat, len, cp);
 }
 
 int sbulb_xdp(struct xdp_md *ctx)
@@ -659,7 +703,8 @@ int sbulb_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	struct hdr_cursor nh = { .pos = data };
 	struct ethhdr *eth;
-	__u32 stat, mirror = 0;
+	struct copy_req cp = {};
+	__u32 stat;
 	int proto, action;
 	void *l3;
 
@@ -668,14 +713,16 @@ int sbulb_xdp(struct xdp_md *ctx)
 	if (proto < 0)
 		stat = SBULB_STAT_PASS_MALFORMED;
 	else if (proto == bpf_htons(ETH_P_IP))
-		stat = process_v4(&nh, data_end, data_end - data, &mirror);
+		stat = process_v4(ctx, &nh, data_end, data_end - data, &cp);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		stat = process_v6(&nh, data_end, data_end - data, &mirror);
+		stat = process_v6(ctx, &nh, data_end, data_end - data, &cp);
 	else
 		stat = SBULB_STAT_PASS_NOT_IP;
 
-	if (stat == SBULB_STAT_TX_MIRROR) {
-		action = mirror_out(ctx, mirror, &stat);
+	if (stat == SBULB_STAT_TX_MIRROR || stat == SBULB_STAT_TX_TEMPLATE) {
+		if (cp.keep)
+			template_keep(ctx, cp.service);
+		action = mirror_out(ctx, cp.service, cp.magic, &stat);
 	} else {
 		action = stat_action(stat);
 		if (action == XDP_TX)

@@ -62,6 +62,8 @@
 /* Service flags (struct sbulb_service flags; sbulb/state.py SVC_F_*). */
 #define SBULB_SVC_F_PER_PACKET 1 /* every datagram to the next server, no association */
 #define SBULB_SVC_F_MIRROR 2     /* every datagram to every server of its cycle (mirror.h) */
+#define SBULB_SVC_F_TELEMETRY 4  /* with PER_PACKET: NetFlow v9 / IPFIX templates to every
+				  * server (telemetry.h) */
 
 /* Member flags (struct sbulb_member flags; sbulb/state.py MEMBER_F_*). */
 #define SBULB_MEMBER_F_MOVE 1 /* down, on_down = move: its clients pick anew */
@@ -71,8 +73,17 @@
  * MIRROR_SLOTS), and targets of one (entries of its devmap). */
 #define SBULB_MIRROR_SLOTS 16
 #define SBULB_MIRROR_TARGETS 32
-/* The mark of a mirrored frame's metadata (mirror.h). */
+/* The mark of a mirrored frame's metadata (mirror.h), and of a telemetry
+ * template's (copied the same way, counted apart). */
 #define SBULB_MIRROR_MAGIC 0x5b1b
+#define SBULB_TEMPLATE_MAGIC 0x5b1c
+
+/* Telemetry (telemetry.h): flowsets (v9) or sets (IPFIX) looked at in one
+ * datagram for a template; the longest frame handed to the daemon, and
+ * the size of that ring buffer (pages). */
+#define SBULB_TELEMETRY_MAX_SETS 8
+#define SBULB_TEMPLATE_FRAME_MAX 2048 /* a power of two (balancer.c template_keep) */
+#define SBULB_TEMPLATE_PAGES 64
 
 /* Probe sockets of the daemon's health checks (sbulb_probes). */
 #define SBULB_MAX_PROBES 16384
@@ -205,7 +216,12 @@ enum sbulb_stat {
 					      * XDP metadata, no copy made */
 	SBULB_STAT_MIRROR_SENT = 38,        /* mirror: copies sent (on top of TX_MIRROR) */
 	SBULB_STAT_MIRROR_FAILED = 39, /* mirror: copies that could not be made */
-	SBULB_STAT_MAX = 40,
+	SBULB_STAT_TX_TEMPLATE = 40,   /* client -> telemetry service: a NetFlow v9 / IPFIX
+					* datagram with a template, copied to every target */
+	SBULB_STAT_TEMPLATE_COPIED = 41, /* telemetry: copies of templates sent */
+	SBULB_STAT_TEMPLATE_NOT_KEPT = 42, /* telemetry: a template the daemon could not be
+					    * given (too long, its ring buffer full) */
+	SBULB_STAT_MAX = 43,
 };
 
 /* Directions of sbulb_rs_stats (index = slot * 2 + direction) and of

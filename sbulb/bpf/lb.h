@@ -13,6 +13,7 @@
 #define SBULB_LB_H
 
 #include "maps.h"
+#include "telemetry.h"
 
 /* Addresses and ports of one UDP packet (network order). */
 struct flow {
@@ -223,9 +224,10 @@ static __always_inline int pick_hashed(struct sbulb_service *svc, struct target 
 
 /* Client -> VIP: find or create the client's association in its service;
  * t->to = its server, t->slot = that server's slot. `fragment`: the
- * datagram is a first fragment. */
+ * datagram is a first fragment; *pl its payload. */
 static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
-				     struct target *t, int fragment)
+				     struct target *t, int fragment,
+				     const struct payload *pl)
 {
 	struct sbulb_assoc_key key = {};
 	struct sbulb_addr old = {};
@@ -236,7 +238,13 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 
 	/* mirror mode: a copy to every server of the cycle (mirror.h) */
 	if (svc->flags & SBULB_SVC_F_MIRROR)
-		return svc->ring_len ? SBULB_STAT_TX_MIRROR
+		return svc->copy_len ? SBULB_STAT_TX_MIRROR
+				     : SBULB_STAT_DROP_NO_REAL_SERVER;
+
+	/* telemetry mode: a datagram with a template is copied to every
+	 * target (telemetry.h); the others are per packet, below */
+	if ((svc->flags & SBULB_SVC_F_TELEMETRY) && telemetry_is_template(pl))
+		return svc->copy_len ? SBULB_STAT_TX_TEMPLATE
 				     : SBULB_STAT_DROP_NO_REAL_SERVER;
 
 	/* per-packet mode: the next server in the cycle, remembered nowhere
@@ -397,7 +405,7 @@ out:
  * fragment): classify, then let the kernel have it if the TTL / hop limit
  * is about to expire, else NAT it. */
 static __always_inline __u32 decide(struct flow *f, __u8 ttl, int fragment,
-				    struct target *t)
+				    struct target *t, const struct payload *pl)
 {
 	struct sbulb_service *svc = NULL;
 
@@ -405,7 +413,7 @@ static __always_inline __u32 decide(struct flow *f, __u8 ttl, int fragment,
 	case DIR_INGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
-		return ingress(f, svc, t, fragment);
+		return ingress(f, svc, t, fragment, pl);
 	case DIR_EGRESS:
 		if (ttl < SBULB_MIN_TTL)
 			return SBULB_STAT_PASS_TTL;
@@ -438,7 +446,7 @@ static __always_inline void frag_remember(struct sbulb_frag_key *key,
 		val.to = t->to;
 		val.slot = t->slot;
 		val.service = t->service;
-	} else if (stat == SBULB_STAT_TX_MIRROR) {
+	} else if (stat == SBULB_STAT_TX_MIRROR || stat == SBULB_STAT_TX_TEMPLATE) {
 		val.service = t->service; /* its later fragments are copied too */
 	}
 	frag_store(key, &val);

@@ -44,26 +44,27 @@
 /* What mirror_out leaves in front of a frame (XDP metadata) for the copies. */
 struct sbulb_mirror_meta {
 	__u16 magic;     /* SBULB_MIRROR_MAGIC: a mirrored frame */
-	__u16 ring_len;  /* the service's targets: its cycle ... */
+	__u16 ring_len;  /* the service's targets (copy_base, copy_len) ... */
 	__u32 ring_base; /* ... in sbulb_ring, when the frame arrived */
 	__u32 seq;       /* this CPU's number for the frame (sbulb_mirror_seq) */
 	__u32 service;   /* service id */
 };
 
-/* Ingress: hand a mirrored frame to the broadcast of its service. *stat
+/* Ingress: hand a mirrored frame (magic SBULB_MIRROR_MAGIC) or a telemetry
+ * template (SBULB_TEMPLATE_MAGIC) to the broadcast of its service. *stat
  * becomes a drop verdict when no copy can be made. */
 static __always_inline int mirror_out(struct xdp_md *ctx, __u32 service,
-				      __u32 *stat)
+				      __u16 magic, __u32 *stat)
 {
 	struct sbulb_service *svc = svc_get(service);
 	struct sbulb_mirror_meta *m;
 	__u32 seq, len;
 
-	if (!svc_live(svc) || svc->ring_len == 0) {
+	if (!svc_live(svc) || svc->copy_len == 0) {
 		*stat = SBULB_STAT_DROP_NO_REAL_SERVER;
 		return XDP_DROP;
 	}
-	len = svc->ring_len;
+	len = svc->copy_len;
 	seq = mirror_seq_next();
 	/* exactly our metadata in front of the frame, whatever was there (a
 	 * driver's, or a recycled page's: the kernel's test-run page pool
@@ -78,9 +79,9 @@ static __always_inline int mirror_out(struct xdp_md *ctx, __u32 service,
 		*stat = SBULB_STAT_DROP_MIRROR_NO_META;
 		return XDP_DROP;
 	}
-	m->magic = SBULB_MIRROR_MAGIC;
+	m->magic = magic;
 	m->ring_len = len > SBULB_MIRROR_TARGETS ? SBULB_MIRROR_TARGETS : len;
-	m->ring_base = svc->ring_base;
+	m->ring_base = svc->copy_base;
 	m->seq = seq;
 	m->service = service;
 	return mirror_broadcast(svc->mirror);
@@ -188,7 +189,8 @@ static __always_inline int mirror_tx(struct xdp_md *ctx)
 	int proto;
 	void *l3;
 
-	if ((void *)(m + 1) > data || m->magic != SBULB_MIRROR_MAGIC)
+	if ((void *)(m + 1) > data ||
+	    (m->magic != SBULB_MIRROR_MAGIC && m->magic != SBULB_TEMPLATE_MAGIC))
 		return XDP_PASS;
 	st = mirror_state_get(ctx->egress_ifindex);
 	if (!st)
@@ -213,7 +215,8 @@ static __always_inline int mirror_tx(struct xdp_md *ctx)
 		goto failed;
 	}
 	count_traffic(0, *slot, SBULB_DIR_TO_SERVER, data_end - data);
-	count(SBULB_STAT_MIRROR_SENT);
+	count(m->magic == SBULB_TEMPLATE_MAGIC ? SBULB_STAT_TEMPLATE_COPIED
+					       : SBULB_STAT_MIRROR_SENT);
 	return XDP_PASS;
 failed:
 	count(SBULB_STAT_MIRROR_FAILED);

@@ -41,7 +41,9 @@ struct sbulb_service {
 	__u32 ring_base;       /* first entry of its cycle in sbulb_ring */
 	__u32 ring_len;        /* entries of its cycle; 0: no server takes new clients */
 	__u32 flags;           /* SBULB_SVC_F_* (consts.h): its mode */
-	__u32 mirror;          /* SBULB_SVC_F_MIRROR: its broadcast devmap (sbulb_mirror_<n>) */
+	__u32 mirror;          /* mirror, telemetry: its broadcast devmap (sbulb_mirror_<n>) ... */
+	__u32 copy_base;       /* ... and the targets of its copies, in sbulb_ring (for */
+	__u32 copy_len;        /* mirror its cycle; for telemetry after its cycle) */
 };
 
 /* Value of sbulb_rs, indexed by member slot: one real server of one
@@ -135,6 +137,14 @@ struct sbulb_rate {
 struct sbulb_mirror_state {
 	__u32 seq;  /* the frame's sequence number (struct sbulb_mirror_meta) */
 	__u32 next; /* index of its next copy among the service's targets */
+};
+
+/* A telemetry template datagram for the daemon (ring buffer sbulb_templates,
+ * telemetry.h): the frame as it arrived, before NAT. Python reads the bytes. */
+struct sbulb_template {
+	__u32 service; /* service id */
+	__u32 len;     /* bytes of frame[] used */
+	__u8 frame[SBULB_TEMPLATE_FRAME_MAX];
 };
 
 #endif /* SBULB_STRUCTS_H */
