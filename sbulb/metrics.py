@@ -65,7 +65,7 @@ from sbulb import __version__
 from sbulb.config import COPY_MODES, IPAddress
 from sbulb.consts import Stat, StatKind
 from sbulb.dataplane import Dataplane, Traffic
-from sbulb.state import RTT_BUCKETS, Snapshot
+from sbulb.state import RTT_BUCKETS, Snapshot, TemplateCounts
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,13 @@ class Collector:
                                      "not be made (no route through the interface, no "
                                      "neighbour); copies sent are its packets to the server",
                                      labels=["service", "server"])
+        templates = CounterMetricFamily(
+            "sbulb_telemetry_templates", "Telemetry template datagrams: seen (handed to the "
+            "daemon), replayed to joining collectors, not kept (fragments, unreadable)",
+            labels=["service", "result"])
+        exporters = GaugeMetricFamily("sbulb_telemetry_exporters",
+                                      "Exporters whose templates a telemetry service keeps",
+                                      labels=["service"])
         ids = [snap.ids[spec.name] for spec in snap.services]
         per_service = dp.service_traffic(ids)
         per_member = self.counts.get()
@@ -193,6 +200,11 @@ class Collector:
                                  spec.mode], 1)
             _add_traffic(svc_packets, svc_octets, [spec.name], per_service.get(i, Traffic()))
             svc_assoc.add_metric([spec.name], counts.get(i, 0))
+            if spec.mode == "telemetry":
+                tc = snap.templates.get(spec.name, TemplateCounts())
+                for result in ("seen", "replayed", "not_kept"):
+                    templates.add_metric([spec.name, result], getattr(tc, result))
+                exporters.add_metric([spec.name], tc.exporters)
             for server in spec.servers:
                 name = str(server.address)
                 t = traffic.get((i, server.address), Traffic())
@@ -213,7 +225,7 @@ class Collector:
                         rtt.add_metric([spec.name, name], buckets, view.rtt_sum)
         yield from (packets, octets, weight, svc_packets, svc_octets, svc_assoc, rs_assoc,
                     svc_info, failed)
-        yield from (up, probes, rtt)
+        yield from (up, probes, rtt, templates, exporters)
 
         total = sum(per_member.values())
         yield GaugeMetricFamily("sbulb_associations_count_age_seconds",

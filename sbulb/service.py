@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from sbulb import __version__, health, neigh, state
+from sbulb import __version__, health, neigh, state, telemetry
 from sbulb.config import (
     COPY_MODES,
     DEFAULT_SERVICE,
@@ -248,6 +248,8 @@ class Service:
         self._loaded = False  # _prepare() done
         self.check_report: list[str] = []  # what --check says it found (check())
         self._pinned: str | None = None  # where the associations are pinned, once loaded
+        self._templates = telemetry.TemplateStore()  # telemetry services' exporters
+        self._replayer = telemetry.Replayer()
         self.snapshot = self._make_snapshot()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_requested = False
@@ -368,6 +370,9 @@ class Service:
         new snapshot. Raises PlanError or DataplaneError; then the running
         state is the old one."""
         planned = state.plan(self.layout, desired, self.config.limits)
+        # a collector that joins a telemetry service gets the templates it
+        # needs before the data path sends it any data
+        self._replay(telemetry.joiners(self.layout.services, desired.services))
         try:
             self.dataplane.apply(planned.writes)
         except DataplaneError:
@@ -375,8 +380,34 @@ class Service:
                 self._roll_back(planned.layout)
             raise
         self.layout, self.desired = planned.layout, desired
+        self._templates.keep_only(s.name for s in desired.services if s.mode == "telemetry")
         self.snapshot = self._make_snapshot()
         return planned
+
+    def _replay(self, joining: dict[str, tuple[IPAddress, ...]]) -> None:
+        for name, collectors in joining.items():
+            datagrams = self._templates.datagrams(name)
+            if not datagrams:
+                continue
+            for collector in collectors:
+                sent = sum(self._replayer.send(d, collector) for d in datagrams)
+                self._templates.replayed(name, sent)
+                log.info("telemetry.replay service=%s collector=%s datagrams=%d exporters=%d",
+                         name, collector, sent, len({d.exporter for d in datagrams}))
+
+    def _keep_templates(self) -> None:
+        """Keep the template datagrams the data path handed over (the
+        latest per exporter and template id)."""
+        frames = self.dataplane.take_templates()
+        if not frames:
+            return
+        names = self.snapshot.names()
+        for frame in frames:
+            name = names.get(frame.service)
+            spec = self.desired.service(name) if name else None
+            if spec is not None and spec.mode == "telemetry":
+                self._templates.add(name, frame.frame)
+        self.snapshot = replace(self.snapshot, templates=self._templates.counts())
 
     def _roll_back(self, attempted: Layout) -> None:
         """A write failed part way through a plan: put the maps back to the
@@ -650,6 +681,7 @@ class Service:
             health=self._health_views(),
             disabled=self._disabled,
             file_weights={key: _file_weight(self.base, key) or 0 for key in self._weights},
+            templates=self._templates.counts(),
         )
 
     def check(self) -> list[str]:
@@ -811,6 +843,7 @@ class Service:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        self._replayer.close()
         self.dataplane.close(detach=detach)
         for lock in self._locks:
             lock.release()
@@ -1095,6 +1128,9 @@ class Service:
                 "mode": spec.mode,
                 "associations": per_service.get(i, 0),
                 **_traffic_fields(service_traffic.get(i, Traffic())),
+                **({} if spec.mode != "telemetry" else {
+                    "templates": snapshot.templates.get(spec.name, state.TemplateCounts())._asdict(),
+                }),
                 "real_servers": servers,
             })
         report = {
@@ -1167,6 +1203,7 @@ class Service:
             if changed_at is not None and time.monotonic() - changed_at >= RELOAD_DEBOUNCE:
                 self._file_changed_at = None
                 self.reload("file")
+            self._keep_templates()
             events = self.dataplane.poll_events()
             if events:
                 names = self.snapshot.names()

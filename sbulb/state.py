@@ -651,6 +651,16 @@ class HealthView(NamedTuple):
     rtt_sum: float = 0.0
 
 
+class TemplateCounts(NamedTuple):
+    """What status and metrics show of one telemetry service's templates
+    (sbulb/telemetry.py)."""
+
+    exporters: int = 0  # exporters whose templates are kept
+    seen: int = 0  # template datagrams the data path handed over
+    replayed: int = 0  # datagrams sent to joining collectors
+    not_kept: int = 0  # handed over but not kept (a fragment, unreadable)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What metrics and the control socket show of the running state:
@@ -677,6 +687,7 @@ class Snapshot:
     # sbulbctl server set-weight / drain: the weight the file gives each
     # overridden member (the services above carry the override)
     file_weights: Mapping[Member, int] = field(default_factory=dict)
+    templates: Mapping[str, TemplateCounts] = field(default_factory=dict)  # telemetry services
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import csv
 import ipaddress
-import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
@@ -89,8 +87,8 @@ def write_capture(path: Path, flows: int, family: int = 4, src_net: str | None =
             src = str(net.network_address + 1 + i % hosts)
             frame = udp_frame(src, dst, 1024 + i // hosts, dport, b"flow %d/%d" % (i, round_))
             usec = tick * 10
-            out += struct.pack("<IIII", T0 + usec // 1_000_000, usec % 1_000_000, len(frame), len(frame))
-            out += frame
+            sec, usec = T0 + usec // 1_000_000, usec % 1_000_000
+            out += struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame
             tick += 1
     Path(path).write_bytes(out)
 
@@ -100,7 +98,8 @@ def hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-_EXPORTED = re.compile(r"Flows exported: (\d+) \((\d+) records\) in (\d+) packets \((\d+) failures\)")
+_EXPORTED = re.compile(
+    r"Flows exported: (\d+) \((\d+) records\) in (\d+) packets \((\d+) failures\)")
 
 
 def run_softflowd(netns: str | None, capture: Path, dest: str, port: int, version: int,
@@ -121,11 +120,14 @@ def run_softflowd(netns: str | None, capture: Path, dest: str, port: int, versio
     return int(match.group(1))
 
 
-def _udp_socket(netns: str | None, port: int) -> list[tuple[str, int]]:
-    """(local address, Recv-Q bytes) of each UDP socket bound to `port`."""
-    out = subprocess.run(_in_ns(netns, ["ss", "-Huln", "sport", "=", f":{port}"]),
+def _udp_sockets(netns: str | None, port: int) -> list[tuple[int, int]]:
+    """(Recv-Q bytes, drops so far) of each UDP socket bound to `port`
+    (`ss -m`: a socket's line, then its skmem:(...,d<drops>) line)."""
+    out = subprocess.run(_in_ns(netns, ["ss", "-Hulnm", "sport", "=", f":{port}"]),
                          capture_output=True, text=True, timeout=10, check=True).stdout
-    return [(f[3], int(f[1])) for f in (line.split() for line in out.splitlines()) if len(f) >= 4]
+    queues = [int(line.split()[1]) for line in out.splitlines() if line[:1].strip()]
+    drops = [int(d) for d in re.findall(r"skmem:\(.*?,d(\d+)\)", out)]
+    return list(zip(queues, drops))
 
 
 class Collector:
@@ -134,7 +136,9 @@ class Collector:
 
     Started in the foreground (-w DIR -p PORT -b ADDR -B BUFSIZE; -b with an
     IPv6 address binds IPv6, -6 is only for the wildcard) and returned once
-    its socket is bound (ss, bounded by `timeout`)."""
+    its socket is bound and it has said 'Startup' (after it set the buffer
+    size), bounded by `timeout`. After stop(), `drops` holds the datagrams
+    the kernel dropped on its socket (buffer full), from ss."""
 
     def __init__(self, netns: str | None, addr: str, port: int, workdir: Path | None = None,
                  bufsize: int = 1 << 23, timeout: float = 10.0) -> None:
@@ -149,11 +153,13 @@ class Collector:
                 _in_ns(netns, ["nfcapd", "-w", str(self.flowdir), "-p", str(port),
                                "-b", addr, "-B", str(bufsize)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.drops = 0
         deadline = time.monotonic() + timeout
-        while not _udp_socket(netns, port):
+        while "Startup" not in self.log() or not _udp_sockets(netns, port):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
                 self.close()
-                raise RuntimeError(f"nfcapd did not bind {addr}:{port}: {self.log()}")
+                raise RuntimeError(f"nfcapd did not start on {addr}:{port}: {log}")
             time.sleep(0.01)
 
     def log(self) -> str:
@@ -167,7 +173,11 @@ class Collector:
         if self.process.poll() is not None:
             return
         deadline = time.monotonic() + self.timeout
-        while any(q for _, q in _udp_socket(self.netns, self.port)) and time.monotonic() < deadline:
+        while True:
+            sockets = _udp_sockets(self.netns, self.port)
+            self.drops = sum(d for _, d in sockets)
+            if not any(q for q, _ in sockets) or time.monotonic() > deadline:
+                break
             time.sleep(0.01)
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -223,9 +233,9 @@ if __name__ == "__main__":
                         exported = run_softflowd(ns, cap, addr, 9995, version)
                         decoded = collector.flows()
                     took = time.monotonic() - began
-                    print(f"IPv{family} v{version}: softflowd exported {exported}, "
-                          f"nfdump decoded {decoded} ({took:.2f} s)")
-                    assert exported == decoded == FLOWS, (exported, decoded)
+                    print(f"IPv{family} v{version}: softflowd exported {exported}, nfdump "
+                          f"decoded {decoded}, socket drops {collector.drops} ({took:.2f} s)")
+                    assert exported == decoded == FLOWS and not collector.drops
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     print("ok")

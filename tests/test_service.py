@@ -109,6 +109,9 @@ class FakeDataplane:
     def poll_events(self) -> list:
         return []
 
+    def take_templates(self) -> list:
+        return []
+
     def take_neighbour_misses(self) -> list:
         return []
 
