@@ -716,6 +716,10 @@ class Dataplane:
     def service_id(self, name: str) -> int:
         return self._layout.ids[name]
 
+    def member_slot(self, service: str, address: IPAddress) -> int:
+        """The slot of a (service, real server) (tests)."""
+        return self._layout.slots[(service, address)]
+
     def _apply_single(self, vip: IPAddress, ports: tuple[int, ...],
                       servers: tuple[RealServer, ...]) -> ServerChange:
         desired = state.DesiredState.single(vip, ports, servers)
@@ -932,6 +936,11 @@ class Dataplane:
         if len(self._templates) < MAX_PENDING_TEMPLATES and 8 + length <= size:
             self._templates.append(TemplateFrame(service, raw[8:8 + length]))
         return 0
+
+    def templates_fd(self) -> int | None:
+        """The template ring buffer's map fd: readable (select) when the
+        data path has handed over a template."""
+        return None if self._bpf is None else self._table("sbulb_templates").map_fd
 
     def take_templates(self) -> list[TemplateFrame]:
         """Telemetry template frames the data path handed over since the

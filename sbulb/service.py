@@ -1191,7 +1191,10 @@ class Service:
     def loop(self) -> None:
         while not self._stop_requested:
             self._ping_watchdog()
-            select.select([self._wake_r], [], [], self._timeout())
+            # the template ring buffer too: templates are kept at once
+            templates = self.dataplane.templates_fd()
+            select.select([self._wake_r] + ([templates] if templates is not None else []), [], [],
+                          self._timeout())
             self._drain_wake_pipe()
             if self._stop_requested:
                 break

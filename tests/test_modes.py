@@ -5,6 +5,7 @@ receivers and `logger`, through the lab and the real CLI."""
 from __future__ import annotations
 
 import random
+import struct
 import signal
 import subprocess
 from pathlib import Path
@@ -130,3 +131,127 @@ def test_syslog_migration_through_mirror_mode(lab: Lab, tmp_path: Path, family: 
     # fragments were mirrored: more frames than messages, three copies each
     assert counters["TX_MIRROR"] > MESSAGES
     assert counters["MIRROR_SENT"] == 3 * counters["TX_MIRROR"]
+
+
+# ---- telemetry: softflowd -> sbulb -> three nfcapd (tests/netflow.py)
+
+FLOWS_PORT, PER_PACKET_PORT = 2055, 2056
+EXPORTED = 5000
+
+
+def _flows_config(net, path: Path, weights: tuple[int, ...] = (1, 1, 1)) -> None:
+    servers = " ".join(f"{a}={w}" for a, w in zip(net.real_servers, weights))
+    path.write_text(
+        f"[Service flows]\nmode = telemetry\naddress = {net.vip}\nports = {FLOWS_PORT}\n"
+        f"servers = {servers}\n\n"
+        f"[Service flows-per-packet]\nmode = per-packet\naddress = {net.vip}\n"
+        f"ports = {PER_PACKET_PORT}\nservers = {servers}\n")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_netflow_and_ipfix_through_telemetry_mode(lab: Lab, tmp_path: Path, family: int) -> None:
+    """softflowd exports 5000 flows (NetFlow v9, then IPFIX) from a capture to
+    the VIP; behind a telemetry service three nfcapd collectors decode them
+    all between them (templates reach each, data once), each at least a
+    quarter. The same export to a per-packet service loses flows: two
+    collectors in three lack the templates until their turn comes."""
+    from tests import netflow
+
+    net = lab.addresses(family)
+    capture = tmp_path / "flows.pcap"
+    netflow.write_capture(capture, EXPORTED, family=family)
+    conf = tmp_path / "sbulb.conf"
+    _flows_config(net, conf)
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
+    results = {}
+    try:
+        process.wait_ready()
+        for version in (9, 10):
+            decoded = {}
+            for port in (FLOWS_PORT, PER_PACKET_PORT):
+                collectors = [netflow.Collector(ns, str(a), port, tmp_path / f"v{version}-{port}-{i}")
+                              for i, (ns, a) in enumerate(zip(lab.server_ns, net.real_servers))]
+                try:
+                    exported = netflow.run_softflowd(lab.client_ns, capture, str(net.vip), port,
+                                                     version)
+                    assert exported == EXPORTED
+                    decoded[port] = [c.flows() for c in collectors]
+                    assert all(c.drops == 0 for c in collectors)
+                finally:
+                    for c in collectors:
+                        c.close()
+            results[version] = decoded
+        # the daemon keeps what the data path handed over (for replays)
+        assert wait_until(lambda: _templates(lab)["exporters"] == 2, DELIVERY_TIMEOUT)
+        status = ctl_json(lab, "status")
+    finally:
+        process.close()
+    for version, decoded in results.items():
+        spread, per_packet = decoded[FLOWS_PORT], decoded[PER_PACKET_PORT]
+        assert sum(spread) == EXPORTED, f"v{version}: decoded {spread} of {EXPORTED}"
+        assert min(spread) >= EXPORTED // 4, f"v{version}: {spread}"
+        lost = EXPORTED - sum(per_packet)
+        # the mode exists for this: per packet, data reaches collectors
+        # that have not seen its template yet, and they drop it
+        assert lost > 0, f"v{version}: per-packet decoded {per_packet}, lost none"
+        print(f"v{version}: telemetry decoded {spread}; per-packet {per_packet}, "
+              f"{lost} flows lost for want of templates")
+    counters = status["counters"]
+    assert counters["TX_TEMPLATE"] > 0 and counters["MIRROR_FAILED"] == 0
+    assert counters["TEMPLATE_COPIED"] == 3 * counters["TX_TEMPLATE"]
+    (flows,) = [s for s in status["services"] if s["name"] == "flows"]
+    # one exporter per version (v9 and IPFIX templates are apart)
+    assert flows["templates"]["seen"] == counters["TX_TEMPLATE"]
+    assert flows["templates"]["exporters"] == 2
+
+
+def test_a_collector_that_joins_gets_the_templates_at_once(lab: Lab, tmp_path: Path) -> None:
+    """An exporter sends its template once, then data. A third collector
+    joins (weight 0 -> 1 by a reload): the daemon replays the template to
+    it, from the exporter's address, so its share of the next data decodes
+    although the exporter sent no template since."""
+    from sbulb.lab import Client
+    from tests import netflow
+    from tests.packets import netflow9
+
+    net = lab.addresses(4)
+    conf = tmp_path / "sbulb.conf"
+    _flows_config(net, conf, weights=(1, 1, 0))
+    # template 256: IPv4 source, destination, packets, bytes (4 bytes each)
+    fields = ((8, 4), (12, 4), (2, 4), (1, 4))
+    template = struct.pack("!HH", 256, len(fields)) + b"".join(
+        struct.pack("!HH", *f) for f in fields)
+
+    def data(seq: int, records: int = 4) -> bytes:
+        body = b"".join(struct.pack("!4s4sII", bytes([10, 9, seq % 250, r]),
+                                    bytes([10, 8, 0, 1]), 1, 100) for r in range(records))
+        return netflow9((256, body), sequence=seq, source_id=3)
+
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], tmp_path)
+    collectors = [netflow.Collector(ns, str(a), FLOWS_PORT, tmp_path / f"c{i}")
+                  for i, (ns, a) in enumerate(zip(lab.server_ns, net.real_servers))]
+    exporter = Client(lab.client_ns, net.clients[0])
+    try:
+        process.wait_ready()
+        exporter.send(net.vip, FLOWS_PORT, netflow9((0, template), source_id=3))
+        assert wait_until(lambda: _templates(lab)["seen"] == 1, DELIVERY_TIMEOUT)
+        for seq in range(1, 7):  # to the two collectors
+            exporter.send(net.vip, FLOWS_PORT, data(seq))
+        _flows_config(net, conf, weights=(1, 1, 1))
+        process.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: _templates(lab)["replayed"] == 1, DELIVERY_TIMEOUT)
+        for seq in range(7, 19):  # 12 datagrams: 4 to each of the three
+            exporter.send(net.vip, FLOWS_PORT, data(seq))
+        decoded = [c.flows() for c in collectors]
+    finally:
+        exporter.close()
+        for c in collectors:
+            c.close()
+        process.close()
+    assert decoded[2] == 4 * 4, f"the joining collector decoded {decoded[2]} of 16 flows"
+    assert sum(decoded) == 18 * 4, decoded
+
+
+def _templates(lab: Lab) -> dict:
+    (flows,) = [s for s in ctl_json(lab, "status")["services"] if s["name"] == "flows"]
+    return flows["templates"]

@@ -112,6 +112,9 @@ class FakeDataplane:
     def take_templates(self) -> list:
         return []
 
+    def templates_fd(self) -> None:
+        return None
+
     def take_neighbour_misses(self) -> list:
         return []
 

@@ -241,6 +241,7 @@ def test_per_packet_icmp_from_a_server_reaches_the_client(loaded: Dataplane) -> 
 
 
 REDIRECT = XdpAction.REDIRECT
+META = 24  # bytes of struct sbulb_mirror_meta in front of a broadcast frame
 
 
 def mirror(dp: Dataplane, net=V4, weights: tuple[int, ...] = (1, 1, 0)) -> None:
@@ -265,7 +266,7 @@ def test_mirror_fixtures(loaded: Dataplane) -> None:
         out = loaded.test_run(frame)
         # the frame untouched, behind the metadata for the egress program
         # (mirror.h struct sbulb_mirror_meta): two targets of weight > 0
-        assert (out.action, out.frame[16:]) == (REDIRECT, frame)
+        assert (out.action, out.frame[META:]) == (REDIRECT, frame)
         magic, targets, _, seq, _ = struct.unpack("=HHIII", out.frame[:16])
         assert (magic, targets) == (0x5B1B, 2)
         assert struct.unpack("=HHIII", loaded.test_run(frame).frame[:16])[3] == seq + 1
@@ -422,24 +423,34 @@ def test_telemetry_fixtures(loaded: Dataplane) -> None:
         "ipfix template past its length": ipfix(data, (2, TEMPLATE_RECORD), length=16 + 12),
         "v9 template beyond 8 flowsets": netflow9(*([data] * 8), tmpl),
     }
+    # where the copies for the collectors that do not get the data are cut:
+    # after the leading templates (0: whole)
+    cut = {"v9 template": 20 + 4 + len(TEMPLATE_RECORD), "v9 options template": 0,
+           "v9 template after data": 0, "ipfix template": 16 + 4 + len(TEMPLATE_RECORD),
+           "ipfix options template": 0}
     for net, layer in ((V4, IP), (V6, IPv6)):
         telemetry(loaded, net)
         rs, client = net.real_servers, net.clients[0]
+        slots = {loaded.member_slot("flows", net.ip(a)): a for a in rs[:3]}
+        whole = []
         for name, payload in templates.items():
             frame = bytes(udp(net, client, net.vip, 9995, FLOWS, payload))
             out = loaded.test_run(frame)
-            assert (out.action, out.frame[16:]) == (REDIRECT, frame), name
-            magic, targets, _, _, _ = struct.unpack("=HHIII", out.frame[:16])
-            assert (magic, targets) == (0x5B1C, 2), name  # the two of weight > 0
+            assert (out.action, out.frame[META:]) == (REDIRECT, frame), name
+            magic, targets, _, _, _, slot, trim = struct.unpack("=HHIIIII", out.frame[:META])
+            assert (magic, targets, trim) == (0x5B1C, 2, cut[name]), name  # 2 of weight > 0
+            whole.append(slots[slot])
             kept = loaded.take_templates()
             assert [(t.service, t.frame) for t in kept] == [
                 (loaded.service_id("flows"), frame)], name
+        # the whole one (the data's share) goes round by weight 2:1
+        assert whole == [rs[0], rs[1], rs[0], rs[0], rs[1]]
         seen = []
         for name, payload in per_packet_exports.items():
             out = loaded.test_run(bytes(udp(net, client, net.vip, 9995, FLOWS, payload)))
             assert out.action == TX, name
             seen.append(Ether(out.frame)[layer].dst)
-        # smooth weighted round robin 2:1 over the 12, whatever they hold
+        # smooth weighted round robin 2:1 (after the 5 above), whatever they hold
         assert seen.count(rs[0]) == 8 and seen.count(rs[1]) == 4 and rs[2] not in seen
         assert loaded.take_templates() == []
         # a fragmented template: every fragment copied, the first one kept

@@ -199,6 +199,13 @@ static __always_inline void count_copy_fail(__u32 slot)
 		*n += 1;
 }
 
+static __always_inline struct sbulb_chunk *csum_chunk(void)
+{
+	__u32 zero = 0;
+
+	return sbulb_csum_chunk.lookup(&zero);
+}
+
 static __always_inline void template_keep(struct xdp_md *ctx, __u32 service)
 {
 	__u64 len = ctx->data_end - ctx->data;
@@ -547,6 +554,8 @@ struct copy_req {
 	__u32 service;
 	__u16 magic; /* SBULB_MIRROR_MAGIC or SBULB_TEMPLATE_MAGIC */
 	__u8 keep;   /* a whole template datagram or its first fragment */
+	__u32 whole; /* template: the member slot that gets it whole ... */
+	__u32 trim;  /* ... and the payload the others keep (0: all of it) */
 };
 
 /*
@@ -577,6 +586,9 @@ static __always_inline __u32 process_udp(struct hdr_cursor *nh, void *data_end,
 		cp->magic = stat == SBULB_STAT_TX_TEMPLATE ? SBULB_TEMPLATE_MAGIC
 							  : SBULB_MIRROR_MAGIC;
 		cp->keep = stat == SBULB_STAT_TX_TEMPLATE && !p->later;
+		/* a fragmented one is copied whole: its data may be anywhere */
+		cp->whole = p->t.slot;
+		cp->trim = stat == SBULB_STAT_TX_TEMPLATE && !p->fragment ? p->t.trim : 0;
 		return stat;
 	}
 	count_traffic(p->t.service, p->t.slot,
@@ -722,7 +734,7 @@ int sbulb_xdp(struct xdp_md *ctx)
 	if (stat == SBULB_STAT_TX_MIRROR || stat == SBULB_STAT_TX_TEMPLATE) {
 		if (cp.keep)
 			template_keep(ctx, cp.service);
-		action = mirror_out(ctx, cp.service, cp.magic, &stat);
+		action = mirror_out(ctx, cp.service, cp.magic, cp.whole, cp.trim, &stat);
 	} else {
 		action = stat_action(stat);
 		if (action == XDP_TX)

@@ -84,6 +84,8 @@
 #define SBULB_TELEMETRY_MAX_SETS 8
 #define SBULB_TEMPLATE_FRAME_MAX 2048 /* a power of two (balancer.c template_keep) */
 #define SBULB_TEMPLATE_PAGES 64
+/* bpf_csum_diff's most bytes at once (telemetry.h template_trim): a power of two */
+#define SBULB_CSUM_CHUNK 512
 
 /* Probe sockets of the daemon's health checks (sbulb_probes). */
 #define SBULB_MAX_PROBES 16384

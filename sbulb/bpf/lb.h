@@ -28,6 +28,7 @@ struct target {
 	struct sbulb_addr to; /* the address written: destination (ingress) or source */
 	__u32 service;        /* service id */
 	__u32 slot;           /* the real server's member slot (0: look it up) */
+	__u32 trim;           /* TX_TEMPLATE: bytes of payload the other copies keep (0: all) */
 };
 
 enum direction {
@@ -243,9 +244,13 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 
 	/* telemetry mode: a datagram with a template is copied to every
 	 * target (telemetry.h); the others are per packet, below */
-	if ((svc->flags & SBULB_SVC_F_TELEMETRY) && telemetry_is_template(pl))
-		return svc->copy_len ? SBULB_STAT_TX_TEMPLATE
-				     : SBULB_STAT_DROP_NO_REAL_SERVER;
+	if ((svc->flags & SBULB_SVC_F_TELEMETRY) && telemetry_is_template(pl, &t->trim)) {
+		/* the next server by weight gets it whole (its data records
+		 * too), the other copies are cut after the templates */
+		if (svc->copy_len == 0 || pick_server(svc, t) < 0)
+			return SBULB_STAT_DROP_NO_REAL_SERVER;
+		return SBULB_STAT_TX_TEMPLATE;
+	}
 
 	/* per-packet mode: the next server in the cycle, remembered nowhere
 	 * (a fragmented datagram's later fragments follow its first one) */

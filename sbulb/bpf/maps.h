@@ -149,6 +149,9 @@ BPF_PERCPU_ARRAY(sbulb_svc_stats, struct sbulb_traffic,
 /* Per-CPU packet counters by enum sbulb_stat. */
 BPF_PERCPU_ARRAY(sbulb_stats, __u64, SBULB_STAT_MAX);
 
+/* Scratch space to checksum a cut template copy (telemetry.h). */
+BPF_PERCPU_ARRAY(sbulb_csum_chunk, struct sbulb_chunk, 1);
+
 /* Telemetry templates for the daemon (telemetry.h), one struct
  * sbulb_template each. */
 BPF_RINGBUF_OUTPUT(sbulb_templates, SBULB_TEMPLATE_PAGES);
@@ -194,6 +197,7 @@ static __always_inline int mirror_broadcast(__u32 n);
 static __always_inline void count_copy_fail(__u32 slot);
 /* hand a telemetry template's frame to the daemon (ring buffer sbulb_templates) */
 static __always_inline void template_keep(struct xdp_md *ctx, __u32 service);
+static __always_inline struct sbulb_chunk *csum_chunk(void);
 /* count a packet of `bytes` to/from a member slot (0: none) and its
  * service (enum sbulb_direction) */
 static __always_inline void count_traffic(__u32 service, __u32 slot, __u32 dir,

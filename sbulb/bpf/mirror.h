@@ -40,6 +40,7 @@
 #include "maps.h"
 #include "nat.h"
 #include "parsing.h"
+#include "telemetry.h"
 
 /* What mirror_out leaves in front of a frame (XDP metadata) for the copies. */
 struct sbulb_mirror_meta {
@@ -48,13 +49,15 @@ struct sbulb_mirror_meta {
 	__u32 ring_base; /* ... in sbulb_ring, when the frame arrived */
 	__u32 seq;       /* this CPU's number for the frame (sbulb_mirror_seq) */
 	__u32 service;   /* service id */
+	__u32 whole;     /* template: the member slot whose copy stays whole ... */
+	__u32 trim;      /* ... and the UDP payload the other copies keep (0: all) */
 };
 
 /* Ingress: hand a mirrored frame (magic SBULB_MIRROR_MAGIC) or a telemetry
  * template (SBULB_TEMPLATE_MAGIC) to the broadcast of its service. *stat
  * becomes a drop verdict when no copy can be made. */
 static __always_inline int mirror_out(struct xdp_md *ctx, __u32 service,
-				      __u16 magic, __u32 *stat)
+				      __u16 magic, __u32 whole, __u32 trim, __u32 *stat)
 {
 	struct sbulb_service *svc = svc_get(service);
 	struct sbulb_mirror_meta *m;
@@ -84,6 +87,8 @@ static __always_inline int mirror_out(struct xdp_md *ctx, __u32 service,
 	m->ring_base = svc->copy_base;
 	m->seq = seq;
 	m->service = service;
+	m->whole = whole;
+	m->trim = trim;
 	return mirror_broadcast(svc->mirror);
 }
 
@@ -184,9 +189,10 @@ static __always_inline int mirror_tx(struct xdp_md *ctx)
 	struct sbulb_mirror_meta *m = (void *)(long)ctx->data_meta;
 	struct sbulb_mirror_state *st;
 	struct sbulb_member *member;
+	__u32 k, *slot, copy;
+	struct sbulb_addr to;
 	struct ethhdr *eth;
-	__u32 k, *slot;
-	int proto;
+	int proto, template;
 	void *l3;
 
 	if ((void *)(m + 1) > data ||
@@ -209,14 +215,30 @@ static __always_inline int mirror_tx(struct xdp_md *ctx)
 	member = rs_get(*slot);
 	if (!member || member->service != m->service || addr_is_zero(&member->addr))
 		goto failed;
-	if (mirror_rewrite(data, data_end, &member->addr, &eth, &l3, &proto) < 0 ||
+	to = member->addr;
+	template = m->magic == SBULB_TEMPLATE_MAGIC;
+	/* a template's copy for a collector that does not get its data: cut
+	 * (telemetry.h; every packet pointer is new afterwards) */
+	if (template && m->trim && *slot != m->whole) {
+		copy = *slot;
+		if (template_trim(ctx, m->trim) < 0) {
+			count_copy_fail(copy);
+			goto failed;
+		}
+		/* read anew: LLVM would reuse (and zero-extend) the old
+		 * data_end, which the verifier refuses as arithmetic on it */
+		asm volatile("" ::: "memory");
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		slot = &copy;
+	}
+	if (mirror_rewrite(data, data_end, &to, &eth, &l3, &proto) < 0 ||
 	    mirror_macs(ctx, eth, l3, data_end, proto) < 0) {
 		count_copy_fail(*slot);
 		goto failed;
 	}
-	count_traffic(0, *slot, SBULB_DIR_TO_SERVER, data_end - data);
-	count(m->magic == SBULB_TEMPLATE_MAGIC ? SBULB_STAT_TEMPLATE_COPIED
-					       : SBULB_STAT_MIRROR_SENT);
+	count_traffic(0, *slot, SBULB_DIR_TO_SERVER, bpf_xdp_get_buff_len(ctx));
+	count(template ? SBULB_STAT_TEMPLATE_COPIED : SBULB_STAT_MIRROR_SENT);
 	return XDP_PASS;
 failed:
 	count(SBULB_STAT_MIRROR_FAILED);

@@ -147,4 +147,9 @@ struct sbulb_template {
 	__u8 frame[SBULB_TEMPLATE_FRAME_MAX];
 };
 
+/* Value of sbulb_csum_chunk (per CPU): bytes being checksummed (telemetry.h). */
+struct sbulb_chunk {
+	__u8 b[SBULB_CSUM_CHUNK];
+};
+
 #endif /* SBULB_STRUCTS_H */
