@@ -5,8 +5,9 @@ with a config file, exactly as an operator would, and shows what crosses the
 wire: clients spread over the real servers and sticking to them, answers
 from the virtual IP, a server speaking first, a server added while traffic
 runs, IPv6, several services in one instance, health checks, a mirror
-service copying `logger`'s messages to two receivers, then a clean stop
-and teardown. Bounded in time and packets.
+service copying `logger`'s messages to two receivers, a telemetry service
+spreading softflowd's NetFlow over three nfcapd that all decode it, then
+a clean stop and teardown. Bounded in time and packets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from sbulb import netflow_lab
 from sbulb.config import endpoint
 from sbulb.lab import (PORT, SECOND_PORT, Client, Lab, LabError, SbulbProcess, UdpService,
                        in_ns, netns)
@@ -173,6 +175,8 @@ def story(lab: Lab, workdir: Path) -> None:
     health_checks(lab, workdir)
     say()
     mirror(lab, workdir)
+    say()
+    telemetry(lab, workdir)
 
 
 def health_checks(lab: Lab, workdir: Path) -> None:
@@ -253,6 +257,42 @@ def mirror(lab: Lab, workdir: Path) -> None:
             sock.close()
     say(f"  each copy made in the kernel (XDP devmap broadcast); SIGTERM: sbulb exited "
         f"with {code}")
+
+
+FLOWS_PORT = 2055
+FLOWS = 5000
+
+
+def telemetry(lab: Lab, workdir: Path) -> None:
+    """mode = telemetry: softflowd exports 5000 flows (NetFlow v9) to the
+    VIP, and three nfcapd collectors decode them all between them."""
+    v4 = lab.addresses(4)
+    conf = workdir / "telemetry.conf"
+    conf.write_text(f"[Service flows]\nmode = telemetry\naddress = {v4.vip}\n"
+                    f"ports = {FLOWS_PORT}\n"
+                    f"servers = {' '.join(str(a) for a in v4.real_servers[:3])}\n")
+    say(f"11. NetFlow: {conf} has mode = telemetry, servers rs0 rs1 rs2 (each an nfcapd)")
+    capture = workdir / "flows.pcap"
+    netflow_lab.write_capture(capture, FLOWS)
+    collectors = [netflow_lab.Collector(ns, str(a), FLOWS_PORT, workdir / f"nfcapd-{name}")
+                  for ns, a, name in zip(lab.server_ns, v4.real_servers, lab.server_names[:3])]
+    lb = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO"], workdir)
+    try:
+        lb.wait_ready()
+        exported = netflow_lab.run_softflowd(lab.client_ns, capture, str(v4.vip), FLOWS_PORT, 9)
+        say(f"  $ softflowd -r flows.pcap -n {v4.vip}:{FLOWS_PORT} -v 9: {exported} flows "
+            "exported, templates in every 16th datagram")
+        decoded = [c.flows() for c in collectors]
+        say("  " + ", ".join(f"{name} decoded {n}" for name, n in zip(lab.server_names, decoded))
+            + f": {sum(decoded)} of {exported}")
+        code = lb.stop()
+    finally:
+        lb.close()
+        for c in collectors:
+            c.close()
+    say("  datagrams spread per packet; those with templates copied to all three (cut after "
+        f"the templates but for one), so each collector decodes its share; SIGTERM: sbulb "
+        f"exited with {code}")
 
 
 def services_text(lab: Lab, telemetry: tuple[int, ...]) -> str:

@@ -41,6 +41,8 @@ def test_demo_tells_the_story() -> None:
         "8000 B whole from 10.77.1.10",
         "rs1 received: 100 B whole from 10.77.1.10, 3000 B whole from 10.77.1.10, "
         "8000 B whole from 10.77.1.10",
+        "-v 9: 5000 flows exported",
+        ": 5000 of 5000",
     ]:
         assert line in out, out
     assert "rs3" in out.split("4 new clients go to:")[1].splitlines()[0]

@@ -155,7 +155,7 @@ def test_netflow_and_ipfix_through_telemetry_mode(lab: Lab, tmp_path: Path, fami
     all between them (templates reach each, data once), each at least a
     quarter. The same export to a per-packet service loses flows: two
     collectors in three lack the templates until their turn comes."""
-    from tests import netflow
+    from sbulb import netflow_lab as netflow
 
     net = lab.addresses(family)
     capture = tmp_path / "flows.pcap"
@@ -211,7 +211,7 @@ def test_a_collector_that_joins_gets_the_templates_at_once(lab: Lab, tmp_path: P
     it, from the exporter's address, so its share of the next data decodes
     although the exporter sent no template since."""
     from sbulb.lab import Client
-    from tests import netflow
+    from sbulb import netflow_lab as netflow
     from tests.packets import netflow9
 
     net = lab.addresses(4)

@@ -1,4 +1,4 @@
-"""Helpers for lab tests that check NetFlow v9 / IPFIX export with real tools:
+"""NetFlow v9 / IPFIX in the lab (tests, `make demo`), with real tools:
 a libpcap capture of N distinct UDP flows, softflowd replaying it as an
 exporter, and nfcapd/nfdump as the collector. Stdlib only.
 
@@ -215,27 +215,3 @@ class Collector:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-if __name__ == "__main__":
-    import uuid
-
-    ns, FLOWS = f"nft-{uuid.uuid4().hex[:8]}", 5000
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            for family, addr in ((4, "127.0.0.1"), (6, "::1")):
-                cap = Path(tmp) / f"flows{family}.pcap"
-                write_capture(cap, FLOWS, family)
-                for version in (9, 10):
-                    began = time.monotonic()
-                    with Collector(ns, addr, 9995) as collector:
-                        exported = run_softflowd(ns, cap, addr, 9995, version)
-                        decoded = collector.flows()
-                    took = time.monotonic() - began
-                    print(f"IPv{family} v{version}: softflowd exported {exported}, nfdump "
-                          f"decoded {decoded}, socket drops {collector.drops} ({took:.2f} s)")
-                    assert exported == decoded == FLOWS and not collector.drops
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-    print("ok")
