@@ -324,7 +324,18 @@ class Service:
                 interface_index(name)
         except DataplaneError as e:
             raise StartError(str(e)) from None
+        if self.config.xdp_mode == "generic":
+            self._refuse_generic(list(self.config.interfaces))
         self._warn_local_vips(self.base)
+
+    def _refuse_generic(self, generic: list[str]) -> None:
+        """Mirror and telemetry copies need native XDP: StartError if a
+        service needs them and `generic` interfaces would run generic XDP."""
+        copying = [s for s in self.base.services if s.mode in COPY_MODES]
+        if generic and copying:
+            raise StartError(f"{copying[0].mode} service {copying[0].name} needs native XDP, "
+                             f"and {', '.join(sorted(generic))} would run generic XDP "
+                             "(mirror.h: generic XDP keeps no metadata across a redirect)")
 
     def _warn_local_vips(self, desired: DesiredState) -> None:
         """A VIP that is also an address of this host gets, whenever sbulb
@@ -696,7 +707,7 @@ class Service:
         modes = {s.name: s.mode for s in self.desired.services}
         self.check_report = [
             f"{modes.get(name, 'mirror')} service {name}: "
-            f"{'templates' if modes.get(name) == 'telemetry' else 'copies'} made by an XDP "
+            f"{'template copies' if modes.get(name) == 'telemetry' else 'copies'} made by an XDP "
             f"devmap broadcast, out of {self.dataplane.mirror_interfaces.get(slot, '?')} "
             "(needs native XDP)"
             for name, slot in sorted(self.layout.mirrors.items())]
@@ -715,6 +726,12 @@ class Service:
                             f"'{program.name}' (id {program.id}); sbulb will not replace "
                             f"it: remove it with `ip link set dev {interface} xdp off`"
                         )
+            # a replace keeps the old program's XDP mode: refuse generic
+            # before the swap, while the old program still serves
+            self._refuse_generic([
+                interface for interface in self.config.interfaces
+                if any(p.flags == XDP_FLAGS_SKB_MODE
+                       for p in self.dataplane.attached_programs(interface))])
             # an sbulb program still attached (a restart in place, or an sbulb
             # that was killed) is swapped for ours in one step: no packet
             # meets the interface without a program
@@ -746,13 +763,9 @@ class Service:
                 self._attach_all(rest)
         except DataplaneError as e:
             raise StartError(str(e)) from None
-        generic = sorted(name for name, mode in self.dataplane.attached_modes().items()
-                         if mode == "generic")
-        mirrored = [s for s in self.desired.services if s.mode in COPY_MODES]
-        if generic and mirrored:
-            raise StartError(f"{mirrored[0].mode} service {mirrored[0].name} needs native XDP, and "
-                             f"{', '.join(generic)} runs generic XDP (mirror.h: generic XDP "
-                             "keeps no metadata across a redirect)")
+        # (auto: an interface that refused native XDP)
+        self._refuse_generic([name for name, mode in self.dataplane.attached_modes().items()
+                              if mode == "generic"])
 
     def _attach_all(self, interfaces: Sequence[str]) -> None:
         """Attach everywhere in one XDP mode: a redirect from a native

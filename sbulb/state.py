@@ -492,14 +492,28 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     writes.extend(PutMember(slots[m], m[1], ids[m[0]], wanted[m[0]].member_flags(m[1]))
                   for m in members
                   if old_members.get(m) != (slots[m], ids[m[0]], wanted[m[0]].member_flags(m[1])))
+    # each mirror and telemetry service's broadcast map: entry i for its
+    # i-th copy target (entries beyond make copies the egress program
+    # drops until the descriptor says how many there are). A slot new to
+    # its service may hold entries from a failed plan: those beyond go.
+    old_targets = {old.mirrors[name]: old.services[name].copies for name in old.mirrors
+                   if name in old.services}
+    mirror_writes: list[Write] = []
+    for name, n in sorted(mirrors.items(), key=lambda item: item[1]):
+        targets = wanted[name].copies
+        if force or old_targets.get(n) != targets:
+            mirror_writes.append(PutMirror(n, targets))
+        if n not in old_targets:
+            mirror_writes.append(TrimMirror(n, len(targets)))
     # 3b. a descriptor (VIP, no cycle yet) for each new service, before
     # anything leads to it: its endpoints may take over a server's replies
     # (a server that moves to it) before its cycle is written
     if force:
         # (a rollback: the cycles are where they were, in the half in use,
-        # so each descriptor is whole at once)
+        # so each descriptor is whole at once, its copy targets first)
         if ring_writes:
             raise PlanError("nothing to roll back to (the cycles were never written)")
+        writes.extend(mirror_writes)
         writes.extend(_descriptor(spec, ids, rings, mirrors) for spec in desired.services)
     else:
         writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags,
@@ -509,16 +523,10 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     old_ep, new_ep = ({} if force else old.endpoints()), new.endpoints()
     writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
                   if old_ep.get((a, p)) != (svc, slot))
-    # 5. rings, and each mirror service's broadcast map (entries beyond its
-    # cycle make copies the egress program drops until the descriptor says
-    # how many there are)
+    # 5. rings, and the broadcast maps (above)
     writes.extend(ring_writes)
-    old_targets = {old.mirrors[name]: old.services[name].copies for name in old.mirrors
-                   if name in old.services}
-    for name, n in sorted(mirrors.items(), key=lambda item: item[1]):
-        targets = wanted[name].copies
-        if force or old_targets.get(n) != targets:
-            writes.append(PutMirror(n, targets))
+    if not force:
+        writes.extend(mirror_writes)
     # 6. descriptors
     for spec in desired.services:
         base, cycle = rings[spec.name]

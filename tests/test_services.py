@@ -25,7 +25,7 @@ from sbulb.dataplane import (
     libbpf,
     pin_dir,
 )
-from sbulb.lab import PORT, SECOND_PORT, Lab, LabError, SbulbProcess, netns
+from sbulb.lab import PORT, SECOND_PORT, Lab, LabError, SbulbProcess, in_ns, netns, xdp_programs
 from tests.conftest import require_root
 from tests.proc import REPO, ctl_json, sbulbctl, wait_until
 
@@ -429,11 +429,41 @@ def test_mirror_mode_refuses_generic_xdp(lab: Lab, tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
     assert ("sbulb: mirror service logs: copies made by an XDP devmap broadcast, out of eth0 "
             "(needs native XDP)") in checked.stdout
+    refusal = "mirror service logs needs native XDP, and eth0 would run generic XDP"
+    checked = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{lab.lb_ns}", "/usr/bin/python3", "-m", "sbulb",
+         *lab.lb_interfaces, "-cfg", str(conf), "--check", "--xdp-mode", "generic"],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert checked.returncode != 0 and refusal in checked.stderr
     process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "--xdp-mode", "generic"],
                               tmp_path)
     try:
         assert process.wait() != 0
     finally:
         process.close()
-    assert "mirror service logs needs native XDP, and eth0 runs generic XDP" in process.stderr
+    assert refusal in process.stderr
+    assert lab.xdp_programs() == []
+    # a killed sbulb left a generic XDP program: a restart with a mirror
+    # service is refused before the swap, and the old program keeps serving
+    plain = tmp_path / "plain.conf"
+    plain.write_text(f"[Service logs]\naddress = {v4.vip}\nports = {SECOND_PORT}\n"
+                     f"servers = {v4.real_servers[0]}\n")
+    old = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(plain), "--xdp-mode", "generic"],
+                          tmp_path)
+    try:
+        old.wait_ready()
+        old.proc.kill()
+        old.wait()
+        left = xdp_programs(lab.lb_ns, lab.lb_interface)
+        assert len(left) == 1
+        restarted = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf)], tmp_path)
+        try:
+            assert restarted.wait() != 0
+        finally:
+            restarted.close()
+        assert refusal in restarted.stderr
+        assert xdp_programs(lab.lb_ns, lab.lb_interface) == left
+    finally:
+        old.close()
+        in_ns(lab.lb_ns, "ip", "link", "set", "dev", lab.lb_interface, "xdpgeneric", "off")
     assert lab.xdp_programs() == []

@@ -513,3 +513,24 @@ def test_telemetry_is_per_packet_by_weight_with_each_target_once_for_templates()
         joined.layout.services["flows"], mode="sticky"))))
     assert "flows" not in sticky.layout.mirrors
     assert any(isinstance(w, state.TrimMirror) and w.keep == 0 for w in sticky.writes)
+
+
+def test_a_rollback_fills_the_broadcast_maps_before_the_descriptors() -> None:
+    """A rollback writes each descriptor whole at once: the copy targets
+    its broadcast map needs go first. A slot new to a service loses the
+    entries a failed plan may have left beyond its targets."""
+    logs = mirror("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2")
+    first = plan(Layout(), DesiredState((logs,)), LIMITS)
+    (put,) = [w for w in first.writes if isinstance(w, state.PutMirror)]
+    assert state.TrimMirror(put.slot, 2) in first.writes
+    assert first.writes.index(state.TrimMirror(put.slot, 2)) == first.writes.index(put) + 1
+    wider = mirror("logs", "10.0.0.1", (514,), "10.0.2.1", "10.0.2.2", "10.0.2.3")
+    attempted = plan(first.layout, DesiredState((wider,)), LIMITS)
+    back = state.rollback(first.layout, attempted.layout, DesiredState((logs,)), LIMITS)
+    puts = [i for i, w in enumerate(back.writes) if isinstance(w, state.PutMirror)]
+    descriptors = [i for i, w in enumerate(back.writes) if isinstance(w, state.PutService)]
+    assert puts and max(puts) < min(descriptors)
+    maps = Maps()
+    for w in back.writes:
+        maps.write(w)
+    assert maps.mirror_entries[put.slot] >= 2

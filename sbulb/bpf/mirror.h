@@ -164,9 +164,14 @@ static __always_inline int mirror_macs(struct xdp_md *ctx, struct ethhdr *eth,
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 		return 0;
 	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		note_neigh_miss(&fib); /* the daemon resolves it: later copies go */
-	else if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED)
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* not swapped back to where it came from (as forward.h does for
+		 * a balanced packet): a copy is for a target, not for the
+		 * client's side. The daemon resolves it: later copies go */
+		note_neigh_miss(&fib);
+		return -1;
+	}
+	if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return -1; /* no route, for this host, too big: not as a copy */
 #endif
 	/* sbulb's MAC swap: back to the neighbour the frame came from, which
