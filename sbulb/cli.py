@@ -358,6 +358,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             mode=args.mode or file.mode or "sticky",
             cli_mode=args.mode,
             checks=file.checks,
+            scheduler=file.scheduler,
         )
         file.check(limits)  # the file whole, even what -vs/-p override
         return config

@@ -50,7 +50,8 @@ SERVICE_KEYS = ("address", "ports", "servers")  # required
 CHECK_KEYS = ("check", "check_port", "check_send", "check_expect", "check_interval",
               "check_timeout", "check_rise", "check_fall", "check_start", "on_down",
               "passive_fall")
-SERVICE_OPTIONAL_KEYS = ("mode", *CHECK_KEYS)
+SCHEDULER_KEYS = ("scheduler", "maglev_table", "maglev_seed")
+SERVICE_OPTIONAL_KEYS = ("mode", *SCHEDULER_KEYS, *CHECK_KEYS)
 ON_DOWN = ("keep", "move")
 
 if TYPE_CHECKING:
@@ -65,6 +66,56 @@ class Checks:
     spec: "CheckSpec | None" = None
     on_down: str = "keep"  # keep | move: what happens to a down server's clients
     passive_fall: int = 0  # ICMP unreachable errors in one interval that mark it down
+
+
+# how a sticky service picks a new client's server: round robin, or a Maglev
+# table (sbulb/maglev.py) every balancer with the same config builds alike
+SCHEDULERS = ("rr", "maglev")
+MAGLEV_TABLE = 65537  # entries (a prime): the default, and the most
+MAGLEV_MIN_TABLE = 7
+# Maglev entries the data path holds (sbulb/bpf/consts.h
+# SBULB_MAGLEV_ENTRIES), in each of two halves: four default-sized tables
+MAGLEV_ENTRIES = 4 * MAGLEV_TABLE
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """How a service picks new clients' servers."""
+
+    kind: str = "rr"  # rr | maglev
+    table: int = MAGLEV_TABLE  # maglev: entries, a prime
+    seed: int = 0  # maglev: the same on every balancer, the same table
+
+
+def parse_scheduler(values: Mapping[str, str], mode: str) -> Scheduler:
+    """The scheduler and maglev_* keys of a section, or ConfigError."""
+    from sbulb.maglev import is_prime  # (maglev imports this module)
+
+    kind = values.get("scheduler", "rr").strip().lower()
+    if kind not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler '{values['scheduler'].strip()}' (rr, maglev)")
+    if kind == "rr":
+        extra = sorted(k for k in ("maglev_table", "maglev_seed") if k in values)
+        if extra:
+            raise ConfigError(f"'{extra[0]}' needs scheduler = maglev")
+        return Scheduler()
+    if mode != "sticky":
+        raise ConfigError(f"scheduler = maglev picks a server per client: it needs mode = sticky, "
+                          f"not {mode}")
+    size = _int_value(values.get("maglev_table", str(MAGLEV_TABLE)), "maglev_table")
+    if not MAGLEV_MIN_TABLE <= size <= MAGLEV_TABLE or not is_prime(size):
+        raise ConfigError(f"maglev_table must be a prime between {MAGLEV_MIN_TABLE} and "
+                          f"{MAGLEV_TABLE}, not {size}")
+    seed = _int_value(values.get("maglev_seed", "0"), "maglev_seed")
+    _check_range("maglev_seed", seed, 0, 2**32 - 1)
+    return Scheduler("maglev", size, seed)
+
+
+def _int_value(text: str, name: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"invalid {name} '{text.strip()}'") from None
 
 
 def parse_checks(values: Mapping[str, str]) -> Checks:
@@ -234,6 +285,7 @@ class ServiceConfig:
     real_servers: tuple[RealServer, ...]
     mode: str = "sticky"
     checks: Checks = Checks()
+    scheduler: Scheduler = Scheduler()
 
     @property
     def family(self) -> int:
@@ -256,6 +308,7 @@ class FileConfig:
     default_section: str = field(default=VIRTUAL_SERVER_SECTION, compare=False)
     mode: str | None = None  # of the service `default`
     checks: Checks = Checks()  # of the service `default`
+    scheduler: Scheduler = Scheduler()  # of the service `default`
 
     @property
     def has_default(self) -> bool:
@@ -318,6 +371,7 @@ class Config:
     mode: str = "sticky"
     cli_mode: str | None = None
     checks: Checks = Checks()  # of the service `default` (the file's)
+    scheduler: Scheduler = Scheduler()  # of the service `default` (the file's)
     # the named services ([Service NAME]) other than `default`, in file order
     services: tuple[ServiceConfig, ...] = ()
 
@@ -337,6 +391,9 @@ class Config:
             check_virtual_server(self.virtual_server)
             check_ports(self.ports, self.limits)
             check_real_servers(self.real_servers, self.virtual_server, self.limits)
+            if self.scheduler.kind == "maglev" and self.mode != "sticky":
+                raise ConfigError(f"the service {DEFAULT_SERVICE}: scheduler = maglev picks a "
+                                  f"server per client: it needs mode = sticky, not {self.mode}")
         elif self.real_servers or self.ports:
             raise ConfigError(
                 f"the service {DEFAULT_SERVICE} has real servers or ports but no virtual "
@@ -357,7 +414,7 @@ class Config:
         if self.virtual_server is None:
             return None
         return ServiceConfig(DEFAULT_SERVICE, self.virtual_server, self.ports, self.real_servers,
-                             self.mode, self.checks)
+                             self.mode, self.checks, self.scheduler)
 
     @property
     def all_services(self) -> tuple[ServiceConfig, ...]:
@@ -389,6 +446,7 @@ class Config:
         config = replace(
             self, virtual_server=vip, ports=ports, real_servers=servers, services=file.services,
             mode=self.cli_mode or file.mode or "sticky", checks=file.checks,
+            scheduler=file.scheduler,
         )
         file.check(self.limits)
         return config
@@ -654,7 +712,8 @@ def parse_file(text: str) -> FileConfig:
             )
         return FileConfig(default.real_servers, default.virtual_server, default.ports,
                           tuple(services), f"{SERVICE_SECTION} {DEFAULT_SERVICE}",
-                          None if default.mode == "sticky" else default.mode, default.checks)
+                          None if default.mode == "sticky" else default.mode, default.checks,
+                          default.scheduler)
     if not parser.has_section(REAL_SERVERS_SECTION) and (legacy or not services):
         raise ConfigError(f"no [{REAL_SERVERS_SECTION}] section")
     servers = []
@@ -685,18 +744,20 @@ def parse_file(text: str) -> FileConfig:
                     mode = parse_mode(value)
                 except ConfigError as e:
                     raise ConfigError(f"[{VIRTUAL_SERVER_SECTION}]: {e}") from None
-            elif name in CHECK_KEYS:
+            elif name in CHECK_KEYS or name in SCHEDULER_KEYS:
                 check_values[name] = value
             else:
                 raise ConfigError(
                     f"unknown key '{key}' in [{VIRTUAL_SERVER_SECTION}] (address, ports, mode, "
-                    "check_*)"
+                    "scheduler, maglev_*, check_*)"
                 )
     try:
         checks = parse_checks(check_values)
+        scheduler = parse_scheduler(check_values, mode or "sticky")
     except ConfigError as e:
         raise ConfigError(f"[{VIRTUAL_SERVER_SECTION}]: {e}") from None
-    return FileConfig(tuple(servers), vip, ports, tuple(services), mode=mode, checks=checks)
+    return FileConfig(tuple(servers), vip, ports, tuple(services), mode=mode, checks=checks,
+                      scheduler=scheduler)
 
 
 def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> ServiceConfig:
@@ -712,7 +773,8 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
             if lower not in SERVICE_KEYS + SERVICE_OPTIONAL_KEYS:
                 raise ConfigError(
                     f"unknown key '{key}' (valid keys: "
-                    f"{', '.join(SERVICE_KEYS + ('mode',))}, check_*, on_down, passive_fall)"
+                    f"{', '.join(SERVICE_KEYS + ('mode', 'scheduler'))}, maglev_*, check_*, "
+                    "on_down, passive_fall)"
                 )
             if lower in values:
                 raise ConfigError(f"'{key}' is given twice")
@@ -739,9 +801,10 @@ def _parse_service(section: str, items: Sequence[tuple[str, str | None]]) -> Ser
             seen.add(server.address)
         mode = parse_mode(values["mode"]) if "mode" in values else "sticky"
         checks = parse_checks(values)
+        scheduler = parse_scheduler(values, mode)
     except ConfigError as e:
         raise ConfigError(f"[{section}]: {e}") from None
-    return ServiceConfig(name, vip, ports, servers, mode, checks)
+    return ServiceConfig(name, vip, ports, servers, mode, checks, scheduler)
 
 
 def read_file(path: Path) -> FileConfig:

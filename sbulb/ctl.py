@@ -217,6 +217,8 @@ def print_status(status: dict[str, Any], out: TextIO, sort: str | None = None) -
             mode = (f"telemetry ({tm.get('exporters', 0)} exporter(s), templates "
                     f"{tm.get('seen', 0)} seen, {tm.get('replayed', 0)} replayed, "
                     f"{failed} copies not made)")
+        if service.get("scheduler") == "maglev":
+            mode += f" (maglev, {service['maglev_table']} entries, seed {service['maglev_seed']})"
         out.write(f"\nservice {service['name']}: {service['virtual_server']} "
                   f"port(s) {' '.join(map(str, service['ports']))}, {mode}, "
                   f"{service['associations']} association(s)\n")

@@ -52,7 +52,7 @@ _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 ADDR_SIZE = 16  # struct sbulb_addr
 ENDPOINT_SIZE = 20  # struct sbulb_endpoint
 MEMBER_REF_SIZE = 8  # struct sbulb_member_ref
-SERVICE_SIZE = 40  # struct sbulb_service
+SERVICE_SIZE = 48  # struct sbulb_service
 MEMBER_SIZE = 24  # struct sbulb_member
 ASSOC_KEY_SIZE = 20  # struct sbulb_assoc_key
 ASSOC_SIZE = 16  # struct sbulb_assoc
@@ -598,6 +598,18 @@ class Dataplane:
         assert self._bpf is not None, "load() first"
         return self._bpf[name.encode()]
 
+    def _put_array(self, name: str, base: int, values: Sequence[int]) -> None:
+        """Write u32 values into an array map from index `base`, in batches
+        (a Maglev table is 65537 entries: one syscall per 8192)."""
+        table = self._table(name)
+        step = 8192
+        for start in range(0, len(values), step):
+            chunk = values[start:start + step]
+            keys = (table.Key * len(chunk))(*(table.Key(base + start + i)
+                                               for i in range(len(chunk))))
+            leaves = (table.Leaf * len(chunk))(*chunk)
+            table.items_update_batch(keys, leaves)
+
     def _put(self, name: str, key: bytes, value: bytes) -> None:
         table = self._table(name)
         table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
@@ -647,8 +659,11 @@ class Dataplane:
             self._put("sbulb_ring", struct.pack("I", w.index), struct.pack("I", w.slot))
         elif isinstance(w, state.PutService):
             self._put("sbulb_svc", struct.pack("I", w.id),
-                      addr_to_bytes(w.vip) + struct.pack("6I", w.ring_base, w.ring_len, w.flags,
-                                                         w.mirror, w.copy_base, w.copy_len))
+                      addr_to_bytes(w.vip) + struct.pack("8I", w.ring_base, w.ring_len, w.flags,
+                                                         w.mirror, w.copy_base, w.copy_len,
+                                                         w.maglev_base, w.maglev_len))
+        elif isinstance(w, state.PutMaglev):
+            self._put_array("sbulb_maglev", w.base, w.slots)
         elif isinstance(w, state.ClearService):
             self._put("sbulb_svc", struct.pack("I", w.id), bytes(SERVICE_SIZE))
             stats = self._table("sbulb_svc_stats")

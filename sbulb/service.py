@@ -434,7 +434,8 @@ class Service:
             self.layout = Layout(ids={**self.layout.ids, **attempted.ids},
                                  services=attempted.services, slots=attempted.slots,
                                  rings=attempted.rings, half=attempted.half,
-                                 mirrors={**self.layout.mirrors, **attempted.mirrors})
+                                 mirrors={**self.layout.mirrors, **attempted.mirrors},
+                                 maglevs=attempted.maglevs, maglev_half=attempted.maglev_half)
         else:
             self.layout = back.layout
 
@@ -1139,6 +1140,9 @@ class Service:
                 "virtual_server": str(spec.vip),
                 "ports": list(spec.ports),
                 "mode": spec.mode,
+                "scheduler": spec.scheduler.kind,
+                **({} if spec.scheduler.kind != "maglev" else {
+                    "maglev_table": spec.scheduler.table, "maglev_seed": spec.scheduler.seed}),
                 "associations": per_service.get(i, 0),
                 **_traffic_fields(service_traffic.get(i, Traffic())),
                 **({} if spec.mode != "telemetry" else {

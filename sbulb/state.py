@@ -30,9 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, NamedTuple, Sequence, Union
 
+from sbulb import maglev
 from sbulb.config import (
     COPY_MODES,
     DEFAULT_SERVICE,
+    MAGLEV_ENTRIES,
     MAX_MIRROR_SERVICES,
     MAX_MIRROR_TARGETS,
     MIRROR_SLOTS,
@@ -42,6 +44,7 @@ from sbulb.config import (
     IPAddress,
     Limits,
     RealServer,
+    Scheduler,
     smooth_weighted_order,
 )
 
@@ -73,6 +76,18 @@ class ServiceSpec:
     # servers the health checks say are down: out of the cycle (no new
     # client); with on_down = move their clients also pick anew
     down: frozenset[IPAddress] = frozenset()
+    scheduler: Scheduler = Scheduler()
+
+    @property
+    def maglev(self) -> tuple[int, ...]:
+        """scheduler = maglev: its lookup table, each entry the index in
+        `servers` of the server a new client hashed there gets (weight 0
+        and down servers hold none); () otherwise."""
+        if self.scheduler.kind != "maglev":
+            return ()
+        weights = tuple((s.address, 0 if s.address in self.down else s.weight)
+                        for s in self.servers)
+        return maglev.table(weights, self.scheduler.table, self.scheduler.seed)
 
     @property
     def serving(self) -> tuple[RealServer, ...]:
@@ -128,7 +143,7 @@ class DesiredState:
     def from_config(cls, config: Config) -> "DesiredState":
         return cls(tuple(
             ServiceSpec(s.name, s.virtual_server, tuple(s.ports), tuple(s.real_servers), s.mode,
-                        s.checks)
+                        s.checks, scheduler=s.scheduler)
             for s in config.all_services
         ))
 
@@ -184,6 +199,10 @@ class Layout:
     rings: Mapping[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     half: int = 1  # ring half in use; the first plan writes half 0
     mirrors: Mapping[str, int] = field(default_factory=dict)  # mirror service -> its slot
+    # maglev services' tables (first entry, member slot per entry), in
+    # sbulb_maglev's half in use
+    maglevs: Mapping[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    maglev_half: int = 1
 
     @classmethod
     def with_ids(cls, ids: Mapping[str, int]) -> "Layout":
@@ -272,6 +291,17 @@ class PutRing:
 
 
 @dataclass(frozen=True)
+class PutMaglev:
+    """A Maglev table into sbulb_maglev from `base`: a member slot per entry."""
+
+    base: int
+    slots: tuple[int, ...]
+
+    def __repr__(self) -> str:  # (errors name a write: not its 65537 entries)
+        return f"PutMaglev(base={self.base}, {len(self.slots)} entries)"
+
+
+@dataclass(frozen=True)
 class PutService:
     id: int
     vip: IPAddress
@@ -281,6 +311,8 @@ class PutService:
     mirror: int = 0  # mirror slot (mirror, telemetry) ...
     copy_base: int = 0  # ... and where the targets of its copies are in the ring
     copy_len: int = 0
+    maglev_base: int = 0  # scheduler = maglev: its table in sbulb_maglev (len 0: rr)
+    maglev_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -322,8 +354,8 @@ class DelVipPort:
 
 
 Write = Union[NameService, ForgetService, PutAddress, DelAddress, PutMember, ClearMember,
-              PutEndpoint, DelEndpoint, PutRing, PutService, ClearService, PutMirror,
-              TrimMirror, PutVipPort, DelVipPort]
+              PutEndpoint, DelEndpoint, PutRing, PutMaglev, PutService, ClearService,
+              PutMirror, TrimMirror, PutVipPort, DelVipPort]
 
 
 # ---- the plan
@@ -389,6 +421,10 @@ def check_fits(desired: DesiredState, limits: Limits) -> None:
         if len(spec.copies) > MAX_MIRROR_TARGETS:
             raise PlanError(f"{spec.mode} service '{spec.name}' has {len(spec.copies)} targets "
                             f"but at most {MAX_MIRROR_TARGETS}")
+    tables = sum(s.scheduler.table for s in desired.services if s.scheduler.kind == "maglev")
+    if tables > MAGLEV_ENTRIES:
+        raise PlanError(f"the Maglev tables of all services add up to {tables} entries; at most "
+                        f"{MAGLEV_ENTRIES} (smaller maglev_table values fit more)")
     if ring > RING_SIZE:
         raise PlanError(f"the round-robin cycles of all services add up to {ring} entries; "
                         f"at most {RING_SIZE}")
@@ -463,6 +499,20 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
             ring_writes.extend(PutRing(offset + i, slot) for i, slot in enumerate(cycle))
             offset += len(cycle)
 
+    # maglev tables: all into the other half of sbulb_maglev if any differs
+    tables = {spec.name: tuple(slots[(spec.name, spec.servers[i].address)] for i in spec.maglev)
+              for spec in desired.services if spec.scheduler.kind == "maglev"}
+    maglev_writes: list[Write] = []
+    if tables == {n: t for n, (_, t) in old.maglevs.items()}:
+        maglev_half, maglevs = old.maglev_half, dict(old.maglevs)
+    else:
+        maglev_half, maglevs, offset = 1 - old.maglev_half, {}, (1 - old.maglev_half) * MAGLEV_ENTRIES
+        for spec in sorted(desired.services, key=lambda s: ids[s.name]):
+            if spec.name in tables:
+                maglevs[spec.name] = (offset, tables[spec.name])
+                maglev_writes.append(PutMaglev(offset, tables[spec.name]))
+                offset += len(tables[spec.name])
+
     # mirror slots: kept by name; a new mirror service takes the lowest
     # slot no service uses now (the old ones serve until this plan ends)
     mirrors = {name: n for name, n in old.mirrors.items()
@@ -474,7 +524,7 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         mirrors[name] = n
 
     new = Layout(ids=ids, services=dict(wanted), slots=slots, rings=rings, half=half,
-                 mirrors=mirrors)
+                 mirrors=mirrors, maglevs=maglevs, maglev_half=maglev_half)
     writes: list[Write] = []
     live = {name: ids[name] for name in old.services if name in ids}  # described now
 
@@ -511,10 +561,11 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     if force:
         # (a rollback: the cycles are where they were, in the half in use,
         # so each descriptor is whole at once, its copy targets first)
-        if ring_writes:
+        if ring_writes or maglev_writes:
             raise PlanError("nothing to roll back to (the cycles were never written)")
         writes.extend(mirror_writes)
-        writes.extend(_descriptor(spec, ids, rings, mirrors) for spec in desired.services)
+        writes.extend(_descriptor(spec, ids, rings, mirrors, maglevs)
+                      for spec in desired.services)
     else:
         writes.extend(PutService(ids[name], wanted[name].vip, 0, 0, wanted[name].flags,
                                  mirrors.get(name, 0))
@@ -523,8 +574,9 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
     old_ep, new_ep = ({} if force else old.endpoints()), new.endpoints()
     writes.extend(PutEndpoint(a, p, svc, slot) for (a, p), (svc, slot) in new_ep.items()
                   if old_ep.get((a, p)) != (svc, slot))
-    # 5. rings, and the broadcast maps (above)
+    # 5. rings, Maglev tables, and the broadcast maps (above)
     writes.extend(ring_writes)
+    writes.extend(maglev_writes)
     if not force:
         writes.extend(mirror_writes)
     # 6. descriptors
@@ -536,8 +588,9 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
         if (before is None or before.vip != spec.vip or before.mode != spec.mode
                 or old.rings.get(spec.name) != (base, cycle)
                 or old.ids.get(spec.name) != ids[spec.name]
-                or old.mirrors.get(spec.name) != mirrors.get(spec.name)):
-            writes.append(_descriptor(spec, ids, rings, mirrors))
+                or old.mirrors.get(spec.name) != mirrors.get(spec.name)
+                or old.maglevs.get(spec.name) != maglevs.get(spec.name)):
+            writes.append(_descriptor(spec, ids, rings, mirrors, maglevs))
     # 7. ingress
     old_vp, new_vp = ({} if force else old.vip_ports()), new.vip_ports()
     writes.extend(PutVipPort(v, p, svc) for (v, p), svc in new_vp.items()
@@ -573,14 +626,18 @@ def plan(running: Layout, desired: DesiredState, limits: Limits,
 
 def _descriptor(spec: ServiceSpec, ids: Mapping[str, int],
                 rings: Mapping[str, tuple[int, tuple[int, ...]]],
-                mirrors: Mapping[str, int]) -> PutService:
+                mirrors: Mapping[str, int],
+                maglevs: Mapping[str, tuple[int, tuple[int, ...]]]) -> PutService:
     """A service's whole descriptor: its cycle starts its ring entries,
-    the targets of its copies are the cycle (mirror) or follow it."""
+    the targets of its copies are the cycle (mirror) or follow it; its
+    Maglev table, if any."""
     base, _ = rings[spec.name]
     cycle, copies = len(spec.cycle), len(spec.copies)
     copy_base = base if spec.mode == "mirror" else base + cycle
+    table_base, table = maglevs.get(spec.name, (0, ()))
     return PutService(ids[spec.name], spec.vip, base, cycle, spec.flags,
-                      mirrors.get(spec.name, 0), copy_base if copies else 0, copies)
+                      mirrors.get(spec.name, 0), copy_base if copies else 0, copies,
+                      table_base if table else 0, len(table))
 
 
 def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limits) -> Plan:
@@ -593,7 +650,8 @@ def rollback(old: Layout, attempted: Layout, desired: DesiredState, limits: Limi
     of a whole entry or the delete of one, so doing one twice is harmless."""
     running = Layout(ids={**attempted.ids, **old.ids}, services=attempted.services,
                      slots={**attempted.slots, **old.slots}, rings=old.rings, half=old.half,
-                     mirrors={**attempted.mirrors, **old.mirrors})
+                     mirrors={**attempted.mirrors, **old.mirrors}, maglevs=old.maglevs,
+                     maglev_half=old.maglev_half)
     return plan(running, desired, limits, force=True)
 
 

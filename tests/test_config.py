@@ -518,7 +518,7 @@ def svc(name: str = "coap", address: str | None = "10.0.0.1", ports: str | None 
         (svc("caf\u00e9"), "invalid service name in [Service caf\u00e9]"),
         (svc(extra="vip = 10.0.0.2\n"),
          "[Service coap]: unknown key 'vip' (valid keys: address, ports, servers, mode, "
-         "check_*, on_down, passive_fall)"),
+         "scheduler, maglev_*, check_*, on_down, passive_fall)"),
         (svc(extra="10.0.1.9\n"), "[Service coap]: unknown key '10.0.1.9'"),
         (svc(address=None), "[Service coap]: no 'address' (required: address, ports, servers)"),
         (svc(ports=None), "[Service coap]: no 'ports'"),
@@ -870,3 +870,34 @@ def test_health_check_keys(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
                         f"servers = 10.0.1.1\n{line}\n")
         err = usage_error(capsys, "eth0", "-cfg", str(path))
         assert "[Service coap]: " in err and reason in err, (line, err)
+
+
+def test_schedulers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """scheduler = rr | maglev per service (and for `default`), maglev_table a
+    prime (65537 by default), maglev_seed; maglev only for sticky services."""
+    from sbulb.config import Scheduler
+
+    path = tmp_path / "sbulb.conf"
+    base = "[Service coap]\naddress = 10.0.0.1\nports = 5683\nservers = 10.0.1.1\n"
+    path.write_text(base + "scheduler = Maglev\nmaglev_seed = 7\n\n"
+                    "[Virtual Server]\naddress = 10.0.0.1\nports = 514\nscheduler = maglev\n"
+                    "maglev_table = 251\n\n[Real Servers]\n10.0.0.2\n")
+    config = parse("eth0", "-cfg", str(path))
+    assert {s.name: s.scheduler for s in config.all_services} == {
+        "default": Scheduler("maglev", 251, 0), "coap": Scheduler("maglev", 65537, 7)}
+    for extra, error in [
+        ("scheduler = hash\n", "unknown scheduler 'hash' (rr, maglev)"),
+        ("maglev_table = 251\n", "'maglev_table' needs scheduler = maglev"),
+        ("scheduler = maglev\nmaglev_table = 65536\n", "maglev_table must be a prime"),
+        ("scheduler = maglev\nmaglev_table = 3\n", "maglev_table must be a prime between 7"),
+        ("scheduler = maglev\nmaglev_seed = -1\n", "maglev_seed must be between 0"),
+        ("scheduler = maglev\nmaglev_seed = x\n", "invalid maglev_seed 'x'"),
+        ("scheduler = maglev\nmode = per-packet\n",
+         "scheduler = maglev picks a server per client: it needs mode = sticky, not per-packet"),
+    ]:
+        path.write_text(base + extra)
+        assert f"[Service coap]: {error}" in usage_error(capsys, "eth0", "-cfg", str(path)), extra
+    path.write_text("[Virtual Server]\naddress = 10.0.0.1\nports = 514\nscheduler = maglev\n\n"
+                    "[Real Servers]\n10.0.0.2\n")
+    assert "scheduler = maglev picks a server per client: it needs mode = sticky" in usage_error(
+        capsys, "eth0", "-cfg", str(path), "--mode", "mirror")

@@ -255,3 +255,19 @@ def test_a_client_not_remembered_keeps_its_server_once_it_is(slow: Dataplane) ->
         again = slow.test_run(frame)  # allowed: remembered
         assert (ipaddress.ip_address(spoofed(n)), 5000) in slow.associations()
         assert Ether(again.frame)[IP].dst == Ether(first.frame)[IP].dst
+
+
+@pytest.mark.parametrize("forward", ["fib", "mac-swap"])
+@pytest.mark.parametrize("events", [0, 1, 2])
+def test_every_build_fits_the_verifier(forward: str, events: int) -> None:
+    """Each program sbulb may build (forwarding mode x the events a log
+    level compiles in, with the default map sizes) is accepted by this
+    kernel: the events builds come within a few percent of the
+    verifier's 1M instructions (sbulb/bpf/consts.h), and a log level
+    must never decide whether sbulb can start."""
+    require_root()
+    dp = Dataplane(Limits(), forward=forward, events=events)
+    try:
+        dp.load()
+    finally:
+        dp.close()

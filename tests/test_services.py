@@ -467,3 +467,32 @@ def test_mirror_mode_refuses_generic_xdp(lab: Lab, tmp_path: Path) -> None:
         old.close()
         in_ns(lab.lb_ns, "ip", "link", "set", "dev", lab.lb_interface, "xdpgeneric", "off")
     assert lab.xdp_programs() == []
+
+
+def test_a_maglev_service_through_the_cli(lab: Lab, tmp_path: Path) -> None:
+    """scheduler = maglev in the file: each new client gets the server the
+    table built from the config alone names (what another balancer would
+    pick), and sbulbctl status says so."""
+    from sbulb import maglev
+
+    v4 = lab.v4
+    pool = v4.real_servers[:3]
+    conf = tmp_path / "sbulb.conf"
+    conf.write_text(f"[Service dtls]\naddress = {v4.vip}\nports = {PORT}\n"
+                    f"servers = {' '.join(map(str, pool))}\nscheduler = maglev\n"
+                    "maglev_table = 4093\nmaglev_seed = 42\n")
+    table = maglev.table(tuple((a, 1) for a in pool), 4093, 42)
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf)], tmp_path)
+    try:
+        process.wait_ready()
+        for _ in range(12):
+            client = lab.client(4)
+            want = pool[table[maglev.client_hash(client.address, client.port) % 4093]]
+            assert client.exchange(v4.vip, PORT, b"hello").server == lab.server_name(4, want)
+        text = sbulbctl(lab, "status").stdout
+        status = ctl_json(lab, "status")
+    finally:
+        process.close()
+    assert "sticky (maglev, 4093 entries, seed 42)" in text
+    (dtls,) = status["services"]
+    assert (dtls["scheduler"], dtls["maglev_table"], dtls["maglev_seed"]) == ("maglev", 4093, 42)

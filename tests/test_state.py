@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from sbulb import state
-from sbulb.config import MIRROR_SLOTS, RING_SIZE, IPAddress, Limits, RealServer
+from sbulb.config import MAGLEV_ENTRIES, MIRROR_SLOTS, RING_SIZE, IPAddress, Limits, RealServer
 from sbulb.state import DesiredState, Layout, PlanError, ServiceSpec, plan
 
 LIMITS = Limits(max_ports=8, max_real_servers=8, max_services=4)
@@ -48,6 +48,8 @@ class Maps:
     ring: dict[int, int] = field(default_factory=dict)
     services: dict[int, tuple[IPAddress, int, int]] = field(default_factory=dict)
     copies: dict[int, tuple[int, int]] = field(default_factory=dict)  # service -> copy base, len
+    maglev: dict[int, int] = field(default_factory=dict)  # sbulb_maglev entry -> slot
+    tables: dict[int, tuple[int, int]] = field(default_factory=dict)  # service -> maglev base, len
     vip_ports: dict[tuple[IPAddress, int], int] = field(default_factory=dict)
     mirror_of: dict[int, int] = field(default_factory=dict)  # service -> its mirror slot
     mirror_entries: dict[int, int] = field(default_factory=dict)  # mirror slot -> entries
@@ -72,8 +74,12 @@ class Maps:
         elif isinstance(w, state.PutRing):
             assert 0 <= w.index < 2 * RING_SIZE
             self.ring[w.index] = w.slot
+        elif isinstance(w, state.PutMaglev):
+            assert 0 <= w.base and w.base + len(w.slots) <= 2 * MAGLEV_ENTRIES
+            self.maglev.update((w.base + i, slot) for i, slot in enumerate(w.slots))
         elif isinstance(w, state.PutService):
             self.services[w.id] = (w.vip, w.ring_base, w.ring_len)
+            self.tables[w.id] = (w.maglev_base, w.maglev_len)
             self.copies[w.id] = (w.copy_base, w.copy_len)
             if w.flags & (state.SVC_F_MIRROR | state.SVC_F_TELEMETRY):
                 self.mirror_of[w.id] = w.mirror
@@ -112,6 +118,10 @@ class Maps:
             for i in range(length):
                 slot = self.ring[base + i]
                 assert self.members[slot][1] == service, f"ring names slot {slot} of another"
+            table_base, table_len = self.tables[service]
+            for i in range(table_len):
+                slot = self.maglev[table_base + i]
+                assert self.members[slot][1] == service, f"maglev names slot {slot} of another"
             copy_base, copies = self.copies[service]
             for i in range(copies):
                 slot = self.ring[copy_base + i]
@@ -534,3 +544,34 @@ def test_a_rollback_fills_the_broadcast_maps_before_the_descriptors() -> None:
     for w in back.writes:
         maps.write(w)
     assert maps.mirror_entries[put.slot] >= 2
+
+
+def test_maglev_tables_are_written_to_the_half_not_in_use_before_the_descriptor() -> None:
+    """scheduler = maglev: the table names the service's member slots
+    (weight 0 and down servers none), is written whole into the other
+    half of sbulb_maglev before the descriptor points at it, and a plan
+    that changes nothing writes no table."""
+    from sbulb.config import Scheduler
+
+    maglev_spec = replace(spec("dtls", "10.0.0.1", (5684,), "10.0.2.1", "10.0.2.2=0",
+                               "10.0.2.3"), scheduler=Scheduler("maglev", 251, 3))
+    maps = Maps()
+    first = run(maps, Layout(), DesiredState((COAP, maglev_spec)))
+    (put,) = [w for w in first.writes if isinstance(w, state.PutMaglev)]
+    (desc,) = [w for w in first.writes if isinstance(w, state.PutService) and w.maglev_len]
+    assert (desc.maglev_base, desc.maglev_len) == (put.base, 251)
+    assert first.writes.index(put) < first.writes.index(desc)
+    named = {first.layout.slots[("dtls", ip(a))] for a in ("10.0.2.1", "10.0.2.3")}
+    assert set(put.slots) == named
+    again = run(maps, first.layout, DesiredState((COAP, maglev_spec)))
+    assert not any(isinstance(w, state.PutMaglev) for w in again.writes)
+    down = run(maps, again.layout, DesiredState((COAP, maglev_spec)).with_down(
+        {"dtls": frozenset({ip("10.0.2.1")})}))
+    (moved,) = [w for w in down.writes if isinstance(w, state.PutMaglev)]
+    assert set(moved.slots) == {first.layout.slots[("dtls", ip("10.0.2.3"))]}
+    assert (moved.base < MAGLEV_ENTRIES) != (put.base < MAGLEV_ENTRIES)  # the other half
+    with pytest.raises(PlanError, match="Maglev tables of all services add up to"):
+        plan(Layout(), DesiredState(tuple(
+            replace(maglev_spec, name=f"m{i}", ports=(6000 + i,),
+                    scheduler=Scheduler("maglev", 65537, 0)) for i in range(5))),
+             Limits(max_services=8))

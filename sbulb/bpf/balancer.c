@@ -78,6 +78,11 @@ static __always_inline __u32 *ring_get(__u32 idx)
 	return sbulb_ring.lookup(&idx);
 }
 
+static __always_inline __u32 *maglev_get(__u32 idx)
+{
+	return sbulb_maglev.lookup(&idx);
+}
+
 static __always_inline struct sbulb_member *rs_get(__u32 slot)
 {
 	return sbulb_rs.lookup(&slot);

@@ -79,9 +79,11 @@
 #define SBULB_TEMPLATE_MAGIC 0x5b1c
 
 /* Telemetry (telemetry.h): flowsets (v9) or sets (IPFIX) looked at in one
- * datagram for a template; the longest frame handed to the daemon, and
+ * datagram for a template (softflowd needs 6: 5 template sets, then data;
+ * each more costs the verifier about 20k of its 1M instructions with
+ * events compiled in, already at 95%); the longest frame handed to the daemon, and
  * the size of that ring buffer (pages). */
-#define SBULB_TELEMETRY_MAX_SETS 8
+#define SBULB_TELEMETRY_MAX_SETS 6
 #define SBULB_TEMPLATE_FRAME_MAX 2048 /* a power of two (balancer.c template_keep) */
 #define SBULB_TEMPLATE_PAGES 64
 /* bpf_csum_diff's most bytes at once (telemetry.h template_trim): a power of two */
@@ -110,6 +112,11 @@
  * side by side; sbulb/config.py RING_SIZE. sbulb_ring holds two such
  * halves: a reload writes the other half, then points the services at it. */
 #define SBULB_RING_SIZE 65536
+
+/* Entries of the services' Maglev tables (scheduler = maglev), side by
+ * side; sbulb/config.py MAGLEV_ENTRIES. sbulb_maglev holds two such
+ * halves, like sbulb_ring. */
+#define SBULB_MAGLEV_ENTRIES (4 * 65537)
 
 /* Size of the LRU map that makes later fragments follow their first. */
 #ifndef SBULB_MAX_FRAGMENTED

@@ -124,16 +124,13 @@ static __always_inline enum direction classify(struct flow *f, struct target *t,
 	return DIR_EGRESS;
 }
 
-/* The real server at position idx (< ring_len) of a service's cycle, into
- * t->to and t->slot. Returns 0, or -1 when the slot is not (or no longer)
- * one of the service's. */
-static __always_inline int pick_at(struct sbulb_service *svc, struct target *t,
-				   __u32 idx)
+/* The real server in a member slot (an entry of the ring or of a Maglev
+ * table), into t->to and t->slot. Returns 0, or -1 when the slot is not
+ * (or no longer) one of service t->service's. */
+static __always_inline int pick_slot(struct target *t, const __u32 *slot)
 {
 	struct sbulb_member *member;
-	__u32 *slot;
 
-	slot = ring_get(svc->ring_base + idx);
 	if (!slot || *slot == 0)
 		return -1;
 	member = rs_get(*slot);
@@ -143,6 +140,13 @@ static __always_inline int pick_at(struct sbulb_service *svc, struct target *t,
 	t->to = member->addr;
 	t->slot = *slot;
 	return 0;
+}
+
+/* The one at position idx (< ring_len) of the service's cycle. */
+static __always_inline int pick_at(struct sbulb_service *svc, struct target *t,
+				   __u32 idx)
+{
+	return pick_slot(t, ring_get(svc->ring_base + idx));
 }
 
 /*
@@ -212,15 +216,31 @@ static __always_inline int new_assoc_allowed(int *hashed)
 	return 1;
 }
 
-/* The server a hash of the client's ip:port picks in its service's cycle. */
+/* The server a hash of the client's ip:port picks in its service's cycle,
+ * or in its Maglev table (sbulb/maglev.py: every balancer with the same
+ * config picks the same, and client_hash has no per-boot key). */
 static __always_inline int pick_hashed(struct sbulb_service *svc, struct target *t,
 				       const struct flow *f)
 {
-	__u32 len = svc->ring_len;
+	__u32 h = client_hash(f), *slot;
 
-	if (len == 0)
+	/* one pick_slot for both: every copy of it is verified apart */
+	if (svc->maglev_len)
+		slot = maglev_get(svc->maglev_base + h % svc->maglev_len);
+	else if (svc->ring_len)
+		slot = ring_get(svc->ring_base + h % svc->ring_len);
+	else
 		return -1;
-	return pick_at(svc, t, client_hash(f) % len);
+	return pick_slot(t, slot);
+}
+
+/* A new association's server: round robin, or the service's Maglev table. */
+static __always_inline int pick_new(struct sbulb_service *svc, struct target *t,
+				    const struct flow *f, int hashed)
+{
+	if (hashed || svc->maglev_len)
+		return pick_hashed(svc, t, f);
+	return pick_server(svc, t);
 }
 
 /* Client -> VIP: find or create the client's association in its service;
@@ -235,29 +255,29 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 	struct sbulb_assoc val = {};
 	struct sbulb_assoc *as;
 	__u32 stat = SBULB_STAT_ASSOC_CLIENT;
-	int hashed = 0;
+	int hashed = 0, limited = 0;
 
 	/* mirror mode: a copy to every server of the cycle (mirror.h) */
 	if (svc->flags & SBULB_SVC_F_MIRROR)
 		return svc->copy_len ? SBULB_STAT_TX_MIRROR
 				     : SBULB_STAT_DROP_NO_REAL_SERVER;
 
-	/* telemetry mode: a datagram with a template is copied to every
-	 * target (telemetry.h); the others are per packet, below */
-	if ((svc->flags & SBULB_SVC_F_TELEMETRY) && telemetry_is_template(pl, &t->trim)) {
-		/* the next server by weight gets it whole (its data records
-		 * too), the other copies are cut after the templates */
-		if (svc->copy_len == 0 || pick_server(svc, t) < 0)
-			return SBULB_STAT_DROP_NO_REAL_SERVER;
-		return SBULB_STAT_TX_TEMPLATE;
-	}
-
 	/* per-packet mode: the next server in the cycle, remembered nowhere
-	 * (a fragmented datagram's later fragments follow its first one) */
+	 * (a fragmented datagram's later fragments follow its first one).
+	 * Telemetry is per packet too, but for a datagram with a template:
+	 * copied to every target (telemetry.h), the next server by weight
+	 * getting it whole (its data records too), the others cut after the
+	 * templates. (The walk sits inside this branch: the verifier then
+	 * checks the sticky path below once, not once per way out of it.) */
 	if (svc->flags & SBULB_SVC_F_PER_PACKET) {
+		int template = (svc->flags & SBULB_SVC_F_TELEMETRY) &&
+			       telemetry_is_template(pl, &t->trim);
+
+		if (template && svc->copy_len == 0)
+			return SBULB_STAT_DROP_NO_REAL_SERVER;
 		if (pick_server(svc, t) < 0)
 			return SBULB_STAT_DROP_NO_REAL_SERVER;
-		return SBULB_STAT_TX_INGRESS;
+		return template ? SBULB_STAT_TX_TEMPLATE : SBULB_STAT_TX_INGRESS;
 	}
 
 	key.client = f->src;
@@ -285,16 +305,20 @@ static __always_inline __u32 ingress(struct flow *f, struct sbulb_service *svc,
 		 * reassembly queues */
 		if (fragment)
 			return SBULB_STAT_DROP_FRAG_RATE;
-		if (pick_hashed(svc, t, f) < 0)
-			return SBULB_STAT_DROP_NO_REAL_SERVER;
-		count(SBULB_STAT_ASSOC_RATE_LIMITED);
-		return SBULB_STAT_TX_INGRESS;
+		limited = hashed = 1; /* picked below, not remembered */
 	}
 
-	if ((hashed ? pick_hashed(svc, t, f) : pick_server(svc, t)) < 0) {
-		SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, t->service, &f->src,
-			    f->sport, f->dport, &old, NULL);
+	/* (one pick for all three cases: each inlined copy of it is verified
+	 * apart, and the events build is near the verifier's limit) */
+	if (pick_new(svc, t, f, hashed) < 0) {
+		if (!limited)
+			SBULB_EVENT(1, SBULB_EV_DROP_NO_REAL_SERVER, t->service, &f->src,
+				    f->sport, f->dport, &old, NULL);
 		return SBULB_STAT_DROP_NO_REAL_SERVER;
+	}
+	if (limited) {
+		count(SBULB_STAT_ASSOC_RATE_LIMITED);
+		return SBULB_STAT_TX_INGRESS;
 	}
 	val.server = t->to;
 	if (stat == SBULB_STAT_ASSOC_REPICK) {

@@ -54,6 +54,11 @@ BPF_HASH(sbulb_probes, struct sbulb_endpoint, __u32, SBULB_MAX_PROBES);
  * member. */
 BPF_ARRAY(sbulb_ring, __u32, 2 * SBULB_RING_SIZE);
 
+/* The Maglev tables (sbulb/maglev.py): a member slot per entry, each
+ * service's table from its descriptor's maglev_base; two halves, as the
+ * ring. */
+BPF_ARRAY(sbulb_maglev, __u32, 2 * SBULB_MAGLEV_ENTRIES);
+
 /* Service id -> its round-robin cursor and lock. */
 BPF_ARRAY(sbulb_rr, struct sbulb_rr, 2 * SBULB_MAX_SERVICES + 1);
 
@@ -173,6 +178,7 @@ static __always_inline int is_real_server(const struct sbulb_addr *addr);
 static __always_inline int is_probe(const struct sbulb_addr *addr, __be16 port);
 static __always_inline void count_unreach(__u32 slot);
 static __always_inline __u32 *ring_get(__u32 idx);
+static __always_inline __u32 *maglev_get(__u32 idx);
 static __always_inline struct sbulb_member *rs_get(__u32 slot);
 static __always_inline struct sbulb_rr *rr_get(__u32 id);
 static __always_inline struct sbulb_rate *rate_get(void);

@@ -44,6 +44,8 @@ struct sbulb_service {
 	__u32 mirror;          /* mirror, telemetry: its broadcast devmap (sbulb_mirror_<n>) ... */
 	__u32 copy_base;       /* ... and the targets of its copies, in sbulb_ring (for */
 	__u32 copy_len;        /* mirror its cycle; for telemetry after its cycle) */
+	__u32 maglev_base;     /* scheduler = maglev: its table in sbulb_maglev ... */
+	__u32 maglev_len;      /* ... (a prime number of entries); 0: round robin */
 };
 
 /* Value of sbulb_rs, indexed by member slot: one real server of one
