@@ -18,7 +18,8 @@ test: setup
 # the bench's report), a few seconds; `make test` runs these too
 UNIT_TESTS = tests/test_config.py tests/test_state.py tests/test_watcher.py \
 	tests/test_bench_report.py tests/test_health.py tests/test_notify.py \
-	tests/test_log.py tests/test_monitoring.py tests/test_telemetry.py tests/test_maglev.py
+	tests/test_log.py tests/test_monitoring.py tests/test_telemetry.py tests/test_maglev.py \
+	tests/test_announce.py
 test-unit:
 	$(PYTHON) -m pytest -p no:cacheprovider $(UNIT_TESTS) $(PYTEST_ARGS)
 

@@ -278,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1; off unless given)",
     )
     parser.add_argument(
+        "--announce-bird",
+        metavar="FILE",
+        type=Path,
+        help="announce the VIPs through BIRD: write the static routes of the VIPs this "
+        "balancer should announce to FILE (which bird.conf includes) and run `birdc "
+        "configure` when they change (README, Scale-out)",
+    )
+    parser.add_argument(
+        "--bird-socket",
+        metavar="PATH",
+        default="/run/bird/bird.ctl",
+        help="BIRD's control socket, for --announce-bird (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="do not pin the association map in bpffs: a restart then forgets which "
@@ -352,6 +366,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             xdp_mode=args.xdp_mode,
             metrics=args.metrics,
             pin=not args.no_pin,
+            announce_bird=args.announce_bird,
+            bird_socket=args.bird_socket,
             cli_virtual_server=args.virtual_server,
             cli_ports=cli_ports,
             services=file.services,

@@ -364,6 +364,8 @@ class Config:
     xdp_mode: str = "auto"
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     pin: bool = True  # keep the associations in bpffs across restarts
+    announce_bird: Path | None = None  # --announce-bird: the file BIRD includes
+    bird_socket: str = "/run/bird/bird.ctl"
     # what the command line said (it wins over the config file at reload)
     cli_virtual_server: IPAddress | None = None
     cli_ports: tuple[int, ...] | None = None

@@ -203,6 +203,9 @@ def print_status(status: dict[str, Any], out: TextIO, sort: str | None = None) -
         pin = ", not pinned (--no-pin)"
     out.write(f"associations {status['associations']} (at most {status['max_associations']})"
               f"{pin}\n")
+    for vip, verdict in status.get("announcements", {}).items():
+        out.write(f"VIP {vip}: {'announced' if verdict == 'announced' else 'withdrawn: ' + verdict}"
+                  " (BIRD)\n")
     header = ("real server", "weight", "state", "health", "assoc", "pkts to", "bytes to",
               "pkts from", "bytes from")
     for service in status["services"]:

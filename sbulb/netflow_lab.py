@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from sbulb.telemetry import udp_packet
+
 SRC_NETS = {4: "10.1.0.0/16", 6: "2001:db8:1::/64"}
 DSTS = {4: "10.0.0.1", 6: "2001:db8::1"}
 T0 = 1_700_000_000  # capture timestamps start here (seconds)
@@ -34,35 +36,13 @@ def _in_ns(netns: str | None, cmd: Sequence[str]) -> list[str]:
     return [*(["nsenter", f"--net=/run/netns/{netns}"] if netns else []), *cmd]
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     """An Ethernet frame with one UDP datagram, IPv4 or IPv6 (from the address
     form), IP and UDP checksums valid."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    length = 8 + len(payload)
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, 17, length)
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!IxxxB", length, 17)
-    udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    udp = udp[:6] + struct.pack("!H", _csum(pseudo + udp) or 0xFFFF) + udp[8:]
-    if s.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, 64, 17, 0, s.packed, d.packed)
-        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-        ethertype = 0x0800
-    else:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, length, 17, 64, s.packed, d.packed)
-        ethertype = 0x86DD
+    ethertype = 0x0800 if s.version == 4 else 0x86DD
     macs = bytes.fromhex("020000000002" "020000000001")
-    return macs + struct.pack("!H", ethertype) + ip + udp
+    return macs + struct.pack("!H", ethertype) + udp_packet(s, sport, d, dport, payload)
 
 
 def write_capture(path: Path, flows: int, family: int = 4, src_net: str | None = None,

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from sbulb import __version__, health, neigh, state, telemetry
+from sbulb import __version__, announce, health, neigh, state, telemetry
 from sbulb.config import (
     COPY_MODES,
     DEFAULT_SERVICE,
@@ -248,6 +248,12 @@ class Service:
         self._loaded = False  # _prepare() done
         self.check_report: list[str] = []  # what --check says it found (check())
         self._pinned: str | None = None  # where the associations are pinned, once loaded
+        # --announce-bird (sbulb/announce.py): announced while attached
+        self._announcer = (announce.BirdAnnouncer(config.announce_bird, config.bird_socket)
+                           if config.announce_bird else None)
+        self._attached = False
+        self._failed_services: set[str] = set()  # a reload failed to apply to them
+        self._announcements: dict[str, str] = {}
         self._templates = telemetry.TemplateStore()  # telemetry services' exporters
         self._replayer = telemetry.Replayer()
         self.snapshot = self._make_snapshot()
@@ -389,11 +395,26 @@ class Service:
         except DataplaneError:
             if self.layout.services:  # at start there is nothing to go back to
                 self._roll_back(planned.layout)
+            # this balancer may not be serving them as its peers do
+            self._failed_services |= set(planned.added) | {
+                c.name for c in planned.changes if c.changed}
+            self._announce()
             raise
+        self._failed_services.clear()
         self.layout, self.desired = planned.layout, desired
+        self._announce()
         self._templates.keep_only(s.name for s in desired.services if s.mode == "telemetry")
         self.snapshot = self._make_snapshot()
         return planned
+
+    def _announce(self) -> None:
+        """Tell BIRD which VIPs to announce (--announce-bird), if that changed."""
+        if self._announcer is None:
+            return
+        verdicts = announce.decide(self.desired, self._attached, self._failed_services)
+        self._announcer.apply(verdicts)
+        self._announcements = {str(vip): verdict for vip, verdict in verdicts.items()}
+        self.snapshot = replace(self.snapshot, announcements=dict(self._announcements))
 
     def _replay(self, joining: dict[str, tuple[IPAddress, ...]]) -> None:
         for name, collectors in joining.items():
@@ -694,6 +715,7 @@ class Service:
             disabled=self._disabled,
             file_weights={key: _file_weight(self.base, key) or 0 for key in self._weights},
             templates=self._templates.counts(),
+            announcements=dict(self._announcements),
         )
 
     def check(self) -> list[str]:
@@ -811,6 +833,8 @@ class Service:
             if self._stop_requested:
                 return
             self._attach()
+            self._attached = True
+            self._announce()
             try:
                 self._control = ControlServer(self.config.interfaces, self.handle_control,
                                               self._run_dir)
@@ -858,6 +882,10 @@ class Service:
             self._watcher.stop()
             self._watcher = None
         self._replayer.close()
+        if detach and self._attached:
+            # withdrawn before the program goes: routers stop sending here first
+            self._attached = False
+            self._announce()
         self.dataplane.close(detach=detach)
         for lock in self._locks:
             lock.release()
@@ -1161,6 +1189,8 @@ class Service:
             "last_reload_at": round(snapshot.last_reload_at, 3),
             "reloads": {"ok": snapshot.reloads_ok, "failed": snapshot.reloads_failed},
             "pinned": snapshot.pinned,
+            # --announce-bird: each VIP, "announced" or why not
+            "announcements": dict(snapshot.announcements),
             "pin_requested": snapshot.pin_requested,
             "associations": sum(per_service.get(snapshot.ids[spec.name], 0)
                                 for spec in snapshot.services

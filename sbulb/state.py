@@ -754,6 +754,8 @@ class Snapshot:
     # overridden member (the services above carry the override)
     file_weights: Mapping[Member, int] = field(default_factory=dict)
     templates: Mapping[str, TemplateCounts] = field(default_factory=dict)  # telemetry services
+    # --announce-bird: VIP -> "announced" or why not (sbulb/announce.py)
+    announcements: Mapping[str, str] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)

@@ -242,7 +242,8 @@ def udp_packet(src: IPAddress, sport: int, dst: IPAddress, dport: int, payload: 
     if src.version == 4:
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64,
                          socket.IPPROTO_UDP, 0, src.packed, dst.packed)
-        return ip + udp  # the kernel fills the id and the header checksum
+        # (a raw socket fills the id and the checksum anyway; a capture file needs it)
+        return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + udp
     return struct.pack("!IHBB16s16s", 6 << 28, length, socket.IPPROTO_UDP, 64,
                        src.packed, dst.packed) + udp
 

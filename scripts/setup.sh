@@ -11,7 +11,7 @@ python3-setuptools
 python3-wheel python3-pip python3-venv iproute2 ethtool util-linux procps
 systemd diffutils prometheus
 debhelper dh-python pybuild-plugin-pyproject python3-all lintian man-db
-rsyslog softflowd nfdump socat"
+rsyslog softflowd nfdump socat bird2"
 
 # the benchmark's peers (nginx's UDP proxy, nftables) and its chart
 BENCH_PACKAGES="nftables nginx-light libnginx-mod-stream python3-matplotlib"

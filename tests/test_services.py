@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -496,3 +497,76 @@ def test_a_maglev_service_through_the_cli(lab: Lab, tmp_path: Path) -> None:
     assert "sticky (maglev, 4093 entries, seed 42)" in text
     (dtls,) = status["services"]
     assert (dtls["scheduler"], dtls["maglev_table"], dtls["maglev_seed"]) == ("maglev", 4093, 42)
+
+
+class Bird:
+    """BIRD 2 in a namespace, including the file sbulb writes."""
+
+    def __init__(self, ns: str, directory: Path, include: Path) -> None:
+        self.socket = str(directory / "bird.ctl")
+        include.write_text("# sbulb writes this\n")
+        conf = directory / "bird.conf"
+        conf.write_text(f'router id 10.77.0.1;\nprotocol device {{}}\ninclude "{include}";\n')
+        self.ns = ns
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", "bird", "-f", "-c", str(conf), "-s",
+             self.socket, "-P", str(directory / "bird.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if not wait_until(lambda: self.birdc("show status").returncode == 0, 20.0):
+            self.close()
+            raise AssertionError("bird did not start")
+
+    def birdc(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["birdc", "-s", self.socket, *command], capture_output=True,
+                              text=True, timeout=10)
+
+    def routes(self, protocol: str) -> str:
+        return self.birdc("show", "route", "protocol", protocol).stdout
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+def test_vips_are_announced_through_bird(lab: Lab, tmp_path: Path) -> None:
+    """--announce-bird: BIRD (the real daemon) gets a static route for each
+    VIP while sbulb is attached and a server of the VIP's services takes new
+    clients; it loses it when they are all drained, and when sbulb stops.
+    sbulbctl status says which."""
+    v4, v6 = lab.v4, lab.v6
+    include = tmp_path / "sbulb-vips.conf"
+    bird = Bird(lab.lb_ns, tmp_path, include)
+    conf = tmp_path / "sbulb.conf"
+
+    def write(weight: int) -> None:
+        conf.write_text(f"[Service coap]\naddress = {v4.vip}\nports = {PORT}\n"
+                        f"servers = {v4.real_servers[0]}={weight}\n\n"
+                        f"[Service six]\naddress = {v6.vip}\nports = {PORT}\n"
+                        f"servers = {v6.real_servers[0]}\n")
+
+    write(1)
+    process = lab.start_sbulb([*lab.lb_interfaces, "-cfg", str(conf), "-l", "INFO",
+                               "--announce-bird", str(include), "--bird-socket", bird.socket],
+                              tmp_path)
+    try:
+        process.wait_ready()
+        assert f"{v4.vip}/32" in bird.routes("sbulb_vips4")
+        assert f"{v6.vip}/128" in bird.routes("sbulb_vips6")
+        text = sbulbctl(lab, "status").stdout
+        assert f"VIP {v4.vip}: announced (BIRD)" in text
+        write(0)  # coap drained: its VIP goes, the IPv6 one stays
+        process.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: f"{v4.vip}/32" not in bird.routes("sbulb_vips4"), 10.0)
+        assert f"{v6.vip}/128" in bird.routes("sbulb_vips6")
+        status = ctl_json(lab, "status")
+        assert status["announcements"] == {str(v4.vip): "no server takes new clients",
+                                           str(v6.vip): "announced"}
+        assert process.stop() == 0
+        assert f"{v6.vip}/128" not in bird.routes("sbulb_vips6")
+        assert "route" not in include.read_text()
+    finally:
+        process.close()
+        bird.close()
