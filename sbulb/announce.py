@@ -71,6 +71,12 @@ class BirdAnnouncer:
         self.include = include
         self.control_socket = control_socket
         self._written: frozenset[IPAddress] | None = None  # None: not yet, or failed
+        self._tried = False
+
+    @property
+    def active(self) -> bool:
+        """Whether this sbulb has told BIRD (or tried to) anything yet."""
+        return self._tried
 
     def apply(self, verdicts: Mapping[IPAddress, str]) -> bool:
         """Make BIRD announce exactly the VIPs whose verdict is
@@ -79,6 +85,7 @@ class BirdAnnouncer:
         wanted = frozenset(vip for vip, verdict in verdicts.items() if verdict == "announced")
         if wanted == self._written:
             return True
+        self._tried = True
         try:
             self.include.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.include.with_name(f".{self.include.name}.{os.getpid()}")

@@ -261,6 +261,7 @@ class Service:
         self._stop_requested = False
         self._reload_requested = False
         self._restart_requested = False
+        self._stop_during_restart = False
         self._run_dir = lock_dir
         # started by a restart in place, or right after a stop for
         # systemctl restart: the sbulb program attached is ours to take over
@@ -317,6 +318,8 @@ class Service:
             self._restart_requested = True
             self._stop_requested = True
         else:
+            # (during a restart in place: the next sbulb is to stop)
+            self._stop_during_restart = self._restart_requested
             self._stop_requested = True
 
     # -- start / stop
@@ -412,7 +415,10 @@ class Service:
         if self._announcer is None:
             return
         verdicts = announce.decide(self.desired, self._attached, self._failed_services)
-        self._announcer.apply(verdicts)
+        # before the first attach, BIRD is left as it is: in a restart the
+        # sbulb before this one announced the VIPs, and still serves them
+        if self._attached or self._announcer.active:
+            self._announcer.apply(verdicts)
         self._announcements = {str(vip): verdict for vip, verdict in verdicts.items()}
         self.snapshot = replace(self.snapshot, announcements=dict(self._announcements))
 
@@ -831,6 +837,15 @@ class Service:
                     ) from None
             self._prepare()
             if self._stop_requested:
+                if self._takeover:
+                    # a stop during a restart in place: the program the last
+                    # sbulb left attached goes, as a stop detaches
+                    for interface in self.config.interfaces:
+                        for program in self.dataplane.attached_programs(interface):
+                            if program.name == PROG_NAME:
+                                self.dataplane.detach_program(interface, program)
+                    if self._announcer is not None:
+                        self._announcer.apply({})  # what the last sbulb announced
                 return
             self._attach()
             self._attached = True
@@ -1270,9 +1285,12 @@ class Service:
         raises StartError if it cannot start."""
         previous = {}
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            for signum in HANDLED_SIGNALS:
                 previous[signum] = signal.signal(signum, self._on_signal)
             signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            # a restart in place blocks them until here (below): one sent
+            # meanwhile is taken now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         try:
             self.start()
             try:
@@ -1281,6 +1299,14 @@ class Service:
                 self.stop()
         finally:
             if handle_signals:
+                if self._restart_requested:
+                    # from here to the next sbulb's handlers (cli.main execs
+                    # it), signals stay pending, across the exec: a stop sent
+                    # meanwhile is not lost. One taken since the restart began
+                    # is sent again, for the next sbulb.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+                    if self._stop_during_restart:
+                        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
                 signal.set_wakeup_fd(-1)
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
@@ -1290,6 +1316,7 @@ class Service:
 
 
 RESTART = -1  # run()'s answer to a restart in place: exec a new sbulb (cli.main)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 TAKEOVER_ENV = "SBULB_TAKEOVER"  # set for that new sbulb
 
 

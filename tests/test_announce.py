@@ -36,3 +36,18 @@ def test_the_bird_file_holds_a_static_protocol_per_family() -> None:
     assert "protocol static sbulb_vips6 {\n\tipv6;\n\troute fd00::1/128 blackhole;\n}" in text
     empty = bird_config([], pid=42)
     assert "route" not in empty and "sbulb_vips4" in empty and "sbulb_vips6" in empty
+
+
+def test_bird_is_told_only_what_changes_and_a_failure_is_retried(tmp_path) -> None:
+    """No BIRD socket here: each change is tried (and fails, logged), the
+    file is still written; the same set twice is not tried again."""
+    from sbulb.announce import BirdAnnouncer
+
+    include = tmp_path / "vips.conf"
+    announcer = BirdAnnouncer(include, str(tmp_path / "no-bird.ctl"))
+    assert not announcer.active
+    assert announcer.apply({VIP: "announced"}) is False
+    assert announcer.active and "10.0.0.1/32" in include.read_text()
+    assert announcer.apply({VIP: "announced"}) is False  # still not told: tried again
+    assert announcer.apply({VIP: "not attached"}) is False
+    assert "route" not in include.read_text()

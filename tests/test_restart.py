@@ -184,3 +184,21 @@ def test_systemctl_restart_hands_the_program_over(request: pytest.FixtureRequest
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_stop_sent_while_restarting_in_place_stops(one_armed: Lab, tmp_path: Path) -> None:
+    """SIGTERM right after SIGUSR2 (systemctl stop during a restart in
+    place) is not lost in the exec: the next sbulb stops, and detaches the
+    program the last one left, as a stop does."""
+    lab = one_armed
+    conf = tmp_path / "sbulb.conf"
+    lab.write_config(conf, 4, [0, 1])
+    process = lab.start_sbulb(lab.sbulb_args(4, conf, "-l", "INFO"), tmp_path)
+    try:
+        process.wait_ready()
+        process.proc.send_signal(signal.SIGUSR2)
+        process.notify.wait_for("RELOADING=1", 10)
+        assert process.stop() == 0
+    finally:
+        process.close()
+    assert programs(lab) == []

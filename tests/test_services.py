@@ -564,6 +564,14 @@ def test_vips_are_announced_through_bird(lab: Lab, tmp_path: Path) -> None:
         status = ctl_json(lab, "status")
         assert status["announcements"] == {str(v4.vip): "no server takes new clients",
                                            str(v6.vip): "announced"}
+        # a restart in place keeps the announcement: no withdraw while the
+        # next sbulb compiles (the old program serves on)
+        process.proc.send_signal(signal.SIGUSR2)
+        process.notify.wait_for("RELOADING=1", 10)
+        # (not READY=1: the reload above sent one too)
+        process.wait_log("event=start.ready", 120, count=2)
+        assert f"withdrawn={v6.vip}" not in process.stderr
+        assert f"{v6.vip}/128" in bird.routes("sbulb_vips6")
         assert process.stop() == 0
         assert f"{v6.vip}/128" not in bird.routes("sbulb_vips6")
         assert "route" not in include.read_text()
