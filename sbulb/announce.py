@@ -94,8 +94,9 @@ class BirdAnnouncer:
             result = subprocess.run(["birdc", "-s", self.control_socket, "configure"],
                                     capture_output=True, text=True, timeout=BIRDC_TIMEOUT)
             output = " ".join(result.stdout.split())
-            if result.returncode != 0 or "Reconfigured" not in output and (
-                    "Reconfiguration in progress" not in output):
+            # (birdc says a config error on its output, not in its exit code)
+            accepted = "Reconfigured" in output or "Reconfiguration in progress" in output
+            if result.returncode != 0 or not accepted:
                 raise OSError(output or result.stderr.strip() or f"exit {result.returncode}")
         except (OSError, subprocess.SubprocessError) as e:
             self._written = None
